@@ -1,0 +1,1 @@
+//! Thin, safe wrappers over the raw kernel interfaces the engine needs.

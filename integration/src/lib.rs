@@ -1,0 +1,1 @@
+//! Shared helpers for stasis workload programs and end-to-end tests.

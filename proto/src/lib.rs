@@ -1,0 +1,1 @@
+//! CRIU-compatible image schemas and the image container format.
