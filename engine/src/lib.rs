@@ -7,3 +7,17 @@
 pub mod sys;
 
 pub mod proc;
+
+pub mod check;
+pub mod dump;
+pub mod error;
+pub mod files;
+pub mod images;
+pub mod mem;
+pub mod restore;
+pub mod stats;
+pub mod task;
+
+pub use dump::{dump, DumpOptions};
+pub use error::{Error, Result};
+pub use stats::{DumpStats, RestoreStats};

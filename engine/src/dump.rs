@@ -1,0 +1,574 @@
+//! Dump: freeze a process tree and write it to an image directory.
+//!
+//! 1. seize every thread of the tree (ptrace, no fork/clone race);
+//! 2. per process: read /proc, ask the process what only it can tell by
+//!    remote syscalls, save its fds, VMAs and memory;
+//! 3. write the tree, the files and the stats; write the inventory last;
+//! 4. kill the tree, or let it run on (`leave_running`).
+//!
+//! Any error before step 4 drops the seized tree, which detaches every
+//! thread: the target keeps running as if nothing happened.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use stasis_proto::criu::{
+    core_entry::March, CoreEntry, FsEntry, InventoryEntry, Lsmtype, MmEntry, PstreeEntry,
+    RlimitEntry, RseqEntry, TaskCoreEntry, TaskKobjIdsEntry, TaskRlimitsEntry, ThreadCoreEntry,
+    ThreadInfoX86, ThreadSasEntry,
+};
+use stasis_proto::image::magic;
+use tracing::{debug, info};
+
+use crate::error::{Error, Result, TaskCtx};
+use crate::files::{FileOpts, FileTable};
+use crate::images::{common, ImageDir};
+use crate::mem::pages::{self, PageStats};
+use crate::mem::vma::{self, Contents, Vma};
+use crate::proc::{self, NsKind};
+use crate::stats::{self, DumpStats};
+use crate::sys::{kcmp, misc, ptrace};
+use crate::task::remote::Remote;
+use crate::task::seize::{check_target, SeizedTree, Task, TaskState};
+use crate::task::{creds, regs, signals};
+
+pub const TASK_ALIVE: u32 = 1;
+pub const TASK_DEAD: u32 = 2;
+pub const TASK_STOPPED: u32 = 3;
+
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    pub pid: i32,
+    pub images_dir: PathBuf,
+    /// Let the tree run on after the dump instead of killing it.
+    pub leave_running: bool,
+    /// The tree is a job of the caller's shell: terminals are re-bound and a
+    /// session/process group outside the tree is allowed.
+    pub shell_job: bool,
+}
+
+/// Remote-call scratch layout (offsets into the scratch area).
+const SC_SIGACT: u64 = 0;
+const SC_MISC: u64 = 4096;
+const SC_THREAD: u64 = 8192;
+
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    let dir = ImageDir::create(&opts.images_dir)?;
+    check_target(opts.pid)?;
+    let t0 = Instant::now();
+    let tree = SeizedTree::seize(opts.pid)?;
+    let frozen_at = Instant::now();
+    info!(pid = opts.pid, tasks = tree.tasks.len(), "tree seized");
+
+    let mut d = Dumper {
+        dir: &dir,
+        opts,
+        files: FileTable::new(
+            &dir,
+            FileOpts {
+                shell_job: opts.shell_job,
+            },
+        ),
+        ns_ids: HashMap::new(),
+        next_pages_id: 1,
+        shmem_done: HashSet::new(),
+        pages: PageStats::default(),
+        stolen: tree.stolen.clone(),
+    };
+    let mut root_ids = None;
+    for (i, task) in tree.tasks.iter().enumerate() {
+        let ids = d.dump_task(&tree, task, i as u32 + 1)?;
+        if i == 0 {
+            root_ids = Some(ids);
+        }
+    }
+    d.write_pstree(&tree)?;
+    let Dumper { files, pages, .. } = d;
+    files.write()?;
+    let st = DumpStats {
+        freezing_time: frozen_at - t0,
+        frozen_time: frozen_at.elapsed(),
+        memdump_time: pages.memdump,
+        memwrite_time: pages.memwrite,
+        pages_scanned: pages.pages_scanned,
+        pages_written: pages.pages_written,
+        shpages_scanned: pages.shpages_scanned,
+        shpages_written: pages.shpages_written,
+    };
+    stats::write_dump(&dir, &st)?;
+    dir.commit_inventory(&InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids,
+        ns_per_id: Some(true),
+        lsmtype: Some(Lsmtype::NoLsm as i32),
+        dump_uptime: uptime_us(),
+        ..Default::default()
+    })?;
+    if opts.leave_running {
+        tree.release()?;
+    } else {
+        tree.kill()?;
+    }
+    let mut st = st;
+    st.frozen_time = frozen_at.elapsed();
+    Ok(st)
+}
+
+fn uptime_us() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1e6) as u64)
+}
+
+struct Dumper<'a> {
+    dir: &'a ImageDir,
+    opts: &'a DumpOptions,
+    files: FileTable<'a>,
+    /// Namespace inode -> small id, as CRIU numbers namespaces.
+    ns_ids: HashMap<u64, u32>,
+    next_pages_id: u32,
+    shmem_done: HashSet<u64>,
+    pages: PageStats,
+    stolen: Vec<crate::task::seize::StolenSignal>,
+}
+
+/// What remote calls tell us about one thread.
+#[derive(Default)]
+struct ThreadExtra {
+    clear_tid: u64,
+    sas: Option<ThreadSasEntry>,
+    secbits: u32,
+    pdeath_sig: u32,
+}
+
+impl<'a> Dumper<'a> {
+    fn pages_id(&mut self) -> u32 {
+        let id = self.next_pages_id;
+        self.next_pages_id += 1;
+        id
+    }
+
+    fn ns_id(&mut self, ino: u64) -> u32 {
+        let n = self.ns_ids.len() as u32 + 1;
+        *self.ns_ids.entry(ino).or_insert(n)
+    }
+
+    fn ids(&mut self, pid: i32, id: u32) -> Result<TaskKobjIdsEntry> {
+        let mut ids = TaskKobjIdsEntry {
+            vm_id: id,
+            files_id: id,
+            fs_id: id,
+            sighand_id: id,
+            ..Default::default()
+        };
+        for l in proc::read_all_ns(pid)? {
+            if l.name.ends_with("_for_children") {
+                continue;
+            }
+            let v = Some(self.ns_id(l.ino));
+            match l.kind {
+                NsKind::Pid => ids.pid_ns_id = v,
+                NsKind::Net => ids.net_ns_id = v,
+                NsKind::Ipc => ids.ipc_ns_id = v,
+                NsKind::Uts => ids.uts_ns_id = v,
+                NsKind::Mnt => ids.mnt_ns_id = v,
+                NsKind::User => ids.user_ns_id = v,
+                NsKind::Cgroup => ids.cgroup_ns_id = v,
+                NsKind::Time => ids.time_ns_id = v,
+            }
+        }
+        Ok(ids)
+    }
+
+    fn write_pstree(&self, tree: &SeizedTree) -> Result<()> {
+        let entries: Vec<PstreeEntry> = tree
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PstreeEntry {
+                pid: t.pid as u32,
+                ppid: if i == 0 { 0 } else { t.ppid as u32 },
+                pgid: t.pgid as u32,
+                sid: t.sid as u32,
+                threads: t.threads.iter().map(|&x| x as u32).collect(),
+            })
+            .collect();
+        self.dir
+            .write_all("pstree.img", common(magic::PSTREE), &entries)
+    }
+
+    /// Processes sharing their mm, fd table, fs or signal handlers without
+    /// being threads (vfork, CLONE_FILES, ...) are refused by name.
+    fn check_sharing(&self, tree: &SeizedTree, task: &Task) -> Result<()> {
+        let Some(parent) = tree.task(task.ppid) else {
+            return Ok(());
+        };
+        if matches!(parent.state, TaskState::Zombie { .. }) {
+            return Ok(());
+        }
+        for (kind, what) in [
+            (kcmp::KCMP_VM, "memory"),
+            (kcmp::KCMP_FILES, "fd table"),
+            (kcmp::KCMP_FS, "fs info"),
+            (kcmp::KCMP_SIGHAND, "signal handlers"),
+        ] {
+            if kcmp::kcmp(task.pid, parent.pid, kind, 0, 0).unwrap_or(1) == 0 {
+                return Err(Error::unsupported(
+                    task.pid,
+                    format!(
+                        "shares its {what} with its parent {} (vfork/CLONE_*)",
+                        parent.pid
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn dump_task(&mut self, tree: &SeizedTree, task: &Task, id: u32) -> Result<TaskKobjIdsEntry> {
+        let pid = task.pid;
+        if let TaskState::Zombie { exit_code } = task.state {
+            return self.dump_zombie(pid, id, exit_code);
+        }
+        self.check_sharing(tree, task)?;
+        let ids = self.ids(pid, id)?;
+        let status = proc::read_status(pid)?;
+        if status.seccomp != 0 {
+            return Err(Error::unsupported(pid, "seccomp is not supported yet"));
+        }
+        let stat = proc::read_stat(pid)?;
+        let smaps = proc::read_smaps(pid)?;
+
+        // VMAs (before our scratch mapping exists).
+        let mut vmas: Vec<Vma> = Vec::with_capacity(smaps.len());
+        let mut vdso = None;
+        for s in &smaps {
+            let mut v = vma::classify(pid, s)?;
+            if v.status() & vma::VMA_AREA_VDSO != 0 {
+                vdso = Some((v.start(), v.end()));
+            }
+            if v.is_file() {
+                let source = PathBuf::from(format!(
+                    "/proc/{pid}/map_files/{:x}-{:x}",
+                    v.start(),
+                    v.end()
+                ));
+                let path = v.path.clone().unwrap_or_default();
+                let fid = self.files.path_file(
+                    pid,
+                    &path,
+                    v.deleted,
+                    v.entry.fdflags.unwrap_or(0),
+                    source,
+                )?;
+                v.entry.shmid = fid as u64;
+            }
+            vmas.push(v);
+        }
+
+        // What only the process can tell.
+        let mut remote = Remote::new(pid, vdso)?;
+        let scratch = remote.map_scratch()?;
+        let brk = remote.call(pid, "brk", libc::SYS_brk, [0; 6])?;
+        let sigactions = signals::dump_actions(
+            &mut remote,
+            scratch + SC_SIGACT,
+            status.sig_cgt,
+            status.sig_ign,
+        )?;
+        let mut prctl = |opt: i32, arg: u64| {
+            remote.call(pid, "prctl", libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0])
+        };
+        prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SC_MISC)?;
+        let dumpable = prctl(libc::PR_GET_DUMPABLE, 0)? as i32;
+        let thp_disabled = prctl(libc::PR_GET_THP_DISABLE, 0)? != 0;
+        let subreaper = remote.read_u64(scratch + SC_MISC)? as u32 != 0;
+        let mut extra = Vec::with_capacity(task.threads.len());
+        for &tid in &task.threads {
+            extra.push(thread_extra(&mut remote, tid, scratch + SC_THREAD)?);
+        }
+        // Signals dequeued while seizing go back to their thread when the tree
+        // runs on (and into the image either way).
+        let stolen: Vec<_> = self
+            .stolen
+            .iter()
+            .filter(|s| task.threads.contains(&s.tid))
+            .cloned()
+            .collect();
+        if self.opts.leave_running {
+            for s in &stolen {
+                remote.write(scratch + SC_MISC, &s.siginfo)?;
+                remote.call(
+                    s.tid,
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    [
+                        pid as u64,
+                        s.tid as u64,
+                        signals::signo(&s.siginfo) as u64,
+                        scratch + SC_MISC,
+                        0,
+                        0,
+                    ],
+                )?;
+            }
+        }
+        remote.finish()?;
+
+        // Per-thread state.
+        for (i, &tid) in task.threads.iter().enumerate() {
+            let ex = &extra[i];
+            let mut core = self.thread_core(pid, tid, ex, &stolen)?;
+            if tid == pid {
+                let limits = proc::read_limits(pid)?;
+                core.tc = Some(TaskCoreEntry {
+                    task_state: match task.state {
+                        TaskState::Stopped(_) => TASK_STOPPED,
+                        _ => TASK_ALIVE,
+                    },
+                    exit_code: 0,
+                    personality: proc::read_personality(pid)?,
+                    flags: stat.flags,
+                    blk_sigset: core
+                        .thread_core
+                        .as_ref()
+                        .and_then(|t| t.blk_sigset)
+                        .unwrap_or(0),
+                    comm: stat.comm.clone(),
+                    rlimits: Some(TaskRlimitsEntry {
+                        rlimits: limits
+                            .iter()
+                            .map(|&(cur, max)| RlimitEntry { cur, max })
+                            .collect(),
+                    }),
+                    signals_s: signals::queue(
+                        ptrace::peek_siginfo(pid, true).task_ctx(pid, "peek shared signals")?,
+                    ),
+                    loginuid: proc::read_loginuid(pid).ok(),
+                    oom_score_adj: proc::read_oom_score_adj(pid).ok(),
+                    sigactions: sigactions.clone(),
+                    child_subreaper: Some(subreaper),
+                    stop_signo: match task.state {
+                        TaskState::Stopped(s) => Some(s as u32),
+                        _ => None,
+                    },
+                    ..Default::default()
+                });
+                core.ids = Some(ids.clone());
+            }
+            self.dir
+                .write_one(&format!("core-{tid}.img"), common(magic::CORE), &core)?;
+        }
+        self.dir
+            .write_one(&format!("ids-{pid}.img"), common(magic::IDS), &ids)?;
+
+        // Files: fds, cwd, root, exe.
+        let mut fdinfos = Vec::new();
+        for fd in proc::read_fd_numbers(pid)? {
+            fdinfos.push(self.files.dump_fd(pid, fd)?);
+        }
+        self.dir.write_all(
+            &format!("fdinfo-{}.img", ids.files_id),
+            common(magic::FDINFO),
+            &fdinfos,
+        )?;
+        let dirflags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
+        let cwd = link(pid, "cwd")?;
+        let root = link(pid, "root")?;
+        let cwd_id = self.files.path_file(
+            pid,
+            &cwd.0,
+            cwd.1,
+            dirflags,
+            format!("/proc/{pid}/cwd").into(),
+        )?;
+        let root_id = self.files.path_file(
+            pid,
+            &root.0,
+            root.1,
+            dirflags,
+            format!("/proc/{pid}/root").into(),
+        )?;
+        self.dir.write_one(
+            &format!("fs-{pid}.img"),
+            common(magic::FS),
+            &FsEntry {
+                cwd_id,
+                root_id,
+                umask: status.umask,
+            },
+        )?;
+        let exe = link(pid, "exe")?;
+        let exe_file_id = self.files.path_file(
+            pid,
+            &exe.0,
+            exe.1,
+            libc::O_RDONLY as u32,
+            format!("/proc/{pid}/exe").into(),
+        )?;
+
+        // Memory.
+        let auxv = proc::read_auxv(pid)?;
+        let mm = MmEntry {
+            mm_start_code: stat.start_code,
+            mm_end_code: stat.end_code,
+            mm_start_data: stat.start_data,
+            mm_end_data: stat.end_data,
+            mm_start_stack: stat.start_stack,
+            mm_start_brk: stat.start_brk,
+            mm_brk: brk,
+            mm_arg_start: stat.arg_start,
+            mm_arg_end: stat.arg_end,
+            mm_env_start: stat.env_start,
+            mm_env_end: stat.env_end,
+            exe_file_id,
+            mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
+            vmas: vmas.iter().map(|v| v.entry.clone()).collect(),
+            dumpable: Some(dumpable),
+            aios: Vec::new(),
+            thp_disabled: Some(thp_disabled),
+        };
+        self.dir
+            .write_one(&format!("mm-{pid}.img"), common(magic::MM), &mm)?;
+        let pages_id = self.pages_id();
+        let st = pages::dump_private(self.dir, pid, &vmas, pages_id)?;
+        self.pages.add(&st);
+        for v in vmas.iter().filter(|v| v.contents == Contents::Shmem) {
+            if self.shmem_done.insert(v.entry.shmid) {
+                let pid_ = self.pages_id();
+                let st = pages::dump_shmem(self.dir, pid, v, v.entry.shmid, pid_)?;
+                self.pages.add(&st);
+            }
+        }
+        debug!(pid, vmas = vmas.len(), fds = fdinfos.len(), "task dumped");
+        Ok(ids)
+    }
+}
+
+fn thread_extra(r: &mut Remote, tid: i32, sc: u64) -> Result<ThreadExtra> {
+    let mut prctl = |what: &str, opt: i32, arg: u64| {
+        r.call(tid, what, libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0])
+    };
+    prctl("prctl(PR_GET_TID_ADDRESS)", libc::PR_GET_TID_ADDRESS, sc)?;
+    prctl("prctl(PR_GET_PDEATHSIG)", libc::PR_GET_PDEATHSIG, sc + 8)?;
+    let secbits = prctl("prctl(PR_GET_SECUREBITS)", libc::PR_GET_SECUREBITS, 0)? as u32;
+    r.call(
+        tid,
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, sc + 16, 0, 0, 0, 0],
+    )?;
+    let mut b = [0u8; 40];
+    r.read(sc, &mut b)?;
+    let u = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+    let ss_sp = u(16);
+    let ss_flags = u32::from_ne_bytes(b[24..28].try_into().unwrap());
+    let ss_size = u(32);
+    Ok(ThreadExtra {
+        clear_tid: u(0),
+        pdeath_sig: u(8) as u32,
+        secbits,
+        sas: Some(ThreadSasEntry {
+            ss_sp,
+            ss_size,
+            ss_flags,
+        }),
+    })
+}
+
+impl<'a> Dumper<'a> {
+    fn thread_core(
+        &self,
+        pid: i32,
+        tid: i32,
+        ex: &ThreadExtra,
+        stolen: &[crate::task::seize::StolenSignal],
+    ) -> Result<CoreEntry> {
+        let gp = ptrace::get_regs(tid).task_ctx(tid, "get registers")?;
+        let xs = ptrace::get_xstate(tid).task_ctx(tid, "get xsave state")?;
+        let mask = ptrace::get_sigmask(tid).task_ctx(tid, "get signal mask")?;
+        let mut pending = ptrace::peek_siginfo(tid, false).task_ctx(tid, "peek signals")?;
+        pending.extend(stolen.iter().filter(|s| s.tid == tid).map(|s| s.siginfo));
+        let rseq = match ptrace::get_rseq_config(tid) {
+            Ok(c) if c.rseq_abi_pointer != 0 => Some(RseqEntry {
+                rseq_abi_pointer: c.rseq_abi_pointer,
+                rseq_abi_size: c.rseq_abi_size,
+                signature: c.signature,
+                rseq_cs_pointer: None,
+            }),
+            Ok(_) => None,
+            Err(e) => return Err(Error::task(tid, "get rseq configuration", e)),
+        };
+        let (futex_rla, futex_rla_len) =
+            misc::get_robust_list(tid).task_ctx(tid, "get_robust_list")?;
+        let st = proc::read_status_tid(pid, tid)?;
+        let tstat = proc::read_stat_tid(pid, tid)?;
+        let sched = misc::sched_getattr(tid).task_ctx(tid, "sched_getattr")?;
+        Ok(CoreEntry {
+            mtype: March::X8664 as i32,
+            thread_info: Some(ThreadInfoX86 {
+                clear_tid_addr: ex.clear_tid,
+                gpregs: regs::regs_to_image(&gp),
+                fpregs: regs::xsave_to_image(&xs),
+                tls: Vec::new(),
+            }),
+            tc: None,
+            ids: None,
+            thread_core: Some(ThreadCoreEntry {
+                futex_rla,
+                futex_rla_len: futex_rla_len as u32,
+                sched_nice: Some(tstat.nice as i32),
+                sched_policy: Some(sched.sched_policy),
+                sched_prio: Some(sched.sched_priority),
+                blk_sigset: Some(mask),
+                sas: ex.sas.clone(),
+                pdeath_sig: Some(ex.pdeath_sig),
+                signals_p: signals::queue(pending),
+                creds: Some(creds::from_status(&st, ex.secbits)),
+                seccomp_mode: Some(0),
+                seccomp_filter: None,
+                comm: Some(proc::read_comm_tid(pid, tid)?),
+                blk_sigset_extended: None,
+                rseq_entry: rseq,
+                cg_set: None,
+            }),
+        })
+    }
+
+    fn dump_zombie(&mut self, pid: i32, id: u32, exit_code: i32) -> Result<TaskKobjIdsEntry> {
+        let ids = TaskKobjIdsEntry {
+            vm_id: id,
+            files_id: id,
+            fs_id: id,
+            sighand_id: id,
+            ..Default::default()
+        };
+        let core = CoreEntry {
+            mtype: March::X8664 as i32,
+            tc: Some(TaskCoreEntry {
+                task_state: TASK_DEAD,
+                exit_code: exit_code as u32,
+                comm: proc::read_comm(pid).unwrap_or_default(),
+                ..Default::default()
+            }),
+            ids: Some(ids.clone()),
+            ..Default::default()
+        };
+        self.dir
+            .write_one(&format!("core-{pid}.img"), common(magic::CORE), &core)?;
+        Ok(ids)
+    }
+}
+
+/// A /proc/PID/{cwd,root,exe} link: (path, deleted).
+fn link(pid: i32, what: &str) -> Result<(String, bool)> {
+    let p = format!("/proc/{pid}/{what}");
+    let t = std::fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
+    let s = t.to_string_lossy().into_owned();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(x) => (x.to_string(), true),
+        None => (s, false),
+    })
+}

@@ -1,0 +1,392 @@
+//! Dumping memory contents: which pages, read how, written where.
+//!
+//! Private memory is read from the stopped target with `process_vm_readv` in
+//! large scatter batches into reusable buffers; a second thread writes full
+//! buffers to `pages-N.img` while the next batch is read, so the two copies
+//! (target -> buffer, buffer -> image) overlap on our two cores.
+
+use std::fs::File;
+use std::io::{IoSliceMut, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{channel, sync_channel};
+use std::time::{Duration, Instant};
+
+use stasis_proto::criu::{PagemapEntry, PagemapHead};
+use stasis_proto::image::magic;
+
+use super::vma::{Contents, Vma};
+use super::{PAGE_SIZE, PE_PRESENT};
+use crate::error::{Error, PathCtx, Result, TaskCtx};
+use crate::images::{common, ImageDir, Writer};
+use crate::sys::vm::{self, RemoteIoVec};
+
+/// Bytes read from the target per batch.
+const BATCH: usize = 4 << 20;
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+/// The page is file-backed or shared-anonymous, i.e. not a private COW copy.
+const PM_FILE: u64 = 1 << 61;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageStats {
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub shpages_scanned: u64,
+    pub shpages_written: u64,
+    /// Time spent reading target memory.
+    pub memdump: Duration,
+    /// Time spent writing page images.
+    pub memwrite: Duration,
+}
+
+impl PageStats {
+    pub fn add(&mut self, o: &PageStats) {
+        self.pages_scanned += o.pages_scanned;
+        self.pages_written += o.pages_written;
+        self.shpages_scanned += o.shpages_scanned;
+        self.shpages_written += o.shpages_written;
+        self.memdump += o.memdump;
+        self.memwrite += o.memwrite;
+    }
+}
+
+/// A run of pages to save: target address and length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub addr: u64,
+    pub len: u64,
+    /// Readable with process_vm_readv (else through /proc/PID/mem).
+    pub readable: bool,
+}
+
+/// Read pagemap entries for `[start, end)`.
+fn read_pagemap(pm: &File, start: u64, end: u64, out: &mut Vec<u64>) -> std::io::Result<()> {
+    let n = ((end - start) / PAGE_SIZE) as usize;
+    let mut bytes = vec![0u8; n * 8];
+    pm.read_exact_at(&mut bytes, start / PAGE_SIZE * 8)?;
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap())),
+    );
+    Ok(())
+}
+
+/// Which pages of the private VMAs hold data worth saving, as runs.
+pub fn collect_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<Run>, u64)> {
+    let path = format!("/proc/{pid}/pagemap");
+    let pm = File::open(&path).path_ctx(&path)?;
+    let mut ents = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut scanned = 0u64;
+    for v in vmas {
+        let cow_only = match v.contents {
+            Contents::Anon => false,
+            Contents::CowOnly => true,
+            _ => continue,
+        };
+        read_pagemap(&pm, v.start(), v.end(), &mut ents).path_ctx(&path)?;
+        scanned += ents.len() as u64;
+        let readable = v.entry.prot & libc::PROT_READ as u32 != 0;
+        for (i, &e) in ents.iter().enumerate() {
+            let keep = if cow_only {
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+            } else {
+                e & (PM_PRESENT | PM_SWAPPED) != 0
+            };
+            if !keep {
+                continue;
+            }
+            let addr = v.start() + i as u64 * PAGE_SIZE;
+            match runs.last_mut() {
+                Some(r) if r.addr + r.len == addr && r.readable == readable => r.len += PAGE_SIZE,
+                _ => runs.push(Run {
+                    addr,
+                    len: PAGE_SIZE,
+                    readable,
+                }),
+            }
+        }
+    }
+    Ok((runs, scanned))
+}
+
+/// Write `pagemap-<name>.img` for `runs` (all PRESENT, in address order).
+fn write_pagemap(
+    dir: &ImageDir,
+    name: &str,
+    pages_id: u32,
+    runs: impl Iterator<Item = (u64, u64)>,
+) -> Result<()> {
+    let mut w: Writer = dir.writer(name, common(magic::PAGEMAP))?;
+    dir.put(&mut w, name, &PagemapHead { pages_id })?;
+    for (addr, len) in runs {
+        let nr = len / PAGE_SIZE;
+        dir.put(
+            &mut w,
+            name,
+            &PagemapEntry {
+                vaddr: addr,
+                compat_nr_pages: nr.min(u32::MAX as u64) as u32,
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+                nr_pages: Some(nr),
+            },
+        )?;
+    }
+    dir.finish(w, name)
+}
+
+/// Save the private memory of `pid`: `pagemap-<pid>.img` and
+/// `pages-<pages_id>.img`.
+pub fn dump_private(dir: &ImageDir, pid: i32, vmas: &[Vma], pages_id: u32) -> Result<PageStats> {
+    let (runs, scanned) = collect_runs(pid, vmas)?;
+    let pm_name = format!("pagemap-{pid}.img");
+    write_pagemap(
+        dir,
+        &pm_name,
+        pages_id,
+        runs.iter().map(|r| (r.addr, r.len)),
+    )?;
+    let pages_name = format!("pages-{pages_id}.img");
+    let out = dir.raw_writer(&pages_name)?;
+    let total: u64 = runs.iter().map(|r| r.len).sum();
+    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name))?;
+    st.pages_scanned = scanned;
+    st.pages_written = total / PAGE_SIZE;
+    Ok(st)
+}
+
+/// Split runs into batches of at most `BATCH` bytes.
+fn batches(runs: &[Run]) -> Vec<Vec<Run>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Run> = Vec::new();
+    let mut size = 0u64;
+    for r in runs {
+        let mut r = *r;
+        while r.len > 0 {
+            let room = BATCH as u64 - size;
+            let take = r.len.min(room);
+            cur.push(Run {
+                addr: r.addr,
+                len: take,
+                readable: r.readable,
+            });
+            size += take;
+            r.addr += take;
+            r.len -= take;
+            if size == BATCH as u64 {
+                out.push(std::mem::take(&mut cur));
+                size = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Read one batch of target memory into `buf` (which is exactly its size).
+fn read_batch(pid: i32, mem: &mut Option<File>, batch: &[Run], buf: &mut [u8]) -> Result<()> {
+    let mut off = 0usize;
+    let mut i = 0;
+    while i < batch.len() {
+        if !batch[i].readable {
+            // process_vm_readv honours protections; /proc/PID/mem does not.
+            if mem.is_none() {
+                *mem = Some(vm::open_mem(pid, false).task_ctx(pid, "open /proc/PID/mem")?);
+            }
+            let r = batch[i];
+            let len = r.len as usize;
+            vm::mem_read(mem.as_ref().unwrap(), r.addr, &mut buf[off..off + len])
+                .task_ctx(pid, &format!("read memory at {:#x}", r.addr))?;
+            off += len;
+            i += 1;
+            continue;
+        }
+        let j = batch[i..]
+            .iter()
+            .position(|r| !r.readable)
+            .map_or(batch.len(), |p| i + p);
+        let remote: Vec<RemoteIoVec> = batch[i..j]
+            .iter()
+            .map(|r| RemoteIoVec {
+                base: r.addr,
+                len: r.len as usize,
+            })
+            .collect();
+        let want: usize = remote.iter().map(|r| r.len).sum();
+        let mut local = [IoSliceMut::new(&mut buf[off..off + want])];
+        let got = vm::read_remote(pid, &mut local, &remote)
+            .task_ctx(pid, &format!("process_vm_readv at {:#x}", batch[i].addr))?;
+        if got != want {
+            return Err(Error::task(
+                pid,
+                format!(
+                    "process_vm_readv at {:#x}: short read {got} of {want}",
+                    batch[i].addr
+                ),
+                std::io::Error::from_raw_os_error(libc::EFAULT),
+            ));
+        }
+        off += want;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Copy all runs into `out`, reading and writing in parallel when there is
+/// more than one batch.
+fn copy_runs(
+    pid: i32,
+    runs: &[Run],
+    total: u64,
+    mut out: File,
+    out_path: &std::path::Path,
+) -> Result<PageStats> {
+    let mut st = PageStats::default();
+    if total == 0 {
+        return Ok(st);
+    }
+    let batches = batches(runs);
+    let mut mem = None;
+    if batches.len() == 1 {
+        let mut buf = vec![0u8; total as usize];
+        let t = Instant::now();
+        read_batch(pid, &mut mem, &batches[0], &mut buf)?;
+        st.memdump = t.elapsed();
+        let t = Instant::now();
+        out.write_all(&buf).path_ctx(out_path)?;
+        st.memwrite = t.elapsed();
+        return Ok(st);
+    }
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(2);
+    let (empty_tx, empty_rx) = channel::<Vec<u8>>();
+    for _ in 0..3 {
+        empty_tx.send(vec![0u8; BATCH]).unwrap();
+    }
+    std::thread::scope(|s| -> Result<PageStats> {
+        let writer = s.spawn(move || -> Result<Duration> {
+            let mut spent = Duration::ZERO;
+            for (buf, len) in full_rx {
+                let t = Instant::now();
+                out.write_all(&buf[..len]).path_ctx(out_path)?;
+                spent += t.elapsed();
+                // The reader may have finished; a closed channel is fine.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(spent)
+        });
+        let mut read_err = None;
+        for b in &batches {
+            let len: usize = b.iter().map(|r| r.len as usize).sum();
+            let Ok(mut buf) = empty_rx.recv() else { break };
+            let t = Instant::now();
+            if let Err(e) = read_batch(pid, &mut mem, b, &mut buf[..len]) {
+                read_err = Some(e);
+                break;
+            }
+            st.memdump += t.elapsed();
+            if full_tx.send((buf, len)).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+        let write_res = writer.join().expect("page writer thread panicked");
+        if let Some(e) = read_err {
+            return Err(e);
+        }
+        st.memwrite = write_res?;
+        Ok(st)
+    })
+}
+
+/// Save a shared anonymous memory object once: `pagemap-shmem-<shmid>.img` and
+/// its pages, read through `/proc/PID/map_files` so pages no process has
+/// touched through its own page tables are found too (SEEK_DATA/SEEK_HOLE).
+pub fn dump_shmem(
+    dir: &ImageDir,
+    pid: i32,
+    vma: &Vma,
+    shmid: u64,
+    pages_id: u32,
+) -> Result<PageStats> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start(), vma.end());
+    let f = File::open(&path).path_ctx(&path)?;
+    let size = f.metadata().path_ctx(&path)?.len();
+    let fd = f.as_raw_fd();
+    let mut runs = Vec::new();
+    let mut off: i64 = 0;
+    while (off as u64) < size {
+        let data = match lseek(fd, off, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(Error::io(&path, e.into())),
+        };
+        let hole = lseek(fd, data, Whence::SeekHole)
+            .map_err(|e| Error::io(&path, e.into()))?
+            .min(size as i64);
+        let a = (data as u64) & !(PAGE_SIZE - 1);
+        let b = (hole as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        runs.push((a, b - a));
+        off = hole;
+    }
+    let name = format!("pagemap-shmem-{shmid}.img");
+    write_pagemap(dir, &name, pages_id, runs.iter().copied())?;
+    let pages_name = format!("pages-{pages_id}.img");
+    let mut out = dir.raw_writer(&pages_name)?;
+    let mut st = PageStats {
+        shpages_scanned: size / PAGE_SIZE,
+        ..Default::default()
+    };
+    let mut buf = vec![0u8; BATCH.min(size as usize).max(PAGE_SIZE as usize)];
+    for (a, len) in runs {
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            let t = Instant::now();
+            f.read_exact_at(&mut buf[..n], a + done).path_ctx(&path)?;
+            st.memdump += t.elapsed();
+            let t = Instant::now();
+            out.write_all(&buf[..n]).path_ctx(dir.file(&pages_name))?;
+            st.memwrite += t.elapsed();
+            done += n as u64;
+        }
+        st.shpages_written += len / PAGE_SIZE;
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_at_limit() {
+        let runs = vec![
+            Run {
+                addr: 0x1000,
+                len: BATCH as u64 + 0x2000,
+                readable: true,
+            },
+            Run {
+                addr: 0x10_0000_0000,
+                len: 0x1000,
+                readable: false,
+            },
+        ];
+        let b = batches(&runs);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].iter().map(|r| r.len).sum::<u64>(), BATCH as u64);
+        assert_eq!(b[1].len(), 2);
+        assert_eq!(b[1][0].addr, 0x1000 + BATCH as u64);
+        assert_eq!(b[1][0].len, 0x2000);
+        assert!(!b[1][1].readable);
+    }
+}

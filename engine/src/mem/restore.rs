@@ -1,0 +1,346 @@
+//! Rebuilding an address space inside a restore stub, from outside: every
+//! call here is a remote syscall run on the stub's scratch page.
+
+use std::collections::HashMap;
+
+use stasis_proto::criu::{MmEntry, VmaEntry};
+
+use super::vma::*;
+use super::PAGE_SIZE;
+use crate::error::{Error, Result};
+use crate::restore::plan::{Pagemap, TASK_SIZE};
+use crate::sys::misc::PrctlMmMap;
+use crate::task::remote::{Remote, SCRATCH_LEN};
+
+/// Where in the scratch area the data (iovecs, structs) goes; the first page
+/// holds the `syscall; int3` code.
+pub const SCRATCH_DATA: u64 = 4096;
+const MAX_IOV: usize = 1024;
+
+/// The [vvar] .. [vdso] block as one range.
+pub fn vdso_block(vmas: &[VmaEntry]) -> Option<(u64, u64)> {
+    let mut it = vmas
+        .iter()
+        .filter(|v| v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR) != 0);
+    let first = it.next()?;
+    let (mut s, mut e) = (first.start, first.end);
+    for v in it {
+        s = s.min(v.start);
+        e = e.max(v.end);
+    }
+    Some((s, e))
+}
+
+pub struct MemCtx<'a> {
+    /// Target-side fd of each mapped file id.
+    pub file_fds: &'a HashMap<u32, i32>,
+    /// Target-side fd of each shared anonymous memory object.
+    pub shmem_fds: &'a HashMap<u64, i32>,
+    /// Target-side fd of pages-N.img.
+    pub pages_fd: i32,
+    pub scratch: u64,
+    /// The stub's current [vvar]..[vdso] block (the restorer's).
+    pub cur_vdso: (u64, u64),
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Unmap everything of the stub but `keep` (sorted, disjoint ranges).
+fn unmap_all_but(r: &mut Remote, keep: &[(u64, u64)]) -> Result<()> {
+    let mut from = PAGE_SIZE;
+    let pid = r.pid;
+    for &(s, e) in keep {
+        if s > from {
+            r.call(
+                pid,
+                "munmap",
+                libc::SYS_munmap,
+                [from, s - from, 0, 0, 0, 0],
+            )?;
+        }
+        from = from.max(e);
+    }
+    if from < TASK_SIZE {
+        r.call(
+            pid,
+            "munmap",
+            libc::SYS_munmap,
+            [from, TASK_SIZE - from, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Does any page run touch `[s, e)`?
+fn has_pages(pm: &Pagemap, s: u64, e: u64) -> bool {
+    pm.runs.iter().any(|&(a, n)| a < e && s < a + n * PAGE_SIZE)
+}
+
+/// Replace the stub's address space with the dumped one and fill it.
+/// Returns the number of pages written.
+pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>) -> Result<u64> {
+    let pid = r.pid;
+    let scratch = (cx.scratch, cx.scratch + SCRATCH_LEN);
+    let cur = cx.cur_vdso;
+    let target = vdso_block(&mm.vmas);
+    let mut keep = vec![scratch, cur];
+    keep.sort();
+    unmap_all_but(r, &keep)?;
+
+    // The vDSO block moves as one piece to where the program knew it.
+    if let Some(t) = target {
+        if t.1 - t.0 != cur.1 - cur.0 {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "[vvar]..[vdso] is {:#x} bytes here but {:#x} in the image (another kernel?)",
+                    cur.1 - cur.0,
+                    t.1 - t.0
+                ),
+            ));
+        }
+        if t.0 != cur.0 {
+            let len = t.1 - t.0;
+            let mut from = cur.0;
+            if overlaps(t, cur) {
+                // Hop through a free spot first: mremap cannot overlap.
+                let tmp = [0x1000_0000u64, 0x2000_0000, 0x3000_0000]
+                    .into_iter()
+                    .find(|&a| {
+                        !overlaps((a, a + len), t)
+                            && !overlaps((a, a + len), scratch)
+                            && !overlaps((a, a + len), cur)
+                    })
+                    .unwrap();
+                r.call(
+                    pid,
+                    "mremap vdso",
+                    libc::SYS_mremap,
+                    [
+                        from,
+                        len,
+                        len,
+                        (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                        tmp,
+                        0,
+                    ],
+                )?;
+                from = tmp;
+            }
+            r.call(
+                pid,
+                "mremap vdso",
+                libc::SYS_mremap,
+                [
+                    from,
+                    len,
+                    len,
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                    t.0,
+                    0,
+                ],
+            )?;
+        }
+    }
+
+    // Map every VMA, writable while it is filled.
+    let mut fixups = Vec::new();
+    for v in &mm.vmas {
+        if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
+            continue;
+        }
+        let len = v.end - v.start;
+        let mut prot = v.prot as u64;
+        let fill = has_pages(pm, v.start, v.end);
+        if fill && prot & libc::PROT_WRITE as u64 == 0 {
+            prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            fixups.push(v);
+        }
+        let mut flags = (v.flags as u64
+            & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN)
+                as u64)
+            | libc::MAP_FIXED as u64;
+        let (fd, off) = if v.status & VMA_ANON_SHARED != 0 {
+            flags &= !(libc::MAP_ANONYMOUS as u64);
+            let fd = *cx.shmem_fds.get(&v.shmid).ok_or_else(|| {
+                Error::bad_image(
+                    format!("mm-{pid}.img"),
+                    format!("no shared memory object {}", v.shmid),
+                )
+            })?;
+            (fd as u64, v.pgoff)
+        } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+            let fd = *cx.file_fds.get(&(v.shmid as u32)).ok_or_else(|| {
+                Error::bad_image(
+                    format!("mm-{pid}.img"),
+                    format!("no file {} for vma {:#x}", v.shmid, v.start),
+                )
+            })?;
+            (fd as u64, v.pgoff)
+        } else {
+            (u64::MAX, 0)
+        };
+        let got = r.call(
+            pid,
+            "mmap",
+            libc::SYS_mmap,
+            [v.start, len, prot, flags, fd, off],
+        )?;
+        if got != v.start {
+            return Err(Error::task(
+                pid,
+                format!("mmap at {:#x} landed at {got:#x}", v.start),
+                std::io::Error::from_raw_os_error(libc::EFAULT),
+            ));
+        }
+    }
+
+    // Fill: preadv from pages-N.img straight into the target, one copy in
+    // the kernel, up to MAX_IOV runs per call.
+    let iov_at = cx.scratch + SCRATCH_DATA;
+    let mut file_off = 0u64;
+    let mut pages = 0u64;
+    for chunk in pm.runs.chunks(MAX_IOV) {
+        let mut iov = Vec::with_capacity(chunk.len() * 16);
+        let mut want = 0u64;
+        for &(a, n) in chunk {
+            iov.extend_from_slice(&a.to_ne_bytes());
+            iov.extend_from_slice(&(n * PAGE_SIZE).to_ne_bytes());
+            want += n * PAGE_SIZE;
+        }
+        r.write(iov_at, &iov)?;
+        let mut done = 0u64;
+        while done < want {
+            let got = r.call(
+                pid,
+                "preadv pages",
+                libc::SYS_preadv,
+                [
+                    cx.pages_fd as u64,
+                    iov_at,
+                    chunk.len() as u64,
+                    file_off + done,
+                    0,
+                    0,
+                ],
+            )?;
+            if got == 0 {
+                return Err(Error::bad_image(
+                    "pages image",
+                    format!("pid {pid}: short pages image at offset {}", file_off + done),
+                ));
+            }
+            done += got;
+            if done < want {
+                // Rare (huge requests): redo the rest run by run.
+                let mut skip = done;
+                let mut rest = Vec::new();
+                for &(a, n) in chunk {
+                    let l = n * PAGE_SIZE;
+                    if skip >= l {
+                        skip -= l;
+                        continue;
+                    }
+                    rest.extend_from_slice(&(a + skip).to_ne_bytes());
+                    rest.extend_from_slice(&(l - skip).to_ne_bytes());
+                    skip = 0;
+                }
+                r.write(iov_at, &rest)?;
+                let n_iov = rest.len() / 16;
+                let got = r.call(
+                    pid,
+                    "preadv pages",
+                    libc::SYS_preadv,
+                    [
+                        cx.pages_fd as u64,
+                        iov_at,
+                        n_iov as u64,
+                        file_off + done,
+                        0,
+                        0,
+                    ],
+                )?;
+                if got == 0 {
+                    return Err(Error::bad_image(
+                        "pages image",
+                        format!("pid {pid}: short pages image"),
+                    ));
+                }
+                done += got;
+            }
+        }
+        file_off += want;
+        pages += want / PAGE_SIZE;
+    }
+
+    for v in fixups {
+        r.call(
+            pid,
+            "mprotect",
+            libc::SYS_mprotect,
+            [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+        )?;
+    }
+    for v in &mm.vmas {
+        let Some(m) = v.madv.filter(|&m| m != 0) else {
+            continue;
+        };
+        for adv in 0..64u64 {
+            if m & (1 << adv) != 0 {
+                // KSM or THP may be off; advice is best effort, as in CRIU.
+                let _ = r.raw(
+                    pid,
+                    libc::SYS_madvise,
+                    [v.start, v.end - v.start, adv, 0, 0, 0],
+                );
+            }
+        }
+    }
+    Ok(pages)
+}
+
+/// Restore mm fields, auxv and exe with one PR_SET_MM_MAP.
+pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result<()> {
+    let pid = r.pid;
+    let auxv: Vec<u8> = mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    let auxv_at = scratch + SCRATCH_DATA;
+    let map_at = auxv_at + auxv.len().next_multiple_of(16) as u64;
+    let m = PrctlMmMap {
+        start_code: mm.mm_start_code,
+        end_code: mm.mm_end_code,
+        start_data: mm.mm_start_data,
+        end_data: mm.mm_end_data,
+        start_brk: mm.mm_start_brk,
+        brk: mm.mm_brk,
+        start_stack: mm.mm_start_stack,
+        arg_start: mm.mm_arg_start,
+        arg_end: mm.mm_arg_end,
+        env_start: mm.mm_env_start,
+        env_end: mm.mm_env_end,
+        auxv: auxv_at,
+        auxv_size: auxv.len() as u32,
+        exe_fd: exe_fd as u32,
+    };
+    r.write(auxv_at, &auxv)?;
+    r.write(map_at, &m.to_bytes())?;
+    r.call(
+        pid,
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            map_at,
+            PrctlMmMap::SIZE as u64,
+            0,
+            0,
+        ],
+    )?;
+    Ok(())
+}

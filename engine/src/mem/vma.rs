@@ -1,0 +1,222 @@
+//! Turning /proc/PID/smaps into vma_entry records, and deciding which pages of
+//! each VMA belong in the image.
+
+use stasis_proto::criu::VmaEntry;
+
+use crate::error::{Error, Result};
+use crate::proc::{SmapsEntry, VmaKind};
+
+// vma_entry.status bits (CRIU's VMA_AREA_* / VMA_* values).
+pub const VMA_AREA_REGULAR: u32 = 1 << 0;
+pub const VMA_AREA_STACK: u32 = 1 << 1;
+pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+pub const VMA_AREA_VDSO: u32 = 1 << 3;
+pub const VMA_AREA_HEAP: u32 = 1 << 5;
+pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
+pub const VMA_FILE_SHARED: u32 = 1 << 7;
+pub const VMA_ANON_SHARED: u32 = 1 << 8;
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+pub const VMA_AREA_SYSVIPC: u32 = 1 << 10;
+pub const VMA_AREA_VVAR: u32 = 1 << 12;
+pub const VMA_AREA_MEMFD: u32 = 1 << 14;
+pub const VMA_AREA_GUARD: u32 = 1 << 16;
+pub const VMA_UNSUPP: u32 = 1 << 31;
+
+/// madvise advice numbers recorded in vma_entry.madv (as 1 << advice).
+const MADV_FLAGS: [(&str, u32); 8] = [
+    ("rr", libc::MADV_RANDOM as u32),
+    ("sr", libc::MADV_SEQUENTIAL as u32),
+    ("dc", libc::MADV_DONTFORK as u32),
+    ("mg", libc::MADV_MERGEABLE as u32),
+    ("hg", libc::MADV_HUGEPAGE as u32),
+    ("nh", libc::MADV_NOHUGEPAGE as u32),
+    ("dd", libc::MADV_DONTDUMP as u32),
+    ("wf", libc::MADV_WIPEONFORK as u32),
+];
+
+/// What the dumper does with a VMA's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contents {
+    /// Nothing to save (shared file mappings, vdso, vvar, vsyscall).
+    None,
+    /// Present or swapped pages of private anonymous memory.
+    Anon,
+    /// Only the pages copied on write (anonymous) of a private file mapping.
+    CowOnly,
+    /// Shared anonymous memory, saved once per object (shmid).
+    Shmem,
+}
+
+/// A VMA ready for the image, with what the dumper needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Vma {
+    pub entry: VmaEntry,
+    pub contents: Contents,
+    /// For file mappings: the path and whether it is deleted.
+    pub path: Option<String>,
+    pub deleted: bool,
+    pub dev: (u32, u32),
+    pub inode: u64,
+}
+
+impl Vma {
+    pub fn start(&self) -> u64 {
+        self.entry.start
+    }
+    pub fn end(&self) -> u64 {
+        self.entry.end
+    }
+    pub fn status(&self) -> u32 {
+        self.entry.status
+    }
+    pub fn is_file(&self) -> bool {
+        self.entry.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
+    }
+}
+
+/// Classify one smaps block. The file id (`shmid` of file VMAs) is filled in
+/// later by the caller, once the file is registered in files.img.
+pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
+    let m = &s.vma;
+    let f = &s.vm_flags;
+    let shared = m.perms.shared;
+    let mut flags: u32 = if shared {
+        libc::MAP_SHARED as u32
+    } else {
+        libc::MAP_PRIVATE as u32
+    };
+    if f.growsdown() {
+        flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    let mut madv = 0u64;
+    for (code, adv) in MADV_FLAGS {
+        if f.has(code) {
+            madv |= 1u64 << adv;
+        }
+    }
+    let unsupported = |why: &str| {
+        Err(Error::unsupported(
+            pid,
+            format!(
+                "mapping {:x}-{:x} {}: {why}",
+                m.start,
+                m.end,
+                m.path.as_deref().unwrap_or("[anon]")
+            ),
+        ))
+    };
+    let special = matches!(
+        m.kind(),
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    );
+    if f.io_or_pfnmap() && !special {
+        return unsupported("device (I/O or PFN) mappings cannot be checkpointed");
+    }
+    if f.hugetlb() {
+        return unsupported("hugetlb mappings are not supported yet");
+    }
+    let (status, contents) = match m.kind() {
+        VmaKind::Vdso => (VMA_AREA_REGULAR | VMA_AREA_VDSO, Contents::None),
+        VmaKind::Vvar | VmaKind::VvarVclock => (VMA_AREA_REGULAR | VMA_AREA_VVAR, Contents::None),
+        VmaKind::Vsyscall => (VMA_AREA_VSYSCALL, Contents::None),
+        VmaKind::Heap => (
+            VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_HEAP,
+            Contents::Anon,
+        ),
+        VmaKind::Stack => (
+            VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_STACK,
+            Contents::Anon,
+        ),
+        VmaKind::Anon | VmaKind::AnonNamed if !shared => {
+            (VMA_AREA_REGULAR | VMA_ANON_PRIVATE, Contents::Anon)
+        }
+        VmaKind::DevZero if !shared => (VMA_AREA_REGULAR | VMA_ANON_PRIVATE, Contents::Anon),
+        VmaKind::Anon | VmaKind::AnonNamed | VmaKind::AnonShmemNamed | VmaKind::DevZero => {
+            (VMA_AREA_REGULAR | VMA_ANON_SHARED, Contents::Shmem)
+        }
+        VmaKind::File if shared => (VMA_AREA_REGULAR | VMA_FILE_SHARED, Contents::None),
+        VmaKind::File => (VMA_AREA_REGULAR | VMA_FILE_PRIVATE, Contents::CowOnly),
+        VmaKind::SysV => return unsupported("SysV shared memory is not supported yet"),
+        VmaKind::Memfd => return unsupported("memfd mappings are not supported yet"),
+        VmaKind::AnonHugepage => return unsupported("hugetlb mappings are not supported yet"),
+        VmaKind::Other => return unsupported("special mapping"),
+    };
+    if status & (VMA_ANON_PRIVATE | VMA_ANON_SHARED) != 0 {
+        flags |= libc::MAP_ANONYMOUS as u32;
+    }
+    let shmid = if status & VMA_ANON_SHARED != 0 {
+        m.inode
+    } else {
+        0
+    };
+    let fdflags = if status & (VMA_FILE_SHARED | VMA_FILE_PRIVATE) != 0 {
+        // A shared writable mapping needs a writable file; private ones never.
+        Some(if shared && m.perms.write {
+            libc::O_RDWR as u32
+        } else {
+            libc::O_RDONLY as u32
+        })
+    } else {
+        None
+    };
+    Ok(Vma {
+        entry: VmaEntry {
+            start: m.start,
+            end: m.end,
+            pgoff: m.offset,
+            shmid,
+            prot: m.perms.prot() as u32,
+            flags,
+            status,
+            fd: -1,
+            madv: (madv != 0).then_some(madv),
+            fdflags,
+        },
+        contents,
+        path: m.path.clone(),
+        deleted: m.deleted,
+        dev: (m.dev_major, m.dev_minor),
+        inode: m.inode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::parse_smaps;
+
+    const SMAPS: &str = "\
+55d4c0a00000-55d4c0a21000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+Rss:                   4 kB
+VmFlags: rd wr mr mw me ac sd
+7f1c2b400000-7f1c2b428000 r--p 00000000 fe:00 1311                       /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:                160 kB
+VmFlags: rd mr mw me sd
+7f1c2b600000-7f1c2b700000 rw-s 00000000 00:01 2048                       /dev/zero (deleted)
+Size:               1024 kB
+VmFlags: rd wr sh mr mw me ms sd
+7ffd1a1e0000-7ffd1a201000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+VmFlags: rd wr mr mw me gd ac
+7ffd1a3f0000-7ffd1a3f8000 r-xp 00000000 00:00 0                          [vdso]
+Size:                  8 kB
+VmFlags: rd ex mr mw me de sd
+";
+
+    #[test]
+    fn classify_common_vmas() {
+        let all = parse_smaps(SMAPS).unwrap();
+        let v: Vec<Vma> = all.iter().map(|s| classify(1, s).unwrap()).collect();
+        assert_eq!(v[0].contents, Contents::Anon);
+        assert_ne!(v[0].status() & VMA_AREA_HEAP, 0);
+        assert_eq!(v[1].contents, Contents::CowOnly);
+        assert_eq!(v[1].entry.fdflags, Some(libc::O_RDONLY as u32));
+        assert_eq!(v[2].contents, Contents::Shmem);
+        assert_eq!(v[2].entry.shmid, 2048);
+        assert_ne!(v[2].entry.flags & libc::MAP_SHARED as u32, 0);
+        assert_ne!(v[3].entry.flags & libc::MAP_GROWSDOWN as u32, 0);
+        assert_eq!(v[4].contents, Contents::None);
+        assert_ne!(v[4].status() & VMA_AREA_VDSO, 0);
+    }
+}

@@ -1,0 +1,823 @@
+//! Restore: bring a dumped tree back, each task with its original PID.
+//!
+//! 1. read and check every image into a [`plan::Plan`] (nothing is created
+//!    before the images are known to be sound);
+//! 2. prepare shared kernel objects in the restorer (ghost files, shared
+//!    memory) so forked tasks inherit them;
+//! 3. fork the tree with clone3 + set_tid; each task runs a [`stub`] that
+//!    builds its fd table, session and signal actions, then stops;
+//! 4. puppet each stopped task by remote syscalls: address space, mm fields,
+//!    threads, per-thread state, process groups, credentials;
+//! 5. load the final registers and let every task go at once.
+//!
+//! Until step 5 succeeds a guard kills every task created: a failed restore
+//! leaves nothing behind.
+
+pub mod plan;
+pub mod stub;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, PathCtx, Result, TaskCtx};
+use crate::files::reg;
+use crate::images::ImageDir;
+use crate::mem::restore::{self as memr, MemCtx, SCRATCH_DATA};
+use crate::mem::vma::{VMA_FILE_PRIVATE, VMA_FILE_SHARED};
+use crate::mem::PAGE_SIZE;
+use crate::proc;
+use crate::stats::{self, RestoreStats};
+use crate::sys::{clone3, misc, ptrace, stub as sstub};
+use crate::task::remote::{Remote, SCRATCH_LEN};
+use crate::task::{creds, regs};
+use plan::{Plan, TASK_SIZE};
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub images_dir: PathBuf,
+    /// Return once the tree runs (else the caller waits for the root).
+    pub detach: bool,
+    /// Terminals of the dump are the caller's terminal now.
+    pub shell_job: bool,
+    pub pidfile: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Restored {
+    pub root_pid: i32,
+    pub stats: RestoreStats,
+}
+
+/// Something a task opens for itself at `Prep::local_base + index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    File(u32),
+    Pages(u32),
+}
+
+#[derive(Debug, Default)]
+pub struct TaskPrep {
+    pub scratch: u64,
+    pub locals: Vec<Local>,
+}
+
+impl TaskPrep {
+    fn local(&self, base: i32, l: Local) -> Option<i32> {
+        self.locals
+            .iter()
+            .position(|&x| x == l)
+            .map(|i| base + i as i32)
+    }
+}
+
+/// What the restorer sets up before forking, shared by every stub.
+#[derive(Debug, Default)]
+pub struct Prep {
+    pub base: i32,
+    pub local_base: i32,
+    pub err_fd: i32,
+    pub sync_fd: i32,
+    pub ghost_fds: HashMap<u32, i32>,
+    pub shmem_fds: HashMap<u64, i32>,
+    pub tty_fd: Option<i32>,
+    /// File id -> fd number where its owner puts it for the subtree.
+    pub shared: HashMap<u32, i32>,
+    /// File id -> index of the task that opens it (lowest common ancestor
+    /// of its holders, so one open file description is inherited by all).
+    pub owner: HashMap<u32, usize>,
+    pub tasks: Vec<TaskPrep>,
+    pub images_dir: PathBuf,
+}
+
+pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    let t0 = Instant::now();
+    let dir = ImageDir::open(&opts.images_dir)?;
+    let plan = plan::read(&dir)?;
+    check_pids_free(&plan)?;
+    let mut keep_fds: Vec<OwnedFd> = Vec::new();
+    let prep = prepare(&dir, &plan, opts, &mut keep_fds)?;
+    let mut tree = Tree::default();
+    let (err_r, sync_w) = (
+        prep_err_reader(&mut keep_fds),
+        prep_sync_writer(&mut keep_fds),
+    );
+
+    // Fork the root; it waits for us to seize it so every fork is traced.
+    let root = &plan.tasks[0];
+    let root_pid = match clone3::clone3_fork(0, &[root.pid], libc::SIGCHLD) {
+        Ok(clone3::Fork::Child) => stub::main(&plan, &prep, 0),
+        Ok(clone3::Fork::Parent { pid, .. }) => pid,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            return Err(Error::Other(format!(
+                "pid {} is in use: cannot restore the tree root",
+                root.pid
+            )))
+        }
+        Err(e) => return Err(Error::task(root.pid, "clone3", e)),
+    };
+    tree.pids.push(root_pid);
+    let opts_ptrace = ptrace::PTRACE_O_TRACEFORK
+        | ptrace::PTRACE_O_TRACEVFORK
+        | ptrace::PTRACE_O_TRACECLONE
+        | ptrace::PTRACE_O_EXITKILL;
+    ptrace::seize(root_pid, opts_ptrace).task_ctx(root_pid, "seize restored root")?;
+    sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
+    wait_stubs(&plan, &mut tree, err_r)?;
+    let forking = t0.elapsed();
+    debug!(?forking, "tree forked");
+
+    // Puppet every live task.
+    let cur_creds = creds::from_status(&proc::read_status(std::process::id() as i32)?, 0);
+    let cur_vdso = own_vdso()?;
+    let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(plan.tasks.len());
+    let mut pages = 0u64;
+    for (i, t) in plan.tasks.iter().enumerate() {
+        if !t.alive() {
+            remotes.push(None);
+            continue;
+        }
+        let (r, n) = puppet(&plan, &prep, i, cur_vdso, &mut tree)?;
+        pages += n;
+        remotes.push(Some(r));
+    }
+    // Process groups: leaders first, then members.
+    for pass in 0..2 {
+        for (i, t) in plan.tasks.iter().enumerate() {
+            let Some(r) = remotes[i].as_mut() else {
+                continue;
+            };
+            let leader = t.pgid == t.pid;
+            if (pass == 0) != leader || t.sid == t.pid {
+                continue;
+            }
+            if !leader && !plan.tasks.iter().any(|x| x.pid == t.pgid) {
+                info!(
+                    pid = t.pid,
+                    pgid = t.pgid,
+                    "process group leader outside the tree: keeping the restorer's"
+                );
+                continue;
+            }
+            r.call(
+                t.pid,
+                "setpgid",
+                libc::SYS_setpgid,
+                [0, t.pgid as u64, 0, 0, 0, 0],
+            )?;
+        }
+    }
+    // Credentials last, then the final registers.
+    for (i, t) in plan.tasks.iter().enumerate() {
+        let Some(mut r) = remotes[i].take() else {
+            continue;
+        };
+        finish_task(&plan, &prep, i, &mut r, &cur_creds)?;
+        r.finish()?;
+        let _ = t;
+    }
+    // Go: detach every thread together.
+    for &tid in &tree.traced {
+        ptrace::detach(tid, 0).task_ctx(tid, "detach")?;
+    }
+    for t in plan
+        .tasks
+        .iter()
+        .filter(|t| t.state == crate::dump::TASK_STOPPED)
+    {
+        let _ = misc::raw_kill(t.pid, libc::SIGSTOP);
+    }
+    tree.released = true;
+    drop(keep_fds);
+    if let Some(p) = &opts.pidfile {
+        std::fs::write(p, format!("{root_pid}")).path_ctx(p)?;
+    }
+    let st = RestoreStats {
+        forking_time: forking,
+        restore_time: t0.elapsed(),
+        pages_restored: pages,
+    };
+    if let Err(e) = stats::write_restore(&dir, &st) {
+        warn!("cannot write stats-restore: {e}");
+    }
+    info!(root_pid, "restored");
+    Ok(Restored {
+        root_pid,
+        stats: st,
+    })
+}
+
+/// Wait for the restored root (our child) and return its exit status the way
+/// a shell reports it.
+pub fn wait_root(pid: i32) -> Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus as W};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(W::Exited(_, c)) => return Ok(c),
+            Ok(W::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::task(pid, "wait for the restored root", e.into())),
+        }
+    }
+}
+
+/// Every PID and TID of the image must be free here.
+fn check_pids_free(plan: &Plan) -> Result<()> {
+    for t in &plan.tasks {
+        for &tid in &t.threads {
+            if std::path::Path::new(&format!("/proc/{tid}")).exists() {
+                return Err(Error::Other(format!(
+                    "pid {tid} is in use: restore needs the dumped pids (pid {} of the image)",
+                    t.pid
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The restorer's own [vvar]..[vdso] block, which every stub inherits.
+fn own_vdso() -> Result<(u64, u64)> {
+    let maps = proc::read_maps(std::process::id() as i32)?;
+    let mut r: Option<(u64, u64)> = None;
+    for m in &maps {
+        if matches!(
+            m.path.as_deref(),
+            Some("[vdso]" | "[vvar]" | "[vvar_vclock]")
+        ) {
+            r = Some(match r {
+                None => (m.start, m.end),
+                Some((s, e)) => (s.min(m.start), e.max(m.end)),
+            });
+        }
+    }
+    r.ok_or_else(|| Error::Other("the restorer has no [vdso]".into()))
+}
+
+/// Stubs that failed, and all created tasks until released.
+#[derive(Default)]
+struct Tree {
+    pids: Vec<i32>,
+    traced: BTreeSet<i32>,
+    released: bool,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Kill everything we created; nothing half-restored may run.
+        for &p in self.pids.iter().chain(self.traced.iter()) {
+            let _ = misc::raw_kill(p, libc::SIGKILL);
+        }
+        for &p in self.pids.iter().chain(self.traced.iter()) {
+            while let Ok(st) = ptrace::wait(p) {
+                if st.is_exit() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn prep_err_reader(keep: &mut [OwnedFd]) -> i32 {
+    keep[0].as_raw_fd()
+}
+
+fn prep_sync_writer(keep: &mut [OwnedFd]) -> i32 {
+    keep[1].as_raw_fd()
+}
+
+/// Put `fd` at exactly `at` in the restorer and remember it.
+fn pin(fd: OwnedFd, at: i32) -> Result<i32> {
+    nix::unistd::dup2(fd.as_raw_fd(), at)
+        .map_err(|e| Error::Other(format!("dup2 to {at}: {e}")))?;
+    drop(fd);
+    Ok(at)
+}
+
+fn prepare(
+    dir: &ImageDir,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    keep: &mut Vec<OwnedFd>,
+) -> Result<Prep> {
+    // fds above every fd number of the image are ours to stage objects in.
+    let max_fd = plan
+        .tasks
+        .iter()
+        .flat_map(|t| t.fds.iter().map(|f| f.fd as i32))
+        .max()
+        .unwrap_or(2);
+    let (soft, hard) = sstub::get_rlimit(libc::RLIMIT_NOFILE as u32)
+        .map_err(|e| Error::Other(format!("getrlimit: {e}")))?;
+    if soft < hard {
+        let _ = sstub::set_rlimit(libc::RLIMIT_NOFILE as u32, hard, hard);
+    }
+    let base = (max_fd + 1).max(64);
+    let mut next = base;
+    let mut prep = Prep {
+        base,
+        images_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    // Error and start pipes: read/write ends for us stay below `base`.
+    let (er, ew) = nix::unistd::pipe().map_err(|e| Error::Other(format!("pipe: {e}")))?;
+    let (sr, sw) = nix::unistd::pipe().map_err(|e| Error::Other(format!("pipe: {e}")))?;
+    keep.push(er);
+    keep.push(sw);
+    prep.err_fd = pin(ew, next)?;
+    next += 1;
+    prep.sync_fd = pin(sr, next)?;
+    next += 1;
+    if opts.shell_job && nix::unistd::isatty(0).unwrap_or(false) {
+        let t = nix::unistd::dup(0).map_err(|e| Error::Other(format!("dup stdin: {e}")))?;
+        nix::unistd::dup2(t, next).map_err(|e| Error::Other(format!("dup2: {e}")))?;
+        let _ = nix::unistd::close(t);
+        prep.tty_fd = Some(next);
+        next += 1;
+    }
+    // Ghost files every task may reopen.
+    let mut ghost_ids: Vec<u32> = plan.ghosts.keys().copied().collect();
+    ghost_ids.sort();
+    for id in ghost_ids {
+        let name = plan
+            .files
+            .get(&id)
+            .and_then(|f| f.reg.as_ref())
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let fd = reg::restore_ghost(dir, plan.ghosts[&id], &name)?;
+        prep.ghost_fds.insert(id, pin(fd, next)?);
+        next += 1;
+    }
+    // Shared anonymous memory: one memfd per object, filled now.
+    for (&shmid, (size, pm)) in &plan.shmem {
+        let fd = sstub::memfd("/dev/zero (deleted)")
+            .map_err(|e| Error::Other(format!("memfd_create: {e}")))?;
+        let f = std::fs::File::from(fd);
+        f.set_len(*size)
+            .path_ctx(format!("shared memory {shmid}"))?;
+        let pages = dir.open_file(&format!("pages-{}.img", pm.pages_id))?;
+        let mut off = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for &(a, n) in &pm.runs {
+            let mut left = n * PAGE_SIZE;
+            let mut at = a;
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                std::os::unix::fs::FileExt::read_exact_at(&pages, &mut buf[..k], off)
+                    .path_ctx(dir.file(&format!("pages-{}.img", pm.pages_id)))?;
+                std::os::unix::fs::FileExt::write_all_at(&f, &buf[..k], at)
+                    .path_ctx(format!("shared memory {shmid}"))?;
+                off += k as u64;
+                at += k as u64;
+                left -= k as u64;
+            }
+        }
+        prep.shmem_fds.insert(shmid, pin(OwnedFd::from(f), next)?);
+        next += 1;
+    }
+    // Open file descriptions in fd tables: staged once, by the lowest
+    // common ancestor of their holders.
+    let mut holders: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, t) in plan.tasks.iter().enumerate() {
+        for f in &t.fds {
+            let h = holders.entry(f.id).or_default();
+            if !h.contains(&i) {
+                h.push(i);
+            }
+        }
+    }
+    let mut ids: Vec<u32> = holders.keys().copied().collect();
+    ids.sort();
+    for id in ids {
+        prep.owner.insert(id, lca(plan, &holders[&id]));
+        prep.shared.insert(id, next);
+        next += 1;
+    }
+    prep.local_base = next;
+    // Per task: its own mapped files, exe and pages image; and a scratch spot.
+    let own = proc::read_maps(std::process::id() as i32)?;
+    let mut max_locals = 0;
+    for t in &plan.tasks {
+        let mut tp = TaskPrep::default();
+        if let Some(mm) = &t.mm {
+            tp.locals.push(Local::File(mm.exe_file_id));
+            let mut seen = HashSet::new();
+            for v in &mm.vmas {
+                if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
+                    && seen.insert(v.shmid as u32)
+                {
+                    tp.locals.push(Local::File(v.shmid as u32));
+                }
+            }
+            tp.locals
+                .push(Local::Pages(t.pagemap.as_ref().unwrap().pages_id));
+            let mut avoid: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
+            avoid.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
+            tp.scratch = pick_scratch(&avoid).ok_or_else(|| {
+                Error::unsupported(t.pid, "no free spot for the restore scratch page")
+            })?;
+        }
+        max_locals = max_locals.max(tp.locals.len());
+        prep.tasks.push(tp);
+    }
+    let need = (prep.local_base as u64) + max_locals as u64 + 1;
+    let (_, hard) = sstub::get_rlimit(libc::RLIMIT_NOFILE as u32).unwrap_or((0, 0));
+    if need > hard {
+        return Err(Error::Other(format!(
+            "restore needs {need} fds but RLIMIT_NOFILE is {hard}"
+        )));
+    }
+    Ok(prep)
+}
+
+/// Lowest common ancestor of tasks (indices; parents precede children).
+fn lca(plan: &Plan, tasks: &[usize]) -> usize {
+    let chain = |mut i: usize| {
+        let mut v = vec![i];
+        while let Some(p) = plan.tasks[i].parent {
+            v.push(p);
+            i = p;
+        }
+        v
+    };
+    let mut common: Vec<usize> = chain(tasks[0]);
+    for &t in &tasks[1..] {
+        let c: HashSet<usize> = chain(t).into_iter().collect();
+        common.retain(|x| c.contains(x));
+    }
+    common[0]
+}
+
+/// A free range for the scratch area, away from the restorer's mappings and
+/// from everything the task will map.
+fn pick_scratch(avoid: &[(u64, u64)]) -> Option<u64> {
+    let len = SCRATCH_LEN + 2 * PAGE_SIZE;
+    let mut a = 0x10_0000_0000u64;
+    while a + len < TASK_SIZE {
+        if !avoid.iter().any(|&(s, e)| a < e && s < a + len) {
+            return Some(a + PAGE_SIZE);
+        }
+        a += 1 << 30;
+    }
+    None
+}
+
+/// Drive the stubs until every live task stopped itself and every dead one
+/// exited; a stub that fails reports on the error pipe.
+fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32) -> Result<()> {
+    let alive: HashSet<i32> = plan
+        .tasks
+        .iter()
+        .filter(|t| t.alive())
+        .map(|t| t.pid)
+        .collect();
+    let dead: HashSet<i32> = plan
+        .tasks
+        .iter()
+        .filter(|t| !t.alive())
+        .map(|t| t.pid)
+        .collect();
+    let mut ready = HashSet::new();
+    let mut gone = HashSet::new();
+    tree.traced.insert(plan.tasks[0].pid);
+    while ready.len() < alive.len() || gone.len() < dead.len() {
+        let (tid, st) = ptrace::wait_any()
+            .map_err(|e| Error::Other(format!("waiting for restored tasks: {e}")))?;
+        use ptrace::WaitStatus as W;
+        match st {
+            W::PtraceEvent { event, .. } if event == ptrace::PTRACE_EVENT_STOP => {
+                // A new task's first stop (auto-attached by TRACEFORK).
+                tree.traced.insert(tid);
+                ptrace::cont(tid, 0).task_ctx(tid, "start stub")?;
+            }
+            W::PtraceEvent { .. } => {
+                ptrace::cont(tid, 0).task_ctx(tid, "resume stub")?;
+            }
+            W::Stopped { sig } if sig == libc::SIGSTOP && alive.contains(&tid) => {
+                tree.traced.insert(tid);
+                ready.insert(tid);
+            }
+            W::GroupStop { .. } | W::Stopped { .. } | W::SyscallStop | W::Continued => {
+                ptrace::cont(tid, 0).task_ctx(tid, "resume stub")?;
+            }
+            W::Exited(code) | W::Signaled(code) => {
+                tree.traced.remove(&tid);
+                if dead.contains(&tid) {
+                    gone.insert(tid);
+                    continue;
+                }
+                let mut buf = vec![0u8; 4096];
+                let n = nix::unistd::read(err_r, &mut buf).unwrap_or(0);
+                let msg = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                if msg.is_empty() {
+                    return Err(Error::Other(format!(
+                        "restored task {tid} died early (status {code})"
+                    )));
+                }
+                return Err(Error::Other(
+                    msg.lines().next().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Final registers: an interrupted syscall is restarted by hand, since the
+/// new task will not return through the kernel's restart logic.
+fn final_regs(e: &stasis_proto::criu::UserX86RegsEntry) -> libc::user_regs_struct {
+    const ERESTARTSYS: i64 = -512;
+    const ERESTARTNOINTR: i64 = -513;
+    const ERESTARTNOHAND: i64 = -514;
+    const ERESTART_RESTARTBLOCK: i64 = -516;
+    let mut r = regs::regs_from_image(e);
+    if (r.orig_rax as i64) >= 0
+        && matches!(
+            r.rax as i64,
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        )
+    {
+        r.rax = r.orig_rax;
+        r.rip -= 2;
+    }
+    r.orig_rax = u64::MAX;
+    r
+}
+
+/// Rebuild one task's memory, mm and threads. Returns its remote context
+/// (injectors held) and the pages written.
+fn puppet(
+    plan: &Plan,
+    prep: &Prep,
+    i: usize,
+    cur_vdso: (u64, u64),
+    tree: &mut Tree,
+) -> Result<(Remote, u64)> {
+    let t = &plan.tasks[i];
+    let tp = &prep.tasks[i];
+    let pid = t.pid;
+    let mm = t.mm.as_ref().unwrap();
+    let mut r = Remote::with_ip(pid, tp.scratch);
+    // The stub inherited the restorer's rseq registration; it must go before
+    // its memory does.
+    let rs = ptrace::get_rseq_config(pid).task_ctx(pid, "get rseq configuration")?;
+    if rs.rseq_abi_pointer != 0 {
+        r.call(
+            pid,
+            "rseq unregister",
+            libc::SYS_rseq,
+            [
+                rs.rseq_abi_pointer,
+                rs.rseq_abi_size as u64,
+                1,
+                rs.signature as u64,
+                0,
+                0,
+            ],
+        )?;
+    }
+    let mut file_fds = HashMap::new();
+    for l in &tp.locals {
+        if let Local::File(id) = *l {
+            file_fds.insert(id, tp.local(prep.local_base, *l).unwrap());
+        }
+    }
+    let pages_fd = tp
+        .local(
+            prep.local_base,
+            Local::Pages(t.pagemap.as_ref().unwrap().pages_id),
+        )
+        .unwrap();
+    let cx = MemCtx {
+        file_fds: &file_fds,
+        shmem_fds: &prep.shmem_fds,
+        pages_fd,
+        scratch: tp.scratch,
+        cur_vdso,
+    };
+    let pages = memr::restore_vmas(&mut r, mm, t.pagemap.as_ref().unwrap(), &cx)?;
+    memr::set_mm(&mut r, mm, file_fds[&mm.exe_file_id], tp.scratch)?;
+
+    // Threads, each with its own TID, by clone3 run in the leader.
+    let data = tp.scratch + SCRATCH_DATA;
+    for &tid in &t.threads[1..] {
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let set_tid_at = data + 256;
+        let mut args = [0u64; 11];
+        args[0] = flags;
+        args[8] = set_tid_at;
+        args[9] = 1;
+        let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        r.write(data, &bytes)?;
+        r.write(set_tid_at, &(tid as i32).to_ne_bytes())?;
+        let got = r.call(
+            pid,
+            "clone3 thread",
+            libc::SYS_clone3,
+            [data, 88, 0, 0, 0, 0],
+        )? as i32;
+        if got != tid {
+            return Err(Error::Other(format!(
+                "pid {pid}: thread {tid} came back as {got}"
+            )));
+        }
+        tree.traced.insert(tid);
+        // The new thread reports its first stop before running any code.
+        loop {
+            match ptrace::wait(tid).task_ctx(tid, "wait for new thread")? {
+                ptrace::WaitStatus::PtraceEvent { .. }
+                | ptrace::WaitStatus::Stopped { .. }
+                | ptrace::WaitStatus::GroupStop { .. } => break,
+                st if st.is_exit() => {
+                    return Err(Error::Other(format!("new thread {tid} of {pid} died")))
+                }
+                _ => {}
+            }
+        }
+        r.injector(pid)?.take_events();
+    }
+
+    // Per-thread kernel state.
+    for (k, &tid) in t.threads.iter().enumerate() {
+        let c = &t.cores[k];
+        let ti = c.thread_info.as_ref().unwrap();
+        let tc = c.thread_core.as_ref().unwrap();
+        if ti.clear_tid_addr != 0 {
+            r.call(
+                tid,
+                "set_tid_address",
+                libc::SYS_set_tid_address,
+                [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+            )?;
+        }
+        if tc.futex_rla != 0 {
+            r.call(
+                tid,
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                [tc.futex_rla, tc.futex_rla_len as u64, 0, 0, 0, 0],
+            )?;
+        }
+        if let Some(rs) = &tc.rseq_entry {
+            r.call(
+                tid,
+                "rseq",
+                libc::SYS_rseq,
+                [
+                    rs.rseq_abi_pointer,
+                    rs.rseq_abi_size as u64,
+                    0,
+                    rs.signature as u64,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+        if let Some(sas) = &tc.sas {
+            if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
+                let mut b = Vec::with_capacity(24);
+                b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
+                b.extend_from_slice(&(sas.ss_flags & !(libc::SS_ONSTACK as u32)).to_ne_bytes());
+                b.extend_from_slice(&0u32.to_ne_bytes());
+                b.extend_from_slice(&sas.ss_size.to_ne_bytes());
+                r.write(data, &b)?;
+                r.call(
+                    tid,
+                    "sigaltstack",
+                    libc::SYS_sigaltstack,
+                    [data, 0, 0, 0, 0, 0],
+                )?;
+            }
+        }
+        let comm = tc
+            .comm
+            .clone()
+            .or_else(|| c.tc.as_ref().map(|x| x.comm.clone()))
+            .unwrap_or_default();
+        let mut cb = comm.into_bytes();
+        cb.truncate(15);
+        cb.push(0);
+        r.write(data, &cb)?;
+        r.call(
+            tid,
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0],
+        )?;
+        if let Some(n) = tc.sched_nice {
+            if let Err(e) = sstub::set_nice(tid, n) {
+                warn!(tid, "cannot restore nice {n}: {e}");
+            }
+        }
+        // Pending signals, queued by the leader (only it may queue kernel
+        // si_codes to itself and its threads).
+        if let Some(q) = &tc.signals_p {
+            for s in &q.signals {
+                queue_signal(&mut r, pid, Some(tid), &s.siginfo, data)?;
+            }
+        }
+    }
+    if let Some(q) = t.cores[0].tc.as_ref().and_then(|tc| tc.signals_s.as_ref()) {
+        for s in &q.signals {
+            queue_signal(&mut r, pid, None, &s.siginfo, data)?;
+        }
+    }
+    Ok((r, pages))
+}
+
+fn queue_signal(r: &mut Remote, pid: i32, tid: Option<i32>, info: &[u8], at: u64) -> Result<()> {
+    if info.len() != 128 {
+        return Err(Error::bad_image(
+            format!("core-{pid}.img"),
+            "siginfo is not 128 bytes",
+        ));
+    }
+    let sig = i32::from_ne_bytes(info[0..4].try_into().unwrap()) as u64;
+    r.write(at, info)?;
+    match tid {
+        Some(t) => r.call(
+            pid,
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            [pid as u64, t as u64, sig, at, 0, 0],
+        )?,
+        None => r.call(
+            pid,
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            [pid as u64, sig, at, 0, 0, 0],
+        )?,
+    };
+    Ok(())
+}
+
+/// Credentials, dumpable, staged fds, scratch; then the final registers of
+/// every thread (loaded when the injectors are put back).
+fn finish_task(
+    plan: &Plan,
+    prep: &Prep,
+    i: usize,
+    r: &mut Remote,
+    cur: &stasis_proto::criu::CredsEntry,
+) -> Result<()> {
+    let t = &plan.tasks[i];
+    let pid = t.pid;
+    let tp = &prep.tasks[i];
+    let data = tp.scratch + SCRATCH_DATA;
+    for (k, &tid) in t.threads.iter().enumerate() {
+        if let Some(c) = t.cores[k]
+            .thread_core
+            .as_ref()
+            .and_then(|tc| tc.creds.as_ref())
+        {
+            creds::restore(r, tid, c, cur, data)?;
+        }
+    }
+    if let Some(d) = t.mm.as_ref().and_then(|m| m.dumpable) {
+        r.call(
+            pid,
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
+        )?;
+    }
+    r.call(
+        pid,
+        "close_range",
+        libc::SYS_close_range,
+        [prep.base as u64, u32::MAX as u64, 0, 0, 0, 0],
+    )?;
+    r.call(
+        pid,
+        "munmap scratch",
+        libc::SYS_munmap,
+        [tp.scratch, SCRATCH_LEN, 0, 0, 0, 0],
+    )?;
+    let xsize = ptrace::get_xstate(pid)
+        .task_ctx(pid, "get xsave state")?
+        .len();
+    for (k, &tid) in t.threads.iter().enumerate() {
+        let c = &t.cores[k];
+        let ti = c.thread_info.as_ref().unwrap();
+        let tc = c.thread_core.as_ref().unwrap();
+        let xs = regs::xsave_from_image(&ti.fpregs, xsize);
+        ptrace::set_xstate(tid, &xs).task_ctx(tid, "set xsave state")?;
+        let inj = r.injector(tid)?;
+        inj.set_saved_regs(final_regs(&ti.gpregs));
+        inj.set_saved_sigmask(tc.blk_sigset.unwrap_or(0));
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! Reading an image directory into a restore plan, checking everything we
+//! will rely on: a bad image is rejected here, by name, before anything is
+//! created.
+
+use std::collections::{BTreeMap, HashMap};
+
+use stasis_proto::criu::{
+    CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
+    PstreeEntry, RemapFilePathEntry,
+};
+use stasis_proto::image::{magic, Header};
+
+use crate::dump::{TASK_ALIVE, TASK_DEAD, TASK_STOPPED};
+use crate::error::{Error, Result};
+use crate::files::{FILES_IMG, REMAP_IMG};
+use crate::images::{common, ImageDir, INVENTORY};
+use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::mem::{PAGE_SIZE, PE_PRESENT};
+
+/// Highest user address on x86_64 with 4-level paging.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+#[derive(Debug, Clone)]
+pub struct Pagemap {
+    pub pages_id: u32,
+    /// (vaddr, nr_pages) of PRESENT runs, in file order.
+    pub runs: Vec<(u64, u64)>,
+}
+
+impl Pagemap {
+    pub fn pages(&self) -> u64 {
+        self.runs.iter().map(|r| r.1).sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub threads: Vec<i32>,
+    pub state: u32,
+    pub exit_code: u32,
+    /// Index of the parent in `Plan::tasks` (None for the root).
+    pub parent: Option<usize>,
+    pub children: Vec<usize>,
+    /// One per thread, leader first.
+    pub cores: Vec<CoreEntry>,
+    pub mm: Option<MmEntry>,
+    pub pagemap: Option<Pagemap>,
+    pub fds: Vec<FdinfoEntry>,
+    pub fs: Option<FsEntry>,
+}
+
+impl TaskPlan {
+    pub fn alive(&self) -> bool {
+        self.state != TASK_DEAD
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub inventory: InventoryEntry,
+    pub tasks: Vec<TaskPlan>,
+    pub files: HashMap<u32, FileEntry>,
+    /// File id -> ghost remap id.
+    pub ghosts: HashMap<u32, u32>,
+    /// Shared anonymous memory: shmid -> (size, pagemap).
+    pub shmem: BTreeMap<u64, (u64, Pagemap)>,
+}
+
+fn bad(image: impl Into<String>, why: impl Into<String>) -> Error {
+    Error::bad_image(image, why)
+}
+
+fn read_pagemap(dir: &ImageDir, name: &str) -> Result<Pagemap> {
+    let mut r = dir.reader(name, common(magic::PAGEMAP))?;
+    let head: PagemapHead = r
+        .read_entry()?
+        .ok_or_else(|| bad(name, "missing pagemap head"))?;
+    let mut runs = Vec::new();
+    while let Some(e) = r.read_entry::<PagemapEntry>()? {
+        let nr = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+        let flags = e.flags.unwrap_or(PE_PRESENT);
+        if e.vaddr % PAGE_SIZE != 0 || nr == 0 || e.vaddr.checked_add(nr * PAGE_SIZE).is_none() {
+            return Err(bad(
+                name,
+                format!("bad entry at {:#x} (+{nr} pages)", e.vaddr),
+            ));
+        }
+        if flags & PE_PRESENT == 0 {
+            if flags & 1 != 0 {
+                return Err(bad(
+                    name,
+                    "incremental images (pages in a parent) are not supported yet",
+                ));
+            }
+            continue;
+        }
+        runs.push((e.vaddr, nr));
+    }
+    let pages = format!("pages-{}.img", head.pages_id);
+    let want: u64 = runs.iter().map(|r| r.1).sum::<u64>() * PAGE_SIZE;
+    let have = std::fs::metadata(dir.file(&pages))
+        .map_err(|e| Error::io(dir.file(&pages), e))?
+        .len();
+    if have != want {
+        return Err(bad(
+            &pages,
+            format!("holds {have} bytes but {name} describes {want}: truncated or mismatched"),
+        ));
+    }
+    Ok(Pagemap {
+        pages_id: head.pages_id,
+        runs,
+    })
+}
+
+pub fn read(dir: &ImageDir) -> Result<Plan> {
+    let inventory: InventoryEntry = dir.read_one(INVENTORY, Header::Inventory)?;
+    if inventory.img_version != 2 {
+        return Err(bad(
+            INVENTORY,
+            format!("unsupported image version {}", inventory.img_version),
+        ));
+    }
+    if inventory.fdinfo_per_id != Some(true) {
+        return Err(bad(INVENTORY, "too old image (no fdinfo_per_id)"));
+    }
+    let pstree: Vec<PstreeEntry> = dir.read_all("pstree.img", common(magic::PSTREE))?;
+    if pstree.is_empty() {
+        return Err(bad("pstree.img", "no tasks"));
+    }
+    let mut index: HashMap<i32, usize> = HashMap::new();
+    let mut tasks: Vec<TaskPlan> = Vec::with_capacity(pstree.len());
+    for (i, p) in pstree.iter().enumerate() {
+        let pid = p.pid as i32;
+        if pid <= 0 || index.insert(pid, i).is_some() {
+            return Err(bad("pstree.img", format!("bad or duplicate pid {}", p.pid)));
+        }
+        let parent = if i == 0 {
+            None
+        } else {
+            Some(*index.get(&(p.ppid as i32)).ok_or_else(|| {
+                bad(
+                    "pstree.img",
+                    format!("pid {} listed before its parent {}", p.pid, p.ppid),
+                )
+            })?)
+        };
+        let threads: Vec<i32> = if p.threads.is_empty() {
+            vec![pid]
+        } else {
+            p.threads.iter().map(|&t| t as i32).collect()
+        };
+        if threads[0] != pid {
+            return Err(bad(
+                "pstree.img",
+                format!("pid {pid}: first thread is not the leader"),
+            ));
+        }
+        let mut cores = Vec::with_capacity(threads.len());
+        for &tid in &threads {
+            let name = format!("core-{tid}.img");
+            let c: CoreEntry = dir.read_one(&name, common(magic::CORE))?;
+            if c.mtype != 1 {
+                return Err(bad(
+                    &name,
+                    format!("not an x86_64 image (mtype {})", c.mtype),
+                ));
+            }
+            cores.push(c);
+        }
+        let tc = cores[0]
+            .tc
+            .as_ref()
+            .ok_or_else(|| bad(format!("core-{pid}.img"), "no task core"))?;
+        let state = tc.task_state;
+        if ![TASK_ALIVE, TASK_DEAD, TASK_STOPPED].contains(&state) {
+            return Err(bad(
+                format!("core-{pid}.img"),
+                format!("unknown task state {state}"),
+            ));
+        }
+        let mut t = TaskPlan {
+            pid,
+            ppid: p.ppid as i32,
+            pgid: p.pgid as i32,
+            sid: p.sid as i32,
+            threads,
+            state,
+            exit_code: tc.exit_code,
+            parent,
+            children: Vec::new(),
+            cores,
+            mm: None,
+            pagemap: None,
+            fds: Vec::new(),
+            fs: None,
+        };
+        if t.alive() {
+            for c in &t.cores {
+                if c.thread_info.is_none() || c.thread_core.is_none() {
+                    return Err(bad(format!("core-{pid}.img"), "thread without registers"));
+                }
+            }
+            let mm_name = format!("mm-{pid}.img");
+            let mm: MmEntry = dir.read_one(&mm_name, common(magic::MM))?;
+            check_vmas(&mm_name, &mm)?;
+            let pm_name = format!("pagemap-{pid}.img");
+            let pm = read_pagemap(dir, &pm_name)?;
+            check_runs(&pm_name, &pm, &mm)?;
+            let files_id = t.cores[0]
+                .ids
+                .as_ref()
+                .map(|i| i.files_id)
+                .unwrap_or(pid as u32);
+            t.fds = dir.read_all(&format!("fdinfo-{files_id}.img"), common(magic::FDINFO))?;
+            t.fs = Some(dir.read_one(&format!("fs-{pid}.img"), common(magic::FS))?);
+            t.mm = Some(mm);
+            t.pagemap = Some(pm);
+        }
+        if let Some(pi) = parent {
+            tasks[pi].children.push(i);
+        }
+        tasks.push(t);
+    }
+    let mut files = HashMap::new();
+    for f in dir.read_all::<FileEntry>(FILES_IMG, common(magic::FILES))? {
+        files.insert(f.id, f);
+    }
+    let mut ghosts = HashMap::new();
+    if dir.exists(REMAP_IMG) {
+        for r in dir.read_all::<RemapFilePathEntry>(REMAP_IMG, common(magic::REMAP_FPATH))? {
+            ghosts.insert(r.orig_id, r.remap_id);
+        }
+    }
+    // Every id the tasks use must exist.
+    for t in tasks.iter().filter(|t| t.alive()) {
+        let mm = t.mm.as_ref().unwrap();
+        let fs = t.fs.as_ref().unwrap();
+        let mut ids: Vec<u32> = t.fds.iter().map(|f| f.id).collect();
+        ids.extend([mm.exe_file_id, fs.cwd_id, fs.root_id]);
+        for v in &mm.vmas {
+            if v.status & (crate::mem::vma::VMA_FILE_PRIVATE | crate::mem::vma::VMA_FILE_SHARED)
+                != 0
+            {
+                ids.push(v.shmid as u32);
+            }
+        }
+        for id in ids {
+            if !files.contains_key(&id) {
+                return Err(bad(
+                    FILES_IMG,
+                    format!("pid {}: no file with id {id}", t.pid),
+                ));
+            }
+        }
+    }
+    // Shared anonymous memory objects.
+    let mut shmem = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.alive()) {
+        for v in &t.mm.as_ref().unwrap().vmas {
+            if v.status & VMA_ANON_SHARED != 0 {
+                let end = v.pgoff + (v.end - v.start);
+                let e = shmem.entry(v.shmid).or_insert((0u64, None::<()>));
+                e.0 = e.0.max(end);
+            }
+        }
+    }
+    let mut shm = BTreeMap::new();
+    for (id, (size, _)) in shmem {
+        let name = format!("pagemap-shmem-{id}.img");
+        let pm = read_pagemap(dir, &name)?;
+        for &(a, n) in &pm.runs {
+            if a + n * PAGE_SIZE > size {
+                return Err(bad(
+                    &name,
+                    format!("page at offset {a:#x} beyond the object ({size:#x})"),
+                ));
+            }
+        }
+        shm.insert(id, (size, pm));
+    }
+    Ok(Plan {
+        inventory,
+        tasks,
+        files,
+        ghosts,
+        shmem: shm,
+    })
+}
+
+/// VMAs must be page aligned, inside user space, sorted and disjoint.
+fn check_vmas(name: &str, mm: &MmEntry) -> Result<()> {
+    let mut last_end = 0u64;
+    for v in &mm.vmas {
+        let special = v.status & (VMA_AREA_VSYSCALL) != 0;
+        if v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 || v.start >= v.end {
+            return Err(bad(name, format!("bad vma {:#x}-{:#x}", v.start, v.end)));
+        }
+        if !special && v.end > TASK_SIZE {
+            return Err(bad(
+                name,
+                format!("vma {:#x}-{:#x} outside user space", v.start, v.end),
+            ));
+        }
+        if v.start < last_end {
+            return Err(bad(
+                name,
+                format!("vma {:#x}-{:#x} overlaps the previous one", v.start, v.end),
+            ));
+        }
+        last_end = v.end;
+    }
+    Ok(())
+}
+
+/// Page runs must fall inside private VMAs that may hold pages (a run may
+/// span adjacent VMAs).
+fn check_runs(name: &str, pm: &Pagemap, mm: &MmEntry) -> Result<()> {
+    let no_pages = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED;
+    for &(a, n) in &pm.runs {
+        let end = a + n * PAGE_SIZE;
+        let mut cur = a;
+        while cur < end {
+            match mm
+                .vmas
+                .iter()
+                .find(|v| v.start <= cur && cur < v.end && v.status & no_pages == 0)
+            {
+                Some(v) => cur = v.end.min(end),
+                None => {
+                    return Err(bad(
+                        name,
+                        format!("pages at {cur:#x} outside any private vma"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

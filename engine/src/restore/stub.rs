@@ -1,0 +1,268 @@
+//! The restore stub: what each forked task runs before it is taken over.
+//!
+//! The stub is a fork of the restorer, so it has the whole plan in memory and
+//! runs ordinary Rust (the restorer is single-threaded when it forks). It
+//! builds what a process can build for itself cheaply — session, children,
+//! fd table, cwd, umask, rlimits, signal actions — then maps the scratch
+//! page and stops itself. Everything touching its address space is done by
+//! the restorer from outside (see `puppet`).
+
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+
+use super::plan::{Plan, TaskPlan};
+use super::Prep;
+use crate::files::reg;
+use crate::sys::{clone3, misc, stub};
+use crate::task::signals;
+
+type R<T> = std::result::Result<T, String>;
+
+/// Run the stub of task `idx`; never returns.
+pub fn main(plan: &Plan, prep: &Prep, idx: usize) -> ! {
+    let pid = plan.tasks[idx].pid;
+    match run(plan, prep, idx) {
+        Ok(()) => {
+            // Only dead tasks get here: leave as they left.
+            let code = plan.tasks[idx].exit_code as i32;
+            if code & 0x7f != 0 {
+                let _ = nix::sys::signal::sigprocmask(
+                    SigmaskHow::SIG_SETMASK,
+                    Some(&SigSet::empty()),
+                    None,
+                );
+                let _ = misc::raw_kill(pid, code & 0x7f);
+            }
+            clone3::child_exit((code >> 8) & 0xff)
+        }
+        Err(e) => {
+            let msg = format!("pid {pid}: {e}\n");
+            let _ = stub::write_fd(prep.err_fd, msg.as_bytes());
+            clone3::child_exit(1)
+        }
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> R<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn open_file(plan: &Plan, prep: &Prep, id: u32) -> R<OwnedFd> {
+    let f = plan.files.get(&id).ok_or_else(|| format!("no file {id}"))?;
+    let e = f
+        .reg
+        .as_ref()
+        .ok_or_else(|| format!("file {id}: not a regular file entry"))?;
+    let ghost = prep.ghost_fds.get(&id).copied();
+    ctx(reg::open(e, ghost, prep.tty_fd), || {
+        format!("open {}", e.name)
+    })
+}
+
+/// Put `fd` at exactly `at` (closing the original).
+fn place(fd: OwnedFd, at: i32) -> R<()> {
+    if fd.as_raw_fd() != at {
+        ctx(nix::unistd::dup2(fd.as_raw_fd(), at), || {
+            format!("dup2 to fd {at}")
+        })?;
+    } else {
+        std::mem::forget(fd);
+    }
+    Ok(())
+}
+
+fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
+    let t: &TaskPlan = &plan.tasks[idx];
+    ctx(
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None),
+        || "block signals".into(),
+    )?;
+    if idx == 0 {
+        // Wait until the restorer has seized us, so every fork is traced.
+        let mut b = [0u8; 1];
+        ctx(stub::read_fd(prep.sync_fd, &mut b), || {
+            "wait for the restorer".into()
+        })?;
+    }
+    // Nothing of the restorer's below the staging area survives.
+    if prep.base > 0 {
+        ctx(stub::close_range(0, prep.base as u32 - 1), || {
+            "close inherited fds".into()
+        })?;
+    }
+    if t.sid == t.pid {
+        ctx(nix::unistd::setsid(), || "setsid".into())?;
+    }
+    // Files shared with descendants: opened here once, inherited by them.
+    for (&id, &owner) in &prep.owner {
+        if owner == idx {
+            let fd = open_file(plan, prep, id)?;
+            place(fd, prep.shared[&id])?;
+        }
+    }
+    for &c in &t.children {
+        let child = &plan.tasks[c];
+        match clone3::clone3_fork(0, &[child.pid], libc::SIGCHLD) {
+            Ok(clone3::Fork::Child) => main(plan, prep, c),
+            Ok(clone3::Fork::Parent { .. }) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(format!("cannot create pid {}: it is in use", child.pid))
+            }
+            Err(e) => return Err(format!("clone3 for pid {}: {e}", child.pid)),
+        }
+    }
+    if !t.alive() {
+        return Ok(());
+    }
+    // The fd table: every fd at its number, with its fd flags.
+    let holds: HashSet<u32> = t.fds.iter().map(|f| f.id).collect();
+    for fi in &t.fds {
+        let staged = prep.shared[&fi.id];
+        ctx(nix::unistd::dup2(staged, fi.fd as i32), || {
+            format!("dup2 fd {}", fi.fd)
+        })?;
+        let fl = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
+            nix::fcntl::FdFlag::FD_CLOEXEC
+        } else {
+            nix::fcntl::FdFlag::empty()
+        };
+        ctx(
+            nix::fcntl::fcntl(fi.fd as i32, nix::fcntl::FcntlArg::F_SETFD(fl)),
+            || format!("set flags of fd {}", fi.fd),
+        )?;
+    }
+    // What puppeting needs: mapped files, the exe, the pages image.
+    for (i, l) in prep.tasks[idx].locals.iter().enumerate() {
+        let fd = match *l {
+            super::Local::File(id) => open_file(plan, prep, id)?,
+            super::Local::Pages(pid) => {
+                let p = prep.images_dir.join(format!("pages-{pid}.img"));
+                let f = ctx(std::fs::File::open(&p), || p.display().to_string())?;
+                OwnedFd::from(f)
+            }
+        };
+        place(fd, prep.local_base + i as i32)?;
+    }
+    // Drop staged objects this task does not use.
+    for (&id, &fd) in &prep.shared {
+        if !holds.contains(&id) {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+    let mine: HashSet<u64> =
+        t.mm.as_ref()
+            .map(|m| m.vmas.iter().map(|v| v.shmid).collect())
+            .unwrap_or_default();
+    for (&shmid, &fd) in &prep.shmem_fds {
+        let used = mine.contains(&shmid)
+            && t.mm
+                .as_ref()
+                .unwrap()
+                .vmas
+                .iter()
+                .any(|v| v.shmid == shmid && v.status & crate::mem::vma::VMA_ANON_SHARED != 0);
+        if !used {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+    for &fd in prep.ghost_fds.values() {
+        let _ = nix::unistd::close(fd);
+    }
+    if let Some(fd) = prep.tty_fd {
+        let _ = nix::unistd::close(fd);
+    }
+    for &fd in prep.shared.values() {
+        let _ = nix::unistd::close(fd);
+    }
+    let _ = nix::unistd::close(prep.sync_fd);
+
+    // fs: cwd, root, umask.
+    let fs = t.fs.as_ref().unwrap();
+    let name = |id: u32| -> R<String> {
+        plan.files
+            .get(&id)
+            .and_then(|f| f.reg.as_ref())
+            .map(|r| r.name.clone())
+            .ok_or_else(|| format!("no directory file {id}"))
+    };
+    let root = name(fs.root_id)?;
+    if root != "/" {
+        ctx(nix::unistd::chroot(Path::new(&root)), || {
+            format!("chroot {root}")
+        })?;
+    }
+    let cwd = name(fs.cwd_id)?;
+    ctx(nix::unistd::chdir(Path::new(&cwd)), || {
+        format!("chdir {cwd}")
+    })?;
+    if let Some(m) = fs.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    }
+
+    let tc = t.cores[0].tc.as_ref().unwrap();
+    // Signal actions, exactly as dumped (handlers point into the restored image).
+    for (sig, sa) in signals::settable().zip(tc.sigactions.iter()) {
+        ctx(
+            stub::rt_sigaction_raw(sig as i32, &signals::encode_ksigaction(sa)),
+            || format!("rt_sigaction({sig})"),
+        )?;
+    }
+    if let Some(rl) = &tc.rlimits {
+        for (res, r) in rl.rlimits.iter().enumerate() {
+            set_rlimit(res as u32, r.cur, r.max)?;
+        }
+    }
+    ctx(stub::personality(tc.personality), || "personality".into())?;
+    if tc.child_subreaper == Some(true) {
+        ctx(
+            stub::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0),
+            || "set child subreaper".into(),
+        )?;
+    }
+    if t.mm.as_ref().and_then(|m| m.thp_disabled) == Some(true) {
+        ctx(stub::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0), || {
+            "disable THP".into()
+        })?;
+    }
+    if let Some(a) = t.cores[0]
+        .thread_core
+        .as_ref()
+        .and_then(|c| c.pdeath_sig)
+        .filter(|&s| s != 0)
+    {
+        ctx(
+            stub::prctl(libc::PR_SET_PDEATHSIG, a as u64, 0, 0, 0),
+            || "set pdeath signal".into(),
+        )?;
+    }
+    if let Some(adj) = tc.oom_score_adj {
+        // Raising it back needs CAP_SYS_RESOURCE only when lowering below 0.
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
+
+    // Scratch page for remote calls, then hand over.
+    ctx(
+        stub::map_scratch(prep.tasks[idx].scratch, crate::task::remote::SCRATCH_LEN),
+        || format!("map scratch at {:#x}", prep.tasks[idx].scratch),
+    )?;
+    let _ = nix::unistd::close(prep.err_fd);
+    let _ = misc::raw_kill(t.pid, libc::SIGSTOP);
+    // Not reached: the restorer takes over at the stop.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// setrlimit; a hard limit above ours cannot be raised without
+/// CAP_SYS_RESOURCE, so it is clamped (and the soft limit with it).
+fn set_rlimit(res: u32, cur: u64, max: u64) -> R<()> {
+    let (_, old_max) = ctx(stub::get_rlimit(res), || format!("getrlimit({res})"))?;
+    let max = max.min(old_max);
+    let cur = cur.min(max);
+    ctx(stub::set_rlimit(res, cur, max), || {
+        format!("setrlimit({res}, {cur}, {max})")
+    })
+}

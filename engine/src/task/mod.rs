@@ -1,0 +1,9 @@
+//! Tasks: seizing a tree, and the per-task state that lives in core-*.img.
+
+pub mod creds;
+pub mod regs;
+pub mod remote;
+pub mod seize;
+pub mod signals;
+
+pub use seize::{SeizedTree, Task, TaskState};

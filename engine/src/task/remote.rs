@@ -1,0 +1,169 @@
+//! Running syscalls inside a stopped target ("remote calls") and a scratch
+//! buffer there for their in/out arguments.
+//!
+//! No code is planted in the target: a `syscall` instruction of its vDSO (or
+//! of our restore scratch page) is executed with the registers we choose,
+//! then the thread's registers are put back.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result, TaskCtx};
+use crate::sys::inject::{find_syscall_insn, Injector, StepMode};
+use crate::sys::vm;
+
+pub const SCRATCH_LEN: u64 = 16 * 4096;
+
+/// Remote-call context of one process. One injector per thread is kept
+/// until [`Remote::finish`] (or drop) puts every thread's registers back.
+pub struct Remote {
+    pub pid: i32,
+    pub syscall_ip: u64,
+    scratch: Option<u64>,
+    mode: Option<StepMode>,
+    threads: HashMap<i32, Injector>,
+}
+
+impl Remote {
+    /// Find a syscall instruction in the target's vDSO.
+    pub fn new(pid: i32, vdso: Option<(u64, u64)>) -> Result<Remote> {
+        let (start, end) = vdso.ok_or_else(|| {
+            Error::unsupported(
+                pid,
+                "has no [vdso]; remote calls need its syscall instruction",
+            )
+        })?;
+        let ip = find_syscall_insn(pid, start, end).task_ctx(pid, "find syscall in vdso")?;
+        Ok(Remote {
+            pid,
+            syscall_ip: ip,
+            scratch: None,
+            mode: None,
+            threads: HashMap::new(),
+        })
+    }
+
+    /// Use an explicit syscall instruction address (restore's scratch page).
+    /// Our own restore stubs never ignore SIGTRAP, so single-stepping is safe
+    /// and the per-thread check is skipped.
+    pub fn with_ip(pid: i32, syscall_ip: u64) -> Remote {
+        Remote {
+            pid,
+            syscall_ip,
+            scratch: None,
+            mode: Some(StepMode::SingleStep),
+            threads: HashMap::new(),
+        }
+    }
+
+    /// The injector of `tid`, created (registers saved) on first use.
+    pub fn injector(&mut self, tid: i32) -> Result<&mut Injector> {
+        if !self.threads.contains_key(&tid) {
+            let inj = match self.mode {
+                Some(m) => Injector::with_mode(tid, self.syscall_ip, m),
+                None => Injector::new(tid, self.syscall_ip),
+            }
+            .task_ctx(tid, "save registers")?;
+            self.threads.insert(tid, inj);
+        }
+        Ok(self.threads.get_mut(&tid).unwrap())
+    }
+
+    /// Run one syscall in thread `tid`. Returns the raw result (negative
+    /// errno on failure).
+    pub fn raw(&mut self, tid: i32, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.injector(tid)?
+            .syscall(nr, args)
+            .task_ctx(tid, &format!("remote syscall {nr}"))
+    }
+
+    /// Put back the registers and signal mask of every thread we used.
+    pub fn finish(mut self) -> Result<()> {
+        self.unmap_scratch()?;
+        for (tid, inj) in self.threads.drain() {
+            inj.restore().task_ctx(tid, "restore registers")?;
+        }
+        Ok(())
+    }
+
+    /// Forget the injector of `tid` without touching the thread (restore
+    /// loads final registers itself).
+    pub fn take(&mut self, tid: i32) -> Option<Injector> {
+        self.threads.remove(&tid)
+    }
+
+    /// Like [`raw`](Self::raw) but a negative result is an error naming the call.
+    pub fn call(&mut self, tid: i32, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
+        let r = self.raw(tid, nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(Error::task(
+                tid,
+                format!("remote {what}"),
+                std::io::Error::from_raw_os_error(-r as i32),
+            ));
+        }
+        Ok(r as u64)
+    }
+
+    /// Map a private scratch area in the target (for syscall arguments).
+    pub fn map_scratch(&mut self) -> Result<u64> {
+        if let Some(a) = self.scratch {
+            return Ok(a);
+        }
+        let a = self.call(
+            self.pid,
+            "mmap scratch",
+            libc::SYS_mmap,
+            [
+                0,
+                SCRATCH_LEN,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        self.scratch = Some(a);
+        Ok(a)
+    }
+
+    pub fn scratch(&self) -> u64 {
+        self.scratch.expect("scratch mapped")
+    }
+
+    /// Remove the scratch area again (also done, best effort, on drop).
+    pub fn unmap_scratch(&mut self) -> Result<()> {
+        if let Some(a) = self.scratch.take() {
+            self.call(
+                self.pid,
+                "munmap scratch",
+                libc::SYS_munmap,
+                [a, SCRATCH_LEN, 0, 0, 0, 0],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        vm::read_remote_into(self.pid, addr, buf).task_ctx(self.pid, "read target memory")
+    }
+
+    pub fn write(&self, addr: u64, buf: &[u8]) -> Result<()> {
+        vm::write_remote_from(self.pid, addr, buf).task_ctx(self.pid, "write target memory")
+    }
+
+    pub fn read_u64(&self, addr: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Some(a) = self.scratch.take() {
+            let _ = self.raw(self.pid, libc::SYS_munmap, [a, SCRATCH_LEN, 0, 0, 0, 0]);
+        }
+        // Dropping an injector restores its thread (best effort).
+        self.threads.clear();
+    }
+}

@@ -1,0 +1,344 @@
+//! Seizing a process tree: every thread of every process ends up in a
+//! ptrace-stop, without losing a race with fork, clone or exit.
+//!
+//! Each thread is `PTRACE_SEIZE`d and `PTRACE_INTERRUPT`ed. A stopped process
+//! cannot fork or clone, so once all its threads are stopped its children and
+//! threads are final. Until the tree is released, a [`SeizedTree`] guard
+//! detaches every thread if it is dropped, so a failed dump never leaves the
+//! target traced or stopped.
+
+use std::collections::{BTreeSet, HashMap};
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result, TaskCtx};
+use crate::proc;
+use crate::sys::ptrace::{self, WaitStatus};
+
+/// How a process was found when it was seized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Alive,
+    /// In group-stop by this signal when seized; restored stopped.
+    Stopped(i32),
+    /// Exited and not yet reaped by its parent.
+    Zombie {
+        exit_code: i32,
+    },
+}
+
+/// A signal dequeued while we waited for a thread to stop. It no longer sits in
+/// the kernel's queues, so the dump keeps it and hands it back on release.
+#[derive(Debug, Clone)]
+pub struct StolenSignal {
+    pub tid: i32,
+    pub siginfo: [u8; 128],
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Thread ids, the leader first.
+    pub threads: Vec<i32>,
+    pub children: Vec<i32>,
+    pub state: TaskState,
+}
+
+#[derive(Debug)]
+pub struct SeizedTree {
+    /// Parents before children (pre-order from the root).
+    pub tasks: Vec<Task>,
+    /// Every thread we hold in a ptrace-stop.
+    traced: BTreeSet<i32>,
+    pub stolen: Vec<StolenSignal>,
+    released: bool,
+}
+
+/// Refuse targets we must never touch.
+pub fn check_target(pid: i32) -> Result<()> {
+    if pid <= 0 {
+        return Err(Error::Other(format!("invalid pid {pid}")));
+    }
+    let stat = match proc::read_stat(pid) {
+        Ok(s) => s,
+        Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+            return Err(Error::NoProcess(pid))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if stat.flags & proc::PF_KTHREAD != 0 || pid == 2 {
+        return Err(Error::unsupported(
+            pid,
+            "is a kernel thread and cannot be checkpointed",
+        ));
+    }
+    if pid == std::process::id() as i32 {
+        return Err(Error::unsupported(pid, "is stasis itself"));
+    }
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Err(Error::unsupported(
+            pid,
+            "is a zombie; dump its parent instead",
+        ));
+    }
+    Ok(())
+}
+
+impl SeizedTree {
+    pub fn seize(root: i32) -> Result<SeizedTree> {
+        let mut tree = SeizedTree {
+            tasks: Vec::new(),
+            traced: BTreeSet::new(),
+            stolen: Vec::new(),
+            released: false,
+        };
+        // On error the guard's Drop detaches whatever was seized.
+        let mut stack = vec![root];
+        let mut seen = BTreeSet::new();
+        while let Some(pid) = stack.pop() {
+            if !seen.insert(pid) {
+                continue;
+            }
+            let task = tree.seize_process(pid, pid == root)?;
+            let Some(task) = task else { continue };
+            // Push in reverse so children come out in ascending order.
+            for &c in task.children.iter().rev() {
+                stack.push(c);
+            }
+            tree.tasks.push(task);
+        }
+        tree.order();
+        Ok(tree)
+    }
+
+    /// Keep parents before their children, root first (pre-order).
+    fn order(&mut self) {
+        let by_pid: HashMap<i32, Task> = self.tasks.drain(..).map(|t| (t.pid, t)).collect();
+        let root = by_pid
+            .values()
+            .find(|t| !by_pid.contains_key(&t.ppid))
+            .map(|t| t.pid);
+        let mut out = Vec::with_capacity(by_pid.len());
+        let mut by_pid = by_pid;
+        let mut stack: Vec<i32> = root.into_iter().collect();
+        while let Some(pid) = stack.pop() {
+            if let Some(t) = by_pid.remove(&pid) {
+                for &c in t.children.iter().rev() {
+                    stack.push(c);
+                }
+                out.push(t);
+            }
+        }
+        self.tasks = out;
+    }
+
+    /// Stop every thread of `pid`; `None` if the process vanished first
+    /// (only allowed for non-root tasks).
+    fn seize_process(&mut self, pid: i32, is_root: bool) -> Result<Option<Task>> {
+        let stat = match proc::read_stat(pid) {
+            Ok(s) => s,
+            Err(_) if !is_root => return Ok(None),
+            Err(_) => return Err(Error::NoProcess(pid)),
+        };
+        if stat.state == 'Z' {
+            return Ok(Some(Task {
+                pid,
+                ppid: stat.ppid,
+                pgid: stat.pgrp,
+                sid: stat.session,
+                threads: vec![pid],
+                children: Vec::new(),
+                state: TaskState::Zombie {
+                    exit_code: stat.exit_code,
+                },
+            }));
+        }
+        let mut group_stop = None;
+        // Threads may be created until every existing one is stopped: repeat
+        // until a listing shows nothing new.
+        let mut threads: Vec<i32> = Vec::new();
+        loop {
+            let listed = match proc::read_tids(pid) {
+                Ok(t) => t,
+                Err(e) => {
+                    if threads.is_empty() {
+                        if is_root {
+                            return Err(e.into());
+                        }
+                        return Ok(None);
+                    }
+                    return Err(e.into());
+                }
+            };
+            let new: Vec<i32> = listed
+                .iter()
+                .copied()
+                .filter(|t| !self.traced.contains(t))
+                .collect();
+            if new.is_empty() {
+                // Drop threads that exited meanwhile.
+                threads.retain(|t| listed.contains(t));
+                break;
+            }
+            for tid in new {
+                match self.seize_thread(tid)? {
+                    Some(sig) => {
+                        group_stop.get_or_insert(sig);
+                        threads.push(tid);
+                    }
+                    None if self.traced.contains(&tid) => threads.push(tid),
+                    None => {}
+                }
+            }
+        }
+        if threads.is_empty() || !threads.contains(&pid) {
+            if is_root {
+                return Err(Error::NoProcess(pid));
+            }
+            // A leader that exited while threads live on is a corner we refuse.
+            if !threads.is_empty() {
+                return Err(Error::unsupported(pid, "thread group leader has exited"));
+            }
+            return Ok(None);
+        }
+        threads.sort_by_key(|&t| (t != pid, t));
+        // Everything is stopped: stat and children are now stable.
+        let stat = proc::read_stat(pid)?;
+        let mut children = BTreeSet::new();
+        for &tid in &threads {
+            for c in proc::read_children(pid, tid)? {
+                children.insert(c);
+            }
+        }
+        let state = match group_stop {
+            Some(sig) if sig != libc::SIGTRAP => TaskState::Stopped(sig),
+            _ => TaskState::Alive,
+        };
+        debug!(
+            pid,
+            threads = threads.len(),
+            children = children.len(),
+            "seized"
+        );
+        Ok(Some(Task {
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            threads,
+            children: children.into_iter().collect(),
+            state,
+        }))
+    }
+
+    /// Seize and interrupt one thread and wait for its stop. Returns the stop
+    /// signal (SIGTRAP for our interrupt, another for a group-stop), or None if
+    /// the thread exited before it could be stopped.
+    fn seize_thread(&mut self, tid: i32) -> Result<Option<i32>> {
+        match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                // Seizing a zombie thread or one already traced by someone else.
+                if proc::read_stat(tid).map(|s| s.state == 'Z').unwrap_or(true) {
+                    return Ok(None);
+                }
+                return Err(Error::task(tid, "ptrace seize (already traced?)", e));
+            }
+            Err(e) => return Err(Error::task(tid, "ptrace seize", e)),
+        }
+        self.traced.insert(tid);
+        ptrace::interrupt(tid).task_ctx(tid, "ptrace interrupt")?;
+        loop {
+            match ptrace::wait(tid).task_ctx(tid, "wait for stop")? {
+                WaitStatus::PtraceEvent { sig, event } if event == ptrace::PTRACE_EVENT_STOP => {
+                    return Ok(Some(sig));
+                }
+                WaitStatus::GroupStop { sig } => return Ok(Some(sig)),
+                WaitStatus::Stopped { sig } => {
+                    // A signal arrived before our interrupt: it is already
+                    // dequeued, so keep it and suppress its delivery for now.
+                    let siginfo = ptrace::get_siginfo(tid).task_ctx(tid, "get siginfo")?;
+                    debug!(tid, sig, "signal caught while stopping");
+                    self.stolen.push(StolenSignal { tid, siginfo });
+                    ptrace::cont(tid, 0).task_ctx(tid, "ptrace cont")?;
+                }
+                WaitStatus::Exited(_) | WaitStatus::Signaled(_) => {
+                    self.traced.remove(&tid);
+                    return Ok(None);
+                }
+                other => {
+                    debug!(tid, ?other, "unexpected stop while seizing");
+                    ptrace::cont(tid, 0).task_ctx(tid, "ptrace cont")?;
+                }
+            }
+        }
+    }
+
+    pub fn task(&self, pid: i32) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.pid == pid)
+    }
+
+    /// Let the tree run on: detach every thread. Signals we dequeued while
+    /// stopping are sent back (their siginfo was already re-queued by the
+    /// dumper when it could inject; this is the fallback).
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        let mut first_err = None;
+        for &tid in &self.traced {
+            if let Err(e) = ptrace::detach(tid, 0) {
+                if e.raw_os_error() != Some(libc::ESRCH) && first_err.is_none() {
+                    first_err = Some(Error::task(tid, "ptrace detach", e));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// End the tree after a successful dump: SIGKILL every process while it is
+    /// still traced, so nothing runs between the dump and its death.
+    pub fn kill(mut self) -> Result<()> {
+        self.released = true;
+        for t in &self.tasks {
+            if matches!(t.state, TaskState::Zombie { .. }) {
+                continue;
+            }
+            if let Err(e) = crate::sys::misc::raw_kill(t.pid, libc::SIGKILL) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    warn!(pid = t.pid, "kill after dump: {e}");
+                }
+            }
+        }
+        for &tid in &self.traced {
+            // Detaching lets the pending SIGKILL act at once.
+            let _ = ptrace::detach(tid, 0);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SeizedTree {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        for &tid in &self.traced {
+            if let Err(e) = ptrace::detach(tid, 0) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    warn!(tid, "detach on error path: {e}");
+                }
+            }
+        }
+        // Signals dequeued during seizing are not lost on the error path.
+        for s in &self.stolen {
+            let signo = i32::from_ne_bytes(s.siginfo[0..4].try_into().unwrap());
+            let _ = crate::sys::misc::raw_tgkill(tgid_of(s.tid), s.tid, signo);
+        }
+    }
+}
+
+fn tgid_of(tid: i32) -> i32 {
+    proc::read_status(tid).map(|s| s.tgid).unwrap_or(tid)
+}

@@ -1,0 +1,129 @@
+//! Signal state: actions (per process), masks and pending queues (per thread
+//! and shared), sigaltstacks (per thread).
+
+use stasis_proto::criu::{SaEntry, SiginfoEntry, SignalQueueEntry};
+
+use crate::error::Result;
+use crate::task::remote::Remote;
+
+pub const NSIG: u32 = 64;
+/// Size of the kernel's `struct sigaction` for rt_sigaction(2).
+pub const KSIGACTION_LEN: u64 = 32;
+
+/// Signals whose action can be read and set (all but SIGKILL and SIGSTOP),
+/// in the order sa_entry records appear in core-*.img.
+pub fn settable() -> impl Iterator<Item = u32> {
+    (1..=NSIG).filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
+}
+
+/// Decode a kernel `struct sigaction` {handler, flags, restorer, mask}.
+pub fn decode_ksigaction(b: &[u8]) -> SaEntry {
+    let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+    SaEntry {
+        sigaction: w(0),
+        flags: w(1),
+        restorer: w(2),
+        mask: w(3),
+        compat_sigaction: None,
+        mask_extended: None,
+    }
+}
+
+pub fn encode_ksigaction(e: &SaEntry) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, v) in [e.sigaction, e.flags, e.restorer, e.mask]
+        .iter()
+        .enumerate()
+    {
+        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    b
+}
+
+/// Read every signal action of a stopped process with remote rt_sigaction
+/// calls. Only signals with a handler (SigCgt) or SIGCHLD (whose flags matter
+/// even with SIG_DFL) are asked; the rest are SIG_IGN or SIG_DFL.
+pub fn dump_actions(
+    r: &mut Remote,
+    scratch: u64,
+    caught: u64,
+    ignored: u64,
+) -> Result<Vec<SaEntry>> {
+    let mut asked = Vec::new();
+    for sig in settable() {
+        let bit = 1u64 << (sig - 1);
+        if caught & bit != 0 || sig == libc::SIGCHLD as u32 {
+            let pid = r.pid;
+            r.call(
+                pid,
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [
+                    sig as u64,
+                    0,
+                    scratch + sig as u64 * KSIGACTION_LEN,
+                    8,
+                    0,
+                    0,
+                ],
+            )?;
+            asked.push(sig);
+        }
+    }
+    let mut buf = vec![0u8; ((NSIG + 1) as u64 * KSIGACTION_LEN) as usize];
+    if !asked.is_empty() {
+        r.read(scratch, &mut buf)?;
+    }
+    Ok(settable()
+        .map(|sig| {
+            if asked.contains(&sig) {
+                let o = (sig as u64 * KSIGACTION_LEN) as usize;
+                decode_ksigaction(&buf[o..o + 32])
+            } else {
+                SaEntry {
+                    sigaction: (ignored & (1u64 << (sig - 1)) != 0) as u64,
+                    ..Default::default()
+                }
+            }
+        })
+        .collect())
+}
+
+/// A pending-signal queue from raw siginfos.
+pub fn queue(infos: impl IntoIterator<Item = [u8; 128]>) -> Option<SignalQueueEntry> {
+    let signals: Vec<SiginfoEntry> = infos
+        .into_iter()
+        .map(|i| SiginfoEntry {
+            siginfo: i.to_vec(),
+        })
+        .collect();
+    (!signals.is_empty()).then_some(SignalQueueEntry { signals })
+}
+
+pub fn signo(info: &[u8]) -> i32 {
+    i32::from_ne_bytes(info[0..4].try_into().unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settable_skips_kill_and_stop() {
+        let v: Vec<u32> = settable().collect();
+        assert_eq!(v.len(), 62);
+        assert!(!v.contains(&9) && !v.contains(&19));
+    }
+
+    #[test]
+    fn ksigaction_round_trip() {
+        let e = SaEntry {
+            sigaction: 0x401234,
+            flags: (libc::SA_SIGINFO | libc::SA_RESTORER) as u64,
+            restorer: 0x7f00_0000_1000,
+            mask: 1 << 9,
+            ..Default::default()
+        };
+        assert_eq!(decode_ksigaction(&encode_ksigaction(&e)), e);
+    }
+}
