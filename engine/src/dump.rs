@@ -272,12 +272,7 @@ impl<'a> Dumper<'a> {
         let mut remote = Remote::new(pid, vdso)?;
         let scratch = remote.map_scratch()?;
         let brk = remote.call(pid, "brk", libc::SYS_brk, [0; 6])?;
-        let sigactions = signals::dump_actions(
-            &mut remote,
-            scratch + SC_SIGACT,
-            status.sig_cgt,
-            status.sig_ign,
-        )?;
+        let sigactions = signals::dump_actions(&mut remote, scratch + SC_SIGACT)?;
         let mut prctl = |opt: i32, arg: u64| {
             remote.call(pid, "prctl", libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0])
         };
@@ -356,7 +351,7 @@ impl<'a> Dumper<'a> {
                     },
                     ..Default::default()
                 });
-                core.ids = Some(ids.clone());
+                core.ids = Some(ids);
             }
             self.dir
                 .write_one(&format!("core-{tid}.img"), common(magic::CORE), &core)?;
@@ -425,7 +420,7 @@ impl<'a> Dumper<'a> {
             mm_env_end: stat.env_end,
             exe_file_id,
             mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
-            vmas: vmas.iter().map(|v| v.entry.clone()).collect(),
+            vmas: vmas.iter().map(|v| v.entry).collect(),
             dumpable: Some(dumpable),
             aios: Vec::new(),
             thp_disabled: Some(thp_disabled),
@@ -523,7 +518,7 @@ impl<'a> Dumper<'a> {
                 sched_policy: Some(sched.sched_policy),
                 sched_prio: Some(sched.sched_priority),
                 blk_sigset: Some(mask),
-                sas: ex.sas.clone(),
+                sas: ex.sas,
                 pdeath_sig: Some(ex.pdeath_sig),
                 signals_p: signals::queue(pending),
                 creds: Some(creds::from_status(&st, ex.secbits)),
@@ -553,7 +548,7 @@ impl<'a> Dumper<'a> {
                 comm: proc::read_comm(pid).unwrap_or_default(),
                 ..Default::default()
             }),
-            ids: Some(ids.clone()),
+            ids: Some(ids),
             ..Default::default()
         };
         self.dir

@@ -108,10 +108,8 @@ impl ImageDir {
 
     pub fn writer(&self, name: &str, header: Header) -> Result<Writer> {
         let f = self.create_file(name)?;
-        Ok(
-            ImageWriter::new(BufWriter::with_capacity(64 << 10, f), header)
-                .map_err(|e| Error::io(self.file(name), e))?,
-        )
+        ImageWriter::new(BufWriter::with_capacity(64 << 10, f), header)
+                .map_err(|e| Error::io(self.file(name), e))
     }
 
     pub fn reader(&self, name: &str, header: Header) -> Result<Reader> {

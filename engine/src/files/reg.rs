@@ -38,7 +38,7 @@ fn reg_entry(id: u32, flags: u32, pos: u64, name: &str, st: &Metadata) -> RegFil
         fown: FownEntry::default(),
         name: name.to_string(),
         mnt_id: None,
-        size: st.is_file().then(|| st.len()),
+        size: st.is_file().then_some(st.len()),
         ext: None,
         mode: Some(st.mode()),
         ..Default::default()

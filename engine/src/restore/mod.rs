@@ -225,10 +225,17 @@ pub fn wait_root(pid: i32) -> Result<i32> {
     }
 }
 
-/// Every PID and TID of the image must be free here.
+/// Every PID and TID of the image must be free here. A zombie of the dumped
+/// tree that its parent has not reaped yet is waited for a little.
 fn check_pids_free(plan: &Plan) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(3);
     for t in &plan.tasks {
         for &tid in &t.threads {
+            while proc::read_stat(tid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
             if std::path::Path::new(&format!("/proc/{tid}")).exists() {
                 return Err(Error::Other(format!(
                     "pid {tid} is in use: restore needs the dumped pids (pid {} of the image)",
@@ -314,10 +321,10 @@ fn prepare(
         .flat_map(|t| t.fds.iter().map(|f| f.fd as i32))
         .max()
         .unwrap_or(2);
-    let (soft, hard) = sstub::get_rlimit(libc::RLIMIT_NOFILE as u32)
+    let (soft, hard) = sstub::get_rlimit(libc::RLIMIT_NOFILE)
         .map_err(|e| Error::Other(format!("getrlimit: {e}")))?;
     if soft < hard {
-        let _ = sstub::set_rlimit(libc::RLIMIT_NOFILE as u32, hard, hard);
+        let _ = sstub::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
     let base = (max_fd + 1).max(64);
     let mut next = base;
@@ -429,7 +436,7 @@ fn prepare(
         prep.tasks.push(tp);
     }
     let need = (prep.local_base as u64) + max_locals as u64 + 1;
-    let (_, hard) = sstub::get_rlimit(libc::RLIMIT_NOFILE as u32).unwrap_or((0, 0));
+    let (_, hard) = sstub::get_rlimit(libc::RLIMIT_NOFILE).unwrap_or((0, 0));
     if need > hard {
         return Err(Error::Other(format!(
             "restore needs {need} fds but RLIMIT_NOFILE is {hard}"
@@ -622,7 +629,7 @@ fn puppet(
         args[9] = 1;
         let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
         r.write(data, &bytes)?;
-        r.write(set_tid_at, &(tid as i32).to_ne_bytes())?;
+        r.write(set_tid_at, &tid.to_ne_bytes())?;
         let got = r.call(
             pid,
             "clone3 thread",

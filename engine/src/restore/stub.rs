@@ -204,7 +204,11 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
 
     let tc = t.cores[0].tc.as_ref().unwrap();
     // Signal actions, exactly as dumped (handlers point into the restored image).
+    // An ignored SIGTRAP is set at the very end: single-stepping resets it.
     for (sig, sa) in signals::settable().zip(tc.sigactions.iter()) {
+        if sig == libc::SIGTRAP as u32 && sa.sigaction == libc::SIG_IGN as u64 {
+            continue;
+        }
         ctx(
             stub::rt_sigaction_raw(sig as i32, &signals::encode_ksigaction(sa)),
             || format!("rt_sigaction({sig})"),

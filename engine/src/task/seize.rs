@@ -298,7 +298,8 @@ impl SeizedTree {
     }
 
     /// End the tree after a successful dump: SIGKILL every process while it is
-    /// still traced, so nothing runs between the dump and its death.
+    /// still traced, so nothing runs between the dump and its death, and wait
+    /// until each thread is gone (a zombie at most, for its parent to reap).
     pub fn kill(mut self) -> Result<()> {
         self.released = true;
         for t in &self.tasks {
@@ -311,9 +312,27 @@ impl SeizedTree {
                 }
             }
         }
-        for &tid in &self.traced {
-            // Detaching lets the pending SIGKILL act at once.
-            let _ = ptrace::detach(tid, 0);
+        // Non-leader threads first: a traced leader is reported dead only
+        // once its other threads have been reaped.
+        let leaders: BTreeSet<i32> = self.tasks.iter().map(|t| t.pid).collect();
+        let order: Vec<i32> = self
+            .traced
+            .iter()
+            .filter(|t| !leaders.contains(t))
+            .chain(self.traced.iter().filter(|t| leaders.contains(t)))
+            .copied()
+            .collect();
+        for tid in order {
+            loop {
+                match ptrace::wait(tid) {
+                    Ok(st) if st.is_exit() => break,
+                    Ok(_) => {
+                        // A stop reported before the kill landed: let it die.
+                        let _ = ptrace::cont(tid, 0);
+                    }
+                    Err(_) => break,
+                }
+            }
         }
         Ok(())
     }

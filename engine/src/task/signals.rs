@@ -41,50 +41,26 @@ pub fn encode_ksigaction(e: &SaEntry) -> [u8; 32] {
 }
 
 /// Read every signal action of a stopped process with remote rt_sigaction
-/// calls. Only signals with a handler (SigCgt) or SIGCHLD (whose flags matter
-/// even with SIG_DFL) are asked; the rest are SIG_IGN or SIG_DFL.
-pub fn dump_actions(
-    r: &mut Remote,
-    scratch: u64,
-    caught: u64,
-    ignored: u64,
-) -> Result<Vec<SaEntry>> {
-    let mut asked = Vec::new();
+/// calls. Flags and restorer matter even for SIG_DFL and SIG_IGN (e.g.
+/// SA_NOCLDWAIT, or a program checking its own dispositions), so every
+/// settable signal is asked.
+pub fn dump_actions(r: &mut Remote, scratch: u64) -> Result<Vec<SaEntry>> {
+    let pid = r.pid;
     for sig in settable() {
-        let bit = 1u64 << (sig - 1);
-        if caught & bit != 0 || sig == libc::SIGCHLD as u32 {
-            let pid = r.pid;
-            r.call(
-                pid,
-                "rt_sigaction",
-                libc::SYS_rt_sigaction,
-                [
-                    sig as u64,
-                    0,
-                    scratch + sig as u64 * KSIGACTION_LEN,
-                    8,
-                    0,
-                    0,
-                ],
-            )?;
-            asked.push(sig);
-        }
+        let out = scratch + sig as u64 * KSIGACTION_LEN;
+        r.call(
+            pid,
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, 0, out, 8, 0, 0],
+        )?;
     }
     let mut buf = vec![0u8; ((NSIG + 1) as u64 * KSIGACTION_LEN) as usize];
-    if !asked.is_empty() {
-        r.read(scratch, &mut buf)?;
-    }
+    r.read(scratch, &mut buf)?;
     Ok(settable()
         .map(|sig| {
-            if asked.contains(&sig) {
-                let o = (sig as u64 * KSIGACTION_LEN) as usize;
-                decode_ksigaction(&buf[o..o + 32])
-            } else {
-                SaEntry {
-                    sigaction: (ignored & (1u64 << (sig - 1)) != 0) as u64,
-                    ..Default::default()
-                }
-            }
+            let o = (sig as u64 * KSIGACTION_LEN) as usize;
+            decode_ksigaction(&buf[o..o + 32])
         })
         .collect())
 }
@@ -119,7 +95,7 @@ mod tests {
     fn ksigaction_round_trip() {
         let e = SaEntry {
             sigaction: 0x401234,
-            flags: (libc::SA_SIGINFO | libc::SA_RESTORER) as u64,
+            flags: (libc::SA_SIGINFO | 0x0400_0000) as u64,
             restorer: 0x7f00_0000_1000,
             mask: 1 << 9,
             ..Default::default()
