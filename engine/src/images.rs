@@ -109,7 +109,7 @@ impl ImageDir {
     pub fn writer(&self, name: &str, header: Header) -> Result<Writer> {
         let f = self.create_file(name)?;
         ImageWriter::new(BufWriter::with_capacity(64 << 10, f), header)
-                .map_err(|e| Error::io(self.file(name), e))
+            .map_err(|e| Error::io(self.file(name), e))
     }
 
     pub fn reader(&self, name: &str, header: Header) -> Result<Reader> {

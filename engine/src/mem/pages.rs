@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io::{IoSliceMut, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use stasis_proto::criu::{PagemapEntry, PagemapHead};
@@ -20,8 +19,9 @@ use crate::error::{Error, PathCtx, Result, TaskCtx};
 use crate::images::{common, ImageDir, Writer};
 use crate::sys::vm::{self, RemoteIoVec};
 
-/// Bytes read from the target per batch.
-const BATCH: usize = 4 << 20;
+/// Bytes read from the target per batch: small enough to stay in cache
+/// between the read and the write.
+const CHUNK: usize = 1 << 20;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
@@ -160,14 +160,14 @@ pub fn dump_private(dir: &ImageDir, pid: i32, vmas: &[Vma], pages_id: u32) -> Re
 }
 
 /// Split runs into batches of at most `BATCH` bytes.
-fn batches(runs: &[Run]) -> Vec<Vec<Run>> {
+fn batches(runs: &[Run], limit: usize) -> Vec<Vec<Run>> {
     let mut out = Vec::new();
     let mut cur: Vec<Run> = Vec::new();
     let mut size = 0u64;
     for r in runs {
         let mut r = *r;
         while r.len > 0 {
-            let room = BATCH as u64 - size;
+            let room = limit as u64 - size;
             let take = r.len.min(room);
             cur.push(Run {
                 addr: r.addr,
@@ -177,7 +177,7 @@ fn batches(runs: &[Run]) -> Vec<Vec<Run>> {
             size += take;
             r.addr += take;
             r.len -= take;
-            if size == BATCH as u64 {
+            if size == limit as u64 {
                 out.push(std::mem::take(&mut cur));
                 size = 0;
             }
@@ -238,70 +238,112 @@ fn read_batch(pid: i32, mem: &mut Option<File>, batch: &[Run], buf: &mut [u8]) -
     Ok(())
 }
 
-/// Copy all runs into `out`, reading and writing in parallel when there is
-/// more than one batch.
+/// Copy all runs into `out`, split between two threads (one per core), each
+/// writing its own part of the file. The file's blocks are allocated first
+/// with fallocate (a tight kernel loop, much cheaper than allocating page by
+/// page during the copy); each thread then reads target memory into a small
+/// cache-hot buffer with process_vm_readv and pwrites it in place.
 fn copy_runs(
     pid: i32,
     runs: &[Run],
     total: u64,
-    mut out: File,
+    out: File,
     out_path: &std::path::Path,
 ) -> Result<PageStats> {
     let mut st = PageStats::default();
     if total == 0 {
         return Ok(st);
     }
-    let batches = batches(runs);
+    let parts = split(runs, if total >= (8 << 20) { 2 } else { 1 });
+    let mut offs = Vec::with_capacity(parts.len());
+    let mut off = 0u64;
+    for p in &parts {
+        offs.push(off);
+        off += p.iter().map(|r| r.len).sum::<u64>();
+    }
+    let out = &out;
+    let results: Vec<Result<(Duration, Duration)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = parts
+            .iter()
+            .zip(offs)
+            .map(|(part, off)| s.spawn(move || copy_part(pid, part, out, off, out_path)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("page copy thread panicked"))
+            .collect()
+    });
+    for r in results {
+        let (rd, wr) = r?;
+        st.memdump = st.memdump.max(rd);
+        st.memwrite = st.memwrite.max(wr);
+    }
+    Ok(st)
+}
+
+/// Split runs into `n` parts of about equal bytes, keeping address order.
+fn split(runs: &[Run], n: usize) -> Vec<Vec<Run>> {
+    let total: u64 = runs.iter().map(|r| r.len).sum();
+    let per = (total / n as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut out = vec![Vec::new()];
+    let mut size = 0u64;
+    for r in runs {
+        let mut r = *r;
+        while r.len > 0 {
+            if size == per && out.len() < n {
+                out.push(Vec::new());
+                size = 0;
+            }
+            let take = if out.len() < n {
+                r.len.min(per - size)
+            } else {
+                r.len
+            };
+            out.last_mut().unwrap().push(Run {
+                addr: r.addr,
+                len: take,
+                readable: r.readable,
+            });
+            size += take;
+            r.addr += take;
+            r.len -= take;
+        }
+    }
+    out
+}
+
+/// Copy one part to `out` at `off`. Returns (read time, write time).
+fn copy_part(
+    pid: i32,
+    part: &[Run],
+    out: &File,
+    off: u64,
+    out_path: &std::path::Path,
+) -> Result<(Duration, Duration)> {
+    let len: u64 = part.iter().map(|r| r.len).sum();
+    let (mut rd, mut wr) = (Duration::ZERO, Duration::ZERO);
+    let t = Instant::now();
+    // Best effort: filesystems without fallocate allocate while writing.
+    let _ = nix::fcntl::fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(out),
+        nix::fcntl::FallocateFlags::empty(),
+        off as i64,
+        len as i64,
+    );
+    wr += t.elapsed();
+    let mut buf = vec![0u8; (CHUNK as u64).min(len) as usize];
     let mut mem = None;
-    if batches.len() == 1 {
-        let mut buf = vec![0u8; total as usize];
+    let mut at = off;
+    for b in batches(part, CHUNK) {
+        let n: usize = b.iter().map(|r| r.len as usize).sum();
         let t = Instant::now();
-        read_batch(pid, &mut mem, &batches[0], &mut buf)?;
-        st.memdump = t.elapsed();
+        read_batch(pid, &mut mem, &b, &mut buf[..n])?;
+        rd += t.elapsed();
         let t = Instant::now();
-        out.write_all(&buf).path_ctx(out_path)?;
-        st.memwrite = t.elapsed();
-        return Ok(st);
+        out.write_all_at(&buf[..n], at).path_ctx(out_path)?;
+        wr += t.elapsed();
+        at += n as u64;
     }
-    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(2);
-    let (empty_tx, empty_rx) = channel::<Vec<u8>>();
-    for _ in 0..3 {
-        empty_tx.send(vec![0u8; BATCH]).unwrap();
-    }
-    std::thread::scope(|s| -> Result<PageStats> {
-        let writer = s.spawn(move || -> Result<Duration> {
-            let mut spent = Duration::ZERO;
-            for (buf, len) in full_rx {
-                let t = Instant::now();
-                out.write_all(&buf[..len]).path_ctx(out_path)?;
-                spent += t.elapsed();
-                // The reader may have finished; a closed channel is fine.
-                let _ = empty_tx.send(buf);
-            }
-            Ok(spent)
-        });
-        let mut read_err = None;
-        for b in &batches {
-            let len: usize = b.iter().map(|r| r.len as usize).sum();
-            let Ok(mut buf) = empty_rx.recv() else { break };
-            let t = Instant::now();
-            if let Err(e) = read_batch(pid, &mut mem, b, &mut buf[..len]) {
-                read_err = Some(e);
-                break;
-            }
-            st.memdump += t.elapsed();
-            if full_tx.send((buf, len)).is_err() {
-                break;
-            }
-        }
-        drop(full_tx);
-        let write_res = writer.join().expect("page writer thread panicked");
-        if let Some(e) = read_err {
-            return Err(e);
-        }
-        st.memwrite = write_res?;
-        Ok(st)
-    })
+    Ok((rd, wr))
 }
 
 /// Save a shared anonymous memory object once: `pagemap-shmem-<shmid>.img` and
@@ -345,7 +387,7 @@ pub fn dump_shmem(
         shpages_scanned: size / PAGE_SIZE,
         ..Default::default()
     };
-    let mut buf = vec![0u8; BATCH.min(size as usize).max(PAGE_SIZE as usize)];
+    let mut buf = vec![0u8; CHUNK.min(size as usize).max(PAGE_SIZE as usize)];
     for (a, len) in runs {
         let mut done = 0u64;
         while done < len {
@@ -372,7 +414,7 @@ mod tests {
         let runs = vec![
             Run {
                 addr: 0x1000,
-                len: BATCH as u64 + 0x2000,
+                len: CHUNK as u64 + 0x2000,
                 readable: true,
             },
             Run {
@@ -381,11 +423,11 @@ mod tests {
                 readable: false,
             },
         ];
-        let b = batches(&runs);
+        let b = batches(&runs, CHUNK);
         assert_eq!(b.len(), 2);
-        assert_eq!(b[0].iter().map(|r| r.len).sum::<u64>(), BATCH as u64);
+        assert_eq!(b[0].iter().map(|r| r.len).sum::<u64>(), CHUNK as u64);
         assert_eq!(b[1].len(), 2);
-        assert_eq!(b[1][0].addr, 0x1000 + BATCH as u64);
+        assert_eq!(b[1][0].addr, 0x1000 + CHUNK as u64);
         assert_eq!(b[1][0].len, 0x2000);
         assert!(!b[1][1].readable);
     }

@@ -10,6 +10,8 @@ use super::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::restore::plan::{Pagemap, TASK_SIZE};
 use crate::sys::misc::PrctlMmMap;
+use crate::sys::mman::FileMap;
+use crate::sys::vm::{self, RemoteIoVec};
 use crate::task::remote::{Remote, SCRATCH_LEN};
 
 /// Where in the scratch area the data (iovecs, structs) goes; the first page
@@ -36,8 +38,8 @@ pub struct MemCtx<'a> {
     pub file_fds: &'a HashMap<u32, i32>,
     /// Target-side fd of each shared anonymous memory object.
     pub shmem_fds: &'a HashMap<u64, i32>,
-    /// Target-side fd of pages-N.img.
-    pub pages_fd: i32,
+    /// pages-N.img, read by the restorer.
+    pub pages: &'a std::fs::File,
     pub scratch: u64,
     /// The stub's current [vvar]..[vdso] block (the restorer's).
     pub cur_vdso: (u64, u64),
@@ -197,83 +199,7 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         }
     }
 
-    // Fill: preadv from pages-N.img straight into the target, one copy in
-    // the kernel, up to MAX_IOV runs per call.
-    let iov_at = cx.scratch + SCRATCH_DATA;
-    let mut file_off = 0u64;
-    let mut pages = 0u64;
-    for chunk in pm.runs.chunks(MAX_IOV) {
-        let mut iov = Vec::with_capacity(chunk.len() * 16);
-        let mut want = 0u64;
-        for &(a, n) in chunk {
-            iov.extend_from_slice(&a.to_ne_bytes());
-            iov.extend_from_slice(&(n * PAGE_SIZE).to_ne_bytes());
-            want += n * PAGE_SIZE;
-        }
-        r.write(iov_at, &iov)?;
-        let mut done = 0u64;
-        while done < want {
-            let got = r.call(
-                pid,
-                "preadv pages",
-                libc::SYS_preadv,
-                [
-                    cx.pages_fd as u64,
-                    iov_at,
-                    chunk.len() as u64,
-                    file_off + done,
-                    0,
-                    0,
-                ],
-            )?;
-            if got == 0 {
-                return Err(Error::bad_image(
-                    "pages image",
-                    format!("pid {pid}: short pages image at offset {}", file_off + done),
-                ));
-            }
-            done += got;
-            if done < want {
-                // Rare (huge requests): redo the rest run by run.
-                let mut skip = done;
-                let mut rest = Vec::new();
-                for &(a, n) in chunk {
-                    let l = n * PAGE_SIZE;
-                    if skip >= l {
-                        skip -= l;
-                        continue;
-                    }
-                    rest.extend_from_slice(&(a + skip).to_ne_bytes());
-                    rest.extend_from_slice(&(l - skip).to_ne_bytes());
-                    skip = 0;
-                }
-                r.write(iov_at, &rest)?;
-                let n_iov = rest.len() / 16;
-                let got = r.call(
-                    pid,
-                    "preadv pages",
-                    libc::SYS_preadv,
-                    [
-                        cx.pages_fd as u64,
-                        iov_at,
-                        n_iov as u64,
-                        file_off + done,
-                        0,
-                        0,
-                    ],
-                )?;
-                if got == 0 {
-                    return Err(Error::bad_image(
-                        "pages image",
-                        format!("pid {pid}: short pages image"),
-                    ));
-                }
-                done += got;
-            }
-        }
-        file_off += want;
-        pages += want / PAGE_SIZE;
-    }
+    let pages = fill(pid, pm, cx.pages)?;
 
     for v in fixups {
         r.call(
@@ -342,5 +268,88 @@ pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result
             0,
         ],
     )?;
+    Ok(())
+}
+
+/// Fill the target's private memory from the pages image with one kernel
+/// copy per byte: the image is mapped here and process_vm_writev copies from
+/// the page cache into the target, split over two threads (one per core).
+fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File) -> Result<u64> {
+    let total: u64 = pm.runs.iter().map(|r| r.1 * PAGE_SIZE).sum();
+    if total == 0 {
+        return Ok(0);
+    }
+    let map = FileMap::new(pages, total as usize, false)
+        .map_err(|e| Error::task(pid, "map pages image", e))?;
+    let src = map.as_slice();
+    // (target address, offset in image, length)
+    let mut segs = Vec::with_capacity(pm.runs.len());
+    let mut off = 0u64;
+    for &(a, n) in &pm.runs {
+        segs.push((a, off, n * PAGE_SIZE));
+        off += n * PAGE_SIZE;
+    }
+    let parts = if total >= (8 << 20) { 2 } else { 1 };
+    let per = (total / parts as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut split: Vec<Vec<(u64, u64, u64)>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for &(mut a, mut o, mut l) in &segs {
+        while l > 0 {
+            if size == per && split.len() < parts {
+                split.push(Vec::new());
+                size = 0;
+            }
+            let take = if split.len() < parts {
+                l.min(per - size)
+            } else {
+                l
+            };
+            split.last_mut().unwrap().push((a, o, take));
+            size += take;
+            a += take;
+            o += take;
+            l -= take;
+        }
+    }
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = split
+            .iter()
+            .map(|part| s.spawn(move || write_part(pid, src, part)))
+            .collect();
+        for h in hs {
+            h.join().expect("page fill thread panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(total / PAGE_SIZE)
+}
+
+fn write_part(pid: i32, src: &[u8], part: &[(u64, u64, u64)]) -> Result<()> {
+    for chunk in part.chunks(MAX_IOV) {
+        let local: Vec<std::io::IoSlice<'_>> = chunk
+            .iter()
+            .map(|&(_, o, l)| std::io::IoSlice::new(&src[o as usize..(o + l) as usize]))
+            .collect();
+        let remote: Vec<RemoteIoVec> = chunk
+            .iter()
+            .map(|&(a, _, l)| RemoteIoVec {
+                base: a,
+                len: l as usize,
+            })
+            .collect();
+        let want: u64 = chunk.iter().map(|c| c.2).sum();
+        let got = vm::write_remote(pid, &local, &remote)
+            .map_err(|e| Error::task(pid, format!("write memory at {:#x}", chunk[0].0), e))?;
+        if got as u64 != want {
+            return Err(Error::task(
+                pid,
+                format!(
+                    "write memory at {:#x}: short write {got} of {want}",
+                    chunk[0].0
+                ),
+                std::io::Error::from_raw_os_error(libc::EFAULT),
+            ));
+        }
+    }
     Ok(())
 }

@@ -52,11 +52,11 @@ pub struct Restored {
     pub stats: RestoreStats,
 }
 
-/// Something a task opens for itself at `Prep::local_base + index`.
+/// Something a task opens for itself at `Prep::local_base + index`: its exe
+/// and the files it maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
     File(u32),
-    Pages(u32),
 }
 
 #[derive(Debug, Default)]
@@ -424,8 +424,6 @@ fn prepare(
                     tp.locals.push(Local::File(v.shmid as u32));
                 }
             }
-            tp.locals
-                .push(Local::Pages(t.pagemap.as_ref().unwrap().pages_id));
             let mut avoid: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).collect();
             avoid.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
             tp.scratch = pick_scratch(&avoid).ok_or_else(|| {
@@ -593,20 +591,16 @@ fn puppet(
     }
     let mut file_fds = HashMap::new();
     for l in &tp.locals {
-        if let Local::File(id) = *l {
-            file_fds.insert(id, tp.local(prep.local_base, *l).unwrap());
-        }
+        let Local::File(id) = *l;
+        file_fds.insert(id, tp.local(prep.local_base, *l).unwrap());
     }
-    let pages_fd = tp
-        .local(
-            prep.local_base,
-            Local::Pages(t.pagemap.as_ref().unwrap().pages_id),
-        )
-        .unwrap();
+    let pages_name = format!("pages-{}.img", t.pagemap.as_ref().unwrap().pages_id);
+    let pages_file = std::fs::File::open(prep.images_dir.join(&pages_name))
+        .path_ctx(prep.images_dir.join(&pages_name))?;
     let cx = MemCtx {
         file_fds: &file_fds,
         shmem_fds: &prep.shmem_fds,
-        pages_fd,
+        pages: &pages_file,
         scratch: tp.scratch,
         cur_vdso,
     };

@@ -134,15 +134,10 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             || format!("set flags of fd {}", fi.fd),
         )?;
     }
-    // What puppeting needs: mapped files, the exe, the pages image.
+    // What puppeting needs: the exe and the mapped files.
     for (i, l) in prep.tasks[idx].locals.iter().enumerate() {
         let fd = match *l {
             super::Local::File(id) => open_file(plan, prep, id)?,
-            super::Local::Pages(pid) => {
-                let p = prep.images_dir.join(format!("pages-{pid}.img"));
-                let f = ctx(std::fs::File::open(&p), || p.display().to_string())?;
-                OwnedFd::from(f)
-            }
         };
         place(fd, prep.local_base + i as i32)?;
     }

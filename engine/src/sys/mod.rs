@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod inject;
 pub mod kcmp;
 pub mod misc;
+pub mod mman;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;

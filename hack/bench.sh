@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Benchmarks, run by hand (not part of CI). Needs root.
+#
+# 1. Single-core memcpy bandwidth of this machine, measured in the same run
+#    (target/release/membw: 256 MiB, pre-faulted buffers, best of 8).
+# 2. For SIZE in 256 and 1024 MiB: wl-memhog SIZE is dumped into a tmpfs
+#    directory (/dev/shm/stasis-bench.XXXX) and restored with -d. Throughput
+#    is SIZE / wall-clock time of the stasis command, compared to memcpy.
+# 3. wl-small (a tiny process): dump and restore times, median of 5 runs.
+#
+# Times are wall-clock around the whole `stasis` command (process start
+# included), taken with `date +%s%N`. When `--display-stats` prints CRIU-style
+# statistics, the frozen time is shown as well.
+#
+# Targets: dump and restore >= 40% of memcpy bandwidth; small process <= 5 ms
+# each way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+note() { printf 'bench: %s\n' "$*" >&2; }
+
+[[ $(id -u) -eq 0 ]] || die "needs root"
+
+note "building (release)"
+cargo build --release --quiet -p stasis-shim -p stasis-integration
+T=$PWD/target/release
+STASIS=${STASIS_BIN:-$T/stasis}
+[[ -x $STASIS ]] || die "no $STASIS (build it, or set STASIS_BIN)"
+
+work=$(mktemp -d /dev/shm/stasis-bench.XXXX)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do
+        if [[ -e /proc/$p ]] && grep -q '^wl-' "/proc/$p/comm" 2>/dev/null; then
+            kill -9 "$p" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+now_ns() { date +%s%N; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
+
+wait_for() { # FILE SECONDS
+    local i
+    for ((i = 0; i < $2 * 100; i++)); do
+        [[ -e $1 ]] && return 0
+        sleep 0.01
+    done
+    return 1
+}
+
+wait_gone() { # PID
+    local i
+    for ((i = 0; i < 1000; i++)); do
+        [[ -e /proc/$1 ]] || return 0
+        sleep 0.01
+    done
+    return 1
+}
+
+# start NAME ARGS... -> sets $state and $pid
+start() {
+    local name=$1
+    shift
+    state=$(mktemp -d "$work/$name.XXXX")
+    setsid "$T/$name" "$state" "$@" >"$state/stdout" 2>"$state/stderr" </dev/null &
+    disown "$!" # no "Killed" job notices when the dump kills it
+    wait_for "$state/ready" 120 || die "$name did not get ready"
+    pid=$(<"$state/ready")
+    pids+=("$pid")
+}
+
+# Frozen time (ms) from CRIU-style --display-stats output, or "-".
+frozen_ms() {
+    awk '/^Frozen time:/ { printf "%.1f", $3 / 1000; found = 1 } END { if (!found) printf "-" }' "$1"
+}
+
+membw=$("$T/membw" 256 8 2>/dev/null | awk '/^memcpy_gbps/ { print $2 }')
+[[ -n $membw ]] || die "membw printed nothing"
+note "memcpy: $membw GB/s"
+
+rows=()
+row() { rows+=("$(printf '| %s | %s | %s | %s | %s | %s |' "$@")"); }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
+gbps() { awk -v mib="$1" -v ms="$2" 'BEGIN { printf "%.2f", mib * 1048576 / (ms / 1000) / 1e9 }'; }
+meets() { # VALUE OP LIMIT ("-" as VALUE: not measured)
+    awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN {
+        if (a == "-") { print "no"; exit }
+        ok = (op == ">=") ? (a + 0 >= b + 0) : (a + 0 <= b + 0); print ok ? "yes" : "no" }'
+}
+
+row "memcpy, 1 core" "-" "$membw GB/s" "100%" "-" "-"
+
+for size in 256 1024; do
+    start wl-memhog "$size"
+    img=$work/img-$size
+    mkdir "$img"
+    t0=$(now_ns)
+    if "$STASIS" criu dump -t "$pid" -D "$img" --display-stats >"$work/dump-$size.out" 2>&1; then
+        t1=$(now_ns)
+        d_ms=$(ms "$t0" "$t1")
+        wait_gone "$pid" || die "pid $pid still there after dump"
+        d_gbps=$(gbps "$size" "$d_ms")
+        row "dump $size MiB" "$d_ms ms (frozen $(frozen_ms "$work/dump-$size.out") ms)" "$d_gbps GB/s" \
+            "$(pct "$d_gbps" "$membw")" ">= 40%" "$(meets "$d_gbps" ">=" "$(awk -v m="$membw" 'BEGIN { print 0.4 * m }')")"
+        t0=$(now_ns)
+        if "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-$size" >"$work/restore-$size.out" 2>&1; then
+            t1=$(now_ns)
+            r_ms=$(ms "$t0" "$t1")
+            r_gbps=$(gbps "$size" "$r_ms")
+            touch "$state/check"
+            verdict="no result"
+            if wait_for "$state/result.root" 60; then verdict=$(<"$state/result.root"); fi
+            row "restore $size MiB" "$r_ms ms (self-check: $verdict)" "$r_gbps GB/s" \
+                "$(pct "$r_gbps" "$membw")" ">= 40%" "$(meets "$r_gbps" ">=" "$(awk -v m="$membw" 'BEGIN { print 0.4 * m }')")"
+            wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
+        else
+            row "restore $size MiB" "failed: $(tail -n 1 "$work/restore-$size.out")" "-" "-" ">= 40%" "no"
+        fi
+    else
+        row "dump $size MiB" "failed: $(tail -n 1 "$work/dump-$size.out")" "-" "-" ">= 40%" "no"
+        kill -9 "$pid" 2>/dev/null || true
+        wait_gone "$pid" || true
+    fi
+    rm -rf "$img"
+done
+
+median() { sort -n | awk 'NF { v[++n] = $1 } END { if (n == 0) print "-"; else print v[int((n + 1) / 2)] }'; }
+dumps=()
+restores=()
+fails=0
+for run in 1 2 3 4 5; do
+    start wl-small
+    img=$work/img-small-$run
+    mkdir "$img"
+    t0=$(now_ns)
+    if ! "$STASIS" criu dump -t "$pid" -D "$img" >"$work/small-dump.out" 2>&1; then
+        note "small run $run: dump failed: $(tail -n 1 "$work/small-dump.out")"
+        fails=$((fails + 1))
+        kill -9 "$pid" 2>/dev/null || true
+        wait_gone "$pid" || true
+        continue
+    fi
+    t1=$(now_ns)
+    dumps+=("$(ms "$t0" "$t1")")
+    wait_gone "$pid" || die "pid $pid still there after dump"
+    t0=$(now_ns)
+    if ! "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-small" >"$work/small-restore.out" 2>&1; then
+        note "small run $run: restore failed: $(tail -n 1 "$work/small-restore.out")"
+        fails=$((fails + 1))
+        continue
+    fi
+    t1=$(now_ns)
+    restores+=("$(ms "$t0" "$t1")")
+    touch "$state/check"
+    wait_for "$state/result.root" 10 || note "small run $run: no self-check result"
+    wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
+    rm -rf "$img"
+done
+d_med=$(printf '%s\n' "${dumps[@]}" | median)
+r_med=$(printf '%s\n' "${restores[@]}" | median)
+row "dump small (median of ${#dumps[@]})" "$d_med ms" "-" "-" "<= 5 ms" \
+    "$(meets "$d_med" "<=" 5)"
+row "restore small (median of ${#restores[@]})" "$r_med ms" "-" "-" "<= 5 ms" \
+    "$(meets "$r_med" "<=" 5)"
+
+echo
+echo "stasis benchmark, $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo
+echo "| Measurement | Time | Throughput | vs memcpy | Target | Met |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+if ((fails)); then
+    echo
+    echo "($fails small-process runs failed; see the notes above)"
+fi

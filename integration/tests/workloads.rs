@@ -1,0 +1,79 @@
+//! Checkpoint/restore of every workload, in two scenarios each:
+//! - `*_dump_restore`: dump (kills the tree), reap it, restore with `-d`,
+//!   verify, clean exit;
+//! - `*_leave_running`: dump with `-R`, the original verifies itself and
+//!   exits, then a restore from the same images verifies again.
+//!
+//! Root only (skipped otherwise); run with `--test-threads=1`.
+
+use stasis_integration::harness::{dump_restore, leave_running_then_restore, Env, Scenario};
+
+macro_rules! workload_tests {
+    ($dump:ident, $leave:ident, $bin:literal, [$($arg:literal),*], [$($role:literal),*]) => {
+        #[test]
+        fn $dump() {
+            let Some(env) = Env::setup(stringify!($dump)) else { return };
+            dump_restore(
+                &env,
+                &Scenario {
+                    bin: env!(concat!("CARGO_BIN_EXE_", $bin)),
+                    args: &[$($arg),*],
+                    roles: &[$($role),*],
+                },
+            );
+        }
+
+        #[test]
+        fn $leave() {
+            let Some(env) = Env::setup(stringify!($leave)) else { return };
+            leave_running_then_restore(
+                &env,
+                &Scenario {
+                    bin: env!(concat!("CARGO_BIN_EXE_", $bin)),
+                    args: &[$($arg),*],
+                    roles: &[$($role),*],
+                },
+            );
+        }
+    };
+}
+
+workload_tests!(small_dump_restore, small_leave_running, "wl-small", [], []);
+workload_tests!(mem_dump_restore, mem_leave_running, "wl-mem", [], ["child"]);
+workload_tests!(
+    filemap_dump_restore,
+    filemap_leave_running,
+    "wl-filemap",
+    [],
+    []
+);
+workload_tests!(
+    threads_dump_restore,
+    threads_leave_running,
+    "wl-threads",
+    [],
+    []
+);
+workload_tests!(
+    tree_dump_restore,
+    tree_leave_running,
+    "wl-tree",
+    [],
+    ["pgrp", "sess", "gchild"]
+);
+workload_tests!(
+    signals_dump_restore,
+    signals_leave_running,
+    "wl-signals",
+    [],
+    []
+);
+workload_tests!(files_dump_restore, files_leave_running, "wl-files", [], []);
+workload_tests!(creds_dump_restore, creds_leave_running, "wl-creds", [], []);
+workload_tests!(
+    memhog_dump_restore,
+    memhog_leave_running,
+    "wl-memhog",
+    ["256"],
+    []
+);
