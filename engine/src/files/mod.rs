@@ -85,6 +85,42 @@ struct Open {
     id: u32,
 }
 
+/// One fd being dumped, for the module of its kind.
+pub struct FdCtx<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// The files.img id chosen for this open file description.
+    pub id: u32,
+    /// The /proc/PID/fd/N link text.
+    pub link: &'a str,
+    /// stat of the file (through the /proc link).
+    pub st: &'a std::fs::Metadata,
+    pub info: &'a proc::Fdinfo,
+}
+
+impl FdCtx<'_> {
+    /// A duplicate of the target's fd in our own table (same open file
+    /// description: reading from it consumes the target's data, so only
+    /// inspect, peek or tee).
+    pub fn steal(&self) -> Result<std::os::fd::OwnedFd> {
+        let pidfd = crate::sys::pidfd::pidfd_open(self.pid)
+            .map_err(|e| Error::task(self.pid, "pidfd_open", e))?;
+        crate::sys::pidfd::pidfd_getfd(&pidfd, self.fd).map_err(|e| Error::Fd {
+            pid: self.pid,
+            fd: self.fd,
+            why: format!("pidfd_getfd: {e}"),
+        })
+    }
+
+    pub fn err(&self, why: impl Into<String>) -> Error {
+        Error::Fd {
+            pid: self.pid,
+            fd: self.fd,
+            why: why.into(),
+        }
+    }
+}
+
 /// Options that change how files are dumped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileOpts {
@@ -192,21 +228,34 @@ impl<'a> FileTable<'a> {
                 })
             }
         };
+        let fdinfo = |id: u32| FdinfoEntry {
+            id,
+            flags: fd_flags,
+            r#type: ty as i32,
+            fd: fd as u32,
+            xattr_security_selinux: None,
+        };
         // One open file description, many fds: reuse the first one's id.
         let (dev, ino) = (st.dev(), st.ino());
         for o in self.open.iter().filter(|o| o.dev == dev && o.ino == ino) {
             if kcmp::kcmp_file(pid, fd, o.pid, o.fd).unwrap_or(false) {
-                return Ok(FdinfoEntry {
-                    id: o.id,
-                    flags: fd_flags,
-                    r#type: ty as i32,
-                    fd: fd as u32,
-                    xattr_security_selinux: None,
-                });
+                return Ok(fdinfo(o.id));
             }
         }
         let id = self.new_id();
-        reg::dump_fd(self, pid, fd, id, &link, &st, &info, kind == Kind::Tty)?;
+        let cx = FdCtx {
+            pid,
+            fd,
+            id,
+            link: &link,
+            st: &st,
+            info: &info,
+        };
+        let entry = match kind {
+            Kind::Reg | Kind::Tty => reg::dump_fd(self, &cx)?,
+            Kind::Unsupported(_) => unreachable!("refused above"),
+        };
+        self.push(entry);
         self.open.push(Open {
             pid,
             fd,
@@ -214,13 +263,7 @@ impl<'a> FileTable<'a> {
             ino,
             id,
         });
-        Ok(FdinfoEntry {
-            id,
-            flags: fd_flags,
-            r#type: ty as i32,
-            fd: fd as u32,
-            xattr_security_selinux: None,
-        })
+        Ok(fdinfo(id))
     }
 
     /// Write files.img (and remap-fpath.img when files were deleted).
@@ -233,6 +276,52 @@ impl<'a> FileTable<'a> {
         }
         Ok(())
     }
+}
+
+/// File objects restore must create together, in one task, because one call
+/// makes them all (both ends of a pipe, a socket pair). Most files are a
+/// group of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    File(u32),
+}
+
+/// The group a file object belongs to.
+pub fn group_of(f: &FileEntry) -> Group {
+    Group::File(f.id)
+}
+
+/// What creating file objects on restore may use. Built by the restorer and
+/// read in the stubs (forked copies), so it holds only plain data.
+pub struct OpenCtx<'a> {
+    pub files: &'a HashMap<u32, FileEntry>,
+    /// File id -> restorer fd holding the recreated content of a deleted file.
+    pub ghost_fds: &'a HashMap<u32, i32>,
+    /// The caller's terminal, for shell jobs.
+    pub tty_fd: Option<i32>,
+    pub images_dir: &'a std::path::Path,
+}
+
+/// Create the file objects of group `g`: (file id, fd) for each member.
+/// Runs in the restore stub of the task that owns the group.
+pub fn create(
+    g: Group,
+    cx: &OpenCtx<'_>,
+) -> std::result::Result<Vec<(u32, std::os::fd::OwnedFd)>, String> {
+    match g {
+        Group::File(id) => Ok(vec![(id, open_one(id, cx)?)]),
+    }
+}
+
+/// Open one file object by itself (regular files, directories, devices).
+pub fn open_one(id: u32, cx: &OpenCtx<'_>) -> std::result::Result<std::os::fd::OwnedFd, String> {
+    let f = cx.files.get(&id).ok_or_else(|| format!("no file {id}"))?;
+    let e = f
+        .reg
+        .as_ref()
+        .ok_or_else(|| format!("file {id}: not a regular file entry"))?;
+    let ghost = cx.ghost_fds.get(&id).copied();
+    reg::open(e, ghost, cx.tty_fd).map_err(|err| format!("open {}: {err}", e.name))
 }
 
 #[cfg(test)]

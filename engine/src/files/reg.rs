@@ -14,10 +14,9 @@ use stasis_proto::criu::{
 };
 use stasis_proto::image::magic;
 
-use super::FileTable;
+use super::{FdCtx, FileTable};
 use crate::error::{Error, PathCtx, Result};
 use crate::images::{common, ImageDir};
-use crate::proc::Fdinfo;
 
 pub fn ghost_image(remap_id: u32) -> String {
     format!("ghost-file-{remap_id:x}.img")
@@ -126,36 +125,27 @@ pub fn dump_path(
 }
 
 /// An fd of a task that refers to a regular file, directory or device.
-#[allow(clippy::too_many_arguments)]
-pub fn dump_fd(
-    t: &mut FileTable<'_>,
-    pid: i32,
-    fd: i32,
-    id: u32,
-    link: &str,
-    st: &Metadata,
-    info: &Fdinfo,
-    _tty: bool,
-) -> Result<()> {
-    let (name, deleted) = strip_deleted(link);
-    let source = format!("/proc/{pid}/fd/{fd}");
-    if deleted && st.nlink() == 0 {
-        dump_ghost(t, id, name, st, Path::new(&source))?;
+pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
+    let (name, deleted) = strip_deleted(cx.link);
+    let source = format!("/proc/{}/fd/{}", cx.pid, cx.fd);
+    if deleted && cx.st.nlink() == 0 {
+        dump_ghost(t, cx.id, name, cx.st, Path::new(&source))?;
     } else if !name.starts_with('/') {
-        return Err(Error::Fd {
-            pid,
-            fd,
-            why: format!("{link}: not a path"),
-        });
+        return Err(cx.err(format!("{}: not a path", cx.link)));
     }
-    let flags = info.flags & !(libc::O_CLOEXEC as u32);
-    t.push(FileEntry {
+    let flags = cx.info.flags & !(libc::O_CLOEXEC as u32);
+    Ok(FileEntry {
         r#type: FdTypes::Reg as i32,
-        id,
-        reg: Some(reg_entry(id, flags, info.pos.max(0) as u64, name, st)),
+        id: cx.id,
+        reg: Some(reg_entry(
+            cx.id,
+            flags,
+            cx.info.pos.max(0) as u64,
+            name,
+            cx.st,
+        )),
         ..Default::default()
-    });
-    Ok(())
+    })
 }
 
 /// Is this reg entry a terminal (re-bound to the caller's with --shell-job)?

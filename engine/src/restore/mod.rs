@@ -16,7 +16,7 @@
 pub mod plan;
 pub mod stub;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,7 +24,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, PathCtx, Result, TaskCtx};
-use crate::files::reg;
+use crate::files::{self, reg, Group};
 use crate::images::ImageDir;
 use crate::mem::restore::{self as memr, MemCtx, SCRATCH_DATA};
 use crate::mem::vma::{VMA_FILE_PRIVATE, VMA_FILE_SHARED};
@@ -86,9 +86,10 @@ pub struct Prep {
     pub tty_fd: Option<i32>,
     /// File id -> fd number where its owner puts it for the subtree.
     pub shared: HashMap<u32, i32>,
-    /// File id -> index of the task that opens it (lowest common ancestor
-    /// of its holders, so one open file description is inherited by all).
-    pub owner: HashMap<u32, usize>,
+    /// Group of file objects -> index of the task that creates it (lowest
+    /// common ancestor of its holders, so one open file description is
+    /// inherited by all).
+    pub owner: Vec<(Group, usize)>,
     pub tasks: Vec<TaskPrep>,
     pub images_dir: PathBuf,
 }
@@ -392,21 +393,23 @@ fn prepare(
     }
     // Open file descriptions in fd tables: staged once, by the lowest
     // common ancestor of their holders.
-    let mut holders: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut holders: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
     for (i, t) in plan.tasks.iter().enumerate() {
         for f in &t.fds {
-            let h = holders.entry(f.id).or_default();
+            let h = holders
+                .entry(files::group_of(&plan.files[&f.id]))
+                .or_default();
             if !h.contains(&i) {
                 h.push(i);
             }
+            if let std::collections::hash_map::Entry::Vacant(e) = prep.shared.entry(f.id) {
+                e.insert(next);
+                next += 1;
+            }
         }
     }
-    let mut ids: Vec<u32> = holders.keys().copied().collect();
-    ids.sort();
-    for id in ids {
-        prep.owner.insert(id, lca(plan, &holders[&id]));
-        prep.shared.insert(id, next);
-        next += 1;
+    for (g, h) in holders {
+        prep.owner.push((g, lca(plan, &h)));
     }
     prep.local_base = next;
     // Per task: its own mapped files, exe and pages image; and a scratch spot.

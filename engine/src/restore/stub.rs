@@ -15,7 +15,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 
 use super::plan::{Plan, TaskPlan};
 use super::Prep;
-use crate::files::reg;
+use crate::files;
 use crate::sys::{clone3, misc, stub};
 use crate::task::signals;
 
@@ -50,16 +50,13 @@ fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) 
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
-fn open_file(plan: &Plan, prep: &Prep, id: u32) -> R<OwnedFd> {
-    let f = plan.files.get(&id).ok_or_else(|| format!("no file {id}"))?;
-    let e = f
-        .reg
-        .as_ref()
-        .ok_or_else(|| format!("file {id}: not a regular file entry"))?;
-    let ghost = prep.ghost_fds.get(&id).copied();
-    ctx(reg::open(e, ghost, prep.tty_fd), || {
-        format!("open {}", e.name)
-    })
+fn open_ctx<'a>(plan: &'a Plan, prep: &'a Prep) -> files::OpenCtx<'a> {
+    files::OpenCtx {
+        files: &plan.files,
+        ghost_fds: &prep.ghost_fds,
+        tty_fd: prep.tty_fd,
+        images_dir: &prep.images_dir,
+    }
 }
 
 /// Put `fd` at exactly `at` (closing the original).
@@ -97,10 +94,12 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         ctx(nix::unistd::setsid(), || "setsid".into())?;
     }
     // Files shared with descendants: opened here once, inherited by them.
-    for (&id, &owner) in &prep.owner {
+    let cx = open_ctx(plan, prep);
+    for &(g, owner) in &prep.owner {
         if owner == idx {
-            let fd = open_file(plan, prep, id)?;
-            place(fd, prep.shared[&id])?;
+            for (id, fd) in files::create(g, &cx)? {
+                place(fd, prep.shared[&id])?;
+            }
         }
     }
     for &c in &t.children {
@@ -137,7 +136,7 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     // What puppeting needs: the exe and the mapped files.
     for (i, l) in prep.tasks[idx].locals.iter().enumerate() {
         let fd = match *l {
-            super::Local::File(id) => open_file(plan, prep, id)?,
+            super::Local::File(id) => files::open_one(id, &cx)?,
         };
         place(fd, prep.local_base + i as i32)?;
     }
