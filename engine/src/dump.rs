@@ -49,9 +49,10 @@ pub struct DumpOptions {
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
-const SC_SIGACT: u64 = 0;
-const SC_MISC: u64 = 4096;
-const SC_THREAD: u64 = 8192;
+/// Remote-call scratch layout: code at 0, then outputs of the calls.
+const SC_SIGACT: u64 = 4096;
+const SC_MISC: u64 = 8192;
+const SC_THREAD: u64 = 12288;
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
@@ -271,14 +272,24 @@ impl<'a> Dumper<'a> {
         // What only the process can tell.
         let mut remote = Remote::new(pid, vdso)?;
         let scratch = remote.map_scratch()?;
-        let brk = remote.call(pid, "brk", libc::SYS_brk, [0; 6])?;
-        let sigactions = signals::dump_actions(&mut remote, scratch + SC_SIGACT)?;
-        let mut prctl = |opt: i32, arg: u64| {
-            remote.call(pid, "prctl", libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0])
-        };
-        prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SC_MISC)?;
-        let dumpable = prctl(libc::PR_GET_DUMPABLE, 0)? as i32;
-        let thp_disabled = prctl(libc::PR_GET_THP_DISABLE, 0)? != 0;
+        let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
+        let mut calls = vec![
+            (libc::SYS_brk, [0; 6]),
+            prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SC_MISC),
+            prctl(libc::PR_GET_DUMPABLE, 0),
+            prctl(libc::PR_GET_THP_DISABLE, 0),
+        ];
+        let mut names = vec![
+            "brk",
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            "prctl(PR_GET_DUMPABLE)",
+            "prctl(PR_GET_THP_DISABLE)",
+        ];
+        calls.extend(signals::action_calls(scratch + SC_SIGACT));
+        names.resize(calls.len(), "rt_sigaction");
+        let res = remote.batch_checked(pid, &calls, &names)?;
+        let (brk, dumpable, thp_disabled) = (res[0], res[2] as i32, res[3] != 0);
+        let sigactions = signals::read_actions(&remote, scratch + SC_SIGACT)?;
         let subreaper = remote.read_u64(scratch + SC_MISC)? as u32 != 0;
         let mut extra = Vec::with_capacity(task.threads.len());
         for &tid in &task.threads {
@@ -443,18 +454,23 @@ impl<'a> Dumper<'a> {
 }
 
 fn thread_extra(r: &mut Remote, tid: i32, sc: u64) -> Result<ThreadExtra> {
-    let mut prctl = |what: &str, opt: i32, arg: u64| {
-        r.call(tid, what, libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0])
-    };
-    prctl("prctl(PR_GET_TID_ADDRESS)", libc::PR_GET_TID_ADDRESS, sc)?;
-    prctl("prctl(PR_GET_PDEATHSIG)", libc::PR_GET_PDEATHSIG, sc + 8)?;
-    let secbits = prctl("prctl(PR_GET_SECUREBITS)", libc::PR_GET_SECUREBITS, 0)? as u32;
-    r.call(
+    let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
+    let res = r.batch_checked(
         tid,
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, sc + 16, 0, 0, 0, 0],
+        &[
+            prctl(libc::PR_GET_TID_ADDRESS, sc),
+            prctl(libc::PR_GET_PDEATHSIG, sc + 8),
+            prctl(libc::PR_GET_SECUREBITS, 0),
+            (libc::SYS_sigaltstack, [0, sc + 16, 0, 0, 0, 0]),
+        ],
+        &[
+            "prctl(PR_GET_TID_ADDRESS)",
+            "prctl(PR_GET_PDEATHSIG)",
+            "prctl(PR_GET_SECUREBITS)",
+            "sigaltstack",
+        ],
     )?;
+    let secbits = res[2] as u32;
     let mut b = [0u8; 40];
     r.read(sc, &mut b)?;
     let u = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());

@@ -12,7 +12,7 @@ use crate::restore::plan::{Pagemap, TASK_SIZE};
 use crate::sys::misc::PrctlMmMap;
 use crate::sys::mman::FileMap;
 use crate::sys::vm::{self, RemoteIoVec};
-use crate::task::remote::{Remote, SCRATCH_LEN};
+use crate::task::remote::{Call, Remote, SCRATCH_LEN};
 
 /// Where in the scratch area the data (iovecs, structs) goes; the first page
 /// holds the `syscall; int3` code.
@@ -49,30 +49,19 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
-/// Unmap everything of the stub but `keep` (sorted, disjoint ranges).
-fn unmap_all_but(r: &mut Remote, keep: &[(u64, u64)]) -> Result<()> {
+/// munmap calls removing everything of the stub but `keep` (sorted,
+/// disjoint ranges).
+fn unmap_all_but(keep: &[(u64, u64)], calls: &mut Vec<Call>) {
     let mut from = PAGE_SIZE;
-    let pid = r.pid;
     for &(s, e) in keep {
         if s > from {
-            r.call(
-                pid,
-                "munmap",
-                libc::SYS_munmap,
-                [from, s - from, 0, 0, 0, 0],
-            )?;
+            calls.push((libc::SYS_munmap, [from, s - from, 0, 0, 0, 0]));
         }
         from = from.max(e);
     }
     if from < TASK_SIZE {
-        r.call(
-            pid,
-            "munmap",
-            libc::SYS_munmap,
-            [from, TASK_SIZE - from, 0, 0, 0, 0],
-        )?;
+        calls.push((libc::SYS_munmap, [from, TASK_SIZE - from, 0, 0, 0, 0]));
     }
-    Ok(())
 }
 
 /// Does any page run touch `[s, e)`?
@@ -89,7 +78,11 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     let target = vdso_block(&mm.vmas);
     let mut keep = vec![scratch, cur];
     keep.sort();
-    unmap_all_but(r, &keep)?;
+    // One batch: unmap the stub, move the vDSO, map every VMA.
+    let mut calls: Vec<Call> = Vec::with_capacity(mm.vmas.len() + 6);
+    let mut what: Vec<String> = Vec::with_capacity(mm.vmas.len() + 6);
+    unmap_all_but(&keep, &mut calls);
+    what.resize(calls.len(), "munmap".into());
 
     // The vDSO block moves as one piece to where the program knew it.
     if let Some(t) = target {
@@ -105,6 +98,7 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         }
         if t.0 != cur.0 {
             let len = t.1 - t.0;
+            let mv = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
             let mut from = cur.0;
             if overlaps(t, cur) {
                 // Hop through a free spot first: mremap cannot overlap.
@@ -116,39 +110,18 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
                             && !overlaps((a, a + len), cur)
                     })
                     .unwrap();
-                r.call(
-                    pid,
-                    "mremap vdso",
-                    libc::SYS_mremap,
-                    [
-                        from,
-                        len,
-                        len,
-                        (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                        tmp,
-                        0,
-                    ],
-                )?;
+                calls.push((libc::SYS_mremap, [from, len, len, mv, tmp, 0]));
+                what.push("mremap vdso".into());
                 from = tmp;
             }
-            r.call(
-                pid,
-                "mremap vdso",
-                libc::SYS_mremap,
-                [
-                    from,
-                    len,
-                    len,
-                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                    t.0,
-                    0,
-                ],
-            )?;
+            calls.push((libc::SYS_mremap, [from, len, len, mv, t.0, 0]));
+            what.push("mremap vdso".into());
         }
     }
 
     // Map every VMA, writable while it is filled.
     let mut fixups = Vec::new();
+    let first_mmap = calls.len();
     for v in &mm.vmas {
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
             continue;
@@ -184,16 +157,17 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         } else {
             (u64::MAX, 0)
         };
-        let got = r.call(
-            pid,
-            "mmap",
-            libc::SYS_mmap,
-            [v.start, len, prot, flags, fd, off],
-        )?;
-        if got != v.start {
+        calls.push((libc::SYS_mmap, [v.start, len, prot, flags, fd, off]));
+        what.push(format!("mmap at {:#x}", v.start));
+    }
+    let names: Vec<&str> = what.iter().map(|s| s.as_str()).collect();
+    let res = r.batch_checked(pid, &calls, &names)?;
+    for (i, &got) in res.iter().enumerate().skip(first_mmap) {
+        let want = calls[i].1[0];
+        if got != want {
             return Err(Error::task(
                 pid,
-                format!("mmap at {:#x} landed at {got:#x}", v.start),
+                format!("mmap at {want:#x} landed at {got:#x}"),
                 std::io::Error::from_raw_os_error(libc::EFAULT),
             ));
         }
@@ -201,29 +175,30 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
 
     let pages = fill(pid, pm, cx.pages)?;
 
-    for v in fixups {
-        r.call(
-            pid,
-            "mprotect",
-            libc::SYS_mprotect,
-            [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
-        )?;
-    }
+    // Final protections, then advice (best effort, as in CRIU: KSM or THP
+    // may be off).
+    let prot: Vec<Call> = fixups
+        .iter()
+        .map(|v| {
+            (
+                libc::SYS_mprotect,
+                [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+            )
+        })
+        .collect();
+    r.batch_checked(pid, &prot, &vec!["mprotect"; prot.len()])?;
+    let mut adv: Vec<Call> = Vec::new();
     for v in &mm.vmas {
         let Some(m) = v.madv.filter(|&m| m != 0) else {
             continue;
         };
-        for adv in 0..64u64 {
-            if m & (1 << adv) != 0 {
-                // KSM or THP may be off; advice is best effort, as in CRIU.
-                let _ = r.raw(
-                    pid,
-                    libc::SYS_madvise,
-                    [v.start, v.end - v.start, adv, 0, 0, 0],
-                );
+        for a in 0..64u64 {
+            if m & (1 << a) != 0 {
+                adv.push((libc::SYS_madvise, [v.start, v.end - v.start, a, 0, 0, 0]));
             }
         }
     }
+    r.batch(pid, &adv)?;
     Ok(pages)
 }
 

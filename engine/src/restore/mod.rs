@@ -32,7 +32,7 @@ use crate::mem::PAGE_SIZE;
 use crate::proc;
 use crate::stats::{self, RestoreStats};
 use crate::sys::{clone3, misc, ptrace, stub as sstub};
-use crate::task::remote::{Remote, SCRATCH_LEN};
+use crate::task::remote::{Call, Remote, SCRATCH_LEN};
 use crate::task::{creds, regs};
 use plan::{Plan, TASK_SIZE};
 
@@ -659,26 +659,26 @@ fn puppet(
         let c = &t.cores[k];
         let ti = c.thread_info.as_ref().unwrap();
         let tc = c.thread_core.as_ref().unwrap();
+        // One batch per thread: tid address, robust list, rseq,
+        // sigaltstack, name (the data for the last two sits at `data`).
+        let mut calls: Vec<Call> = Vec::with_capacity(5);
+        let mut what: Vec<&str> = Vec::with_capacity(5);
         if ti.clear_tid_addr != 0 {
-            r.call(
-                tid,
-                "set_tid_address",
+            calls.push((
                 libc::SYS_set_tid_address,
                 [ti.clear_tid_addr, 0, 0, 0, 0, 0],
-            )?;
+            ));
+            what.push("set_tid_address");
         }
         if tc.futex_rla != 0 {
-            r.call(
-                tid,
-                "set_robust_list",
+            calls.push((
                 libc::SYS_set_robust_list,
                 [tc.futex_rla, tc.futex_rla_len as u64, 0, 0, 0, 0],
-            )?;
+            ));
+            what.push("set_robust_list");
         }
         if let Some(rs) = &tc.rseq_entry {
-            r.call(
-                tid,
-                "rseq",
+            calls.push((
                 libc::SYS_rseq,
                 [
                     rs.rseq_abi_pointer,
@@ -688,24 +688,19 @@ fn puppet(
                     0,
                     0,
                 ],
-            )?;
+            ));
+            what.push("rseq");
         }
-        if let Some(sas) = &tc.sas {
-            if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
-                let mut b = Vec::with_capacity(24);
-                b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
-                b.extend_from_slice(&(sas.ss_flags & !(libc::SS_ONSTACK as u32)).to_ne_bytes());
-                b.extend_from_slice(&0u32.to_ne_bytes());
-                b.extend_from_slice(&sas.ss_size.to_ne_bytes());
-                r.write(data, &b)?;
-                r.call(
-                    tid,
-                    "sigaltstack",
-                    libc::SYS_sigaltstack,
-                    [data, 0, 0, 0, 0, 0],
-                )?;
-            }
+        let mut b = Vec::with_capacity(48);
+        if let Some(sas) = tc.sas.filter(|s| s.ss_flags & libc::SS_DISABLE as u32 == 0) {
+            b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
+            b.extend_from_slice(&(sas.ss_flags & !(libc::SS_ONSTACK as u32)).to_ne_bytes());
+            b.extend_from_slice(&0u32.to_ne_bytes());
+            b.extend_from_slice(&sas.ss_size.to_ne_bytes());
+            calls.push((libc::SYS_sigaltstack, [data, 0, 0, 0, 0, 0]));
+            what.push("sigaltstack");
         }
+        b.resize(24, 0);
         let comm = tc
             .comm
             .clone()
@@ -714,13 +709,14 @@ fn puppet(
         let mut cb = comm.into_bytes();
         cb.truncate(15);
         cb.push(0);
-        r.write(data, &cb)?;
-        r.call(
-            tid,
-            "prctl(PR_SET_NAME)",
+        b.extend_from_slice(&cb);
+        r.write(data, &b)?;
+        calls.push((
             libc::SYS_prctl,
-            [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0],
-        )?;
+            [libc::PR_SET_NAME as u64, data + 24, 0, 0, 0, 0],
+        ));
+        what.push("prctl(PR_SET_NAME)");
+        r.batch_checked(tid, &calls, &what)?;
         if let Some(n) = tc.sched_nice {
             if let Err(e) = sstub::set_nice(tid, n) {
                 warn!(tid, "cannot restore nice {n}: {e}");

@@ -37,6 +37,38 @@ use super::vm;
 
 /// Machine code of `syscall`.
 pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+/// A loop running a table of syscalls in one round trip, then `int3`.
+///
+/// In: r12 = table, r13 = number of entries. Each entry is 8 u64:
+/// nr, six arguments, and the result, which the loop stores. Only rax, rcx,
+/// r11 (clobbered by `syscall`), the argument registers, r12 and r13 change.
+///
+/// ```text
+///  0: test r13, r13          4d 85 ed
+///  3: jz   55                74 32
+///  5: mov  rax, [r12]        49 8b 04 24
+///  9: mov  rdi, [r12+8]      49 8b 7c 24 08
+/// 14: mov  rsi, [r12+16]     49 8b 74 24 10
+/// 19: mov  rdx, [r12+24]     49 8b 54 24 18
+/// 24: mov  r10, [r12+32]     4d 8b 54 24 20
+/// 29: mov  r8,  [r12+40]     4d 8b 44 24 28
+/// 34: mov  r9,  [r12+48]     4d 8b 4c 24 30
+/// 39: syscall                0f 05
+/// 41: mov  [r12+56], rax     49 89 44 24 38
+/// 46: add  r12, 64           49 83 c4 40
+/// 50: dec  r13               49 ff cd
+/// 53: jmp  0                 eb c9
+/// 55: int3                   cc
+/// ```
+pub const BATCH_CODE: [u8; 56] = [
+    0x4d, 0x85, 0xed, 0x74, 0x32, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49, 0x8b,
+    0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44,
+    0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x49, 0x83,
+    0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc9, 0xcc,
+];
+/// Size of one entry of a [`BATCH_CODE`] table.
+pub const BATCH_ENTRY: usize = 64;
 /// Length of the `syscall` instruction: `rip` after it has run.
 const SYSCALL_LEN: u64 = 2;
 
@@ -344,6 +376,69 @@ impl Injector {
         let rax = self.run(syscall_stops)?.rax;
         self.at_exit_stop = self.mode == StepMode::SyscallStops;
         Ok(rax as i64)
+    }
+
+    /// Run the [`BATCH_CODE`] loop mapped at `code` over `n` table entries at
+    /// `table` (already written into the target) with one PTRACE_CONT, and
+    /// wait for its final `int3`. SIGTRAP is unblocked meanwhile so the trap
+    /// does not reset its disposition; do not use this on a thread that
+    /// ignores SIGTRAP.
+    pub fn run_batch(&mut self, code: u64, table: u64, n: usize) -> io::Result<()> {
+        if self.at_entry {
+            // Finish the interrupted entry stop first, with a harmless call.
+            self.syscall(libc::SYS_getpid, [0; 6])?;
+        }
+        let tid = self.tid;
+        let mut regs = self.base;
+        regs.rip = code;
+        regs.orig_rax = u64::MAX;
+        regs.r12 = table;
+        regs.r13 = n as u64;
+        ptrace::set_regs(tid, &regs)?;
+        ptrace::set_sigmask(tid, injection_mask(StepMode::SingleStep))?;
+        self.at_exit_stop = false;
+        let trap_ip = code + BATCH_CODE.len() as u64;
+        let r = self.run_until_trap(trap_ip);
+        ptrace::set_sigmask(tid, injection_mask(self.mode))?;
+        r
+    }
+
+    fn run_until_trap(&mut self, trap_ip: u64) -> io::Result<()> {
+        let tid = self.tid;
+        ptrace::cont(tid, 0)?;
+        loop {
+            let st = ptrace::wait(tid)?;
+            match st {
+                WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Err(self.gone(st)),
+                WaitStatus::Stopped { sig } => {
+                    let regs = ptrace::get_regs(tid)?;
+                    if sig == libc::SIGTRAP && regs.rip == trap_ip {
+                        return Ok(());
+                    }
+                    if is_fault_signal(sig) {
+                        let code = ptrace::siginfo_code(&ptrace::get_siginfo(tid)?);
+                        if code > 0 {
+                            return Err(io::Error::other(format!(
+                                "syscall batch in tid {tid} faulted with signal {sig} at {:#x}",
+                                regs.rip
+                            )));
+                        }
+                    }
+                    self.record_signal(sig)?;
+                }
+                WaitStatus::PtraceEvent { event, .. } => {
+                    if event == ptrace::PTRACE_EVENT_EXIT {
+                        return Err(self.gone(st));
+                    }
+                    if event != ptrace::PTRACE_EVENT_STOP {
+                        let msg = ptrace::get_event_msg(tid)?;
+                        self.events.push((event, msg));
+                    }
+                }
+                WaitStatus::GroupStop { .. } | WaitStatus::SyscallStop | WaitStatus::Continued => {}
+            }
+            ptrace::cont(tid, 0)?;
+        }
     }
 
     /// Like [`Injector::syscall`], mapping results in -4095..=-1 to an

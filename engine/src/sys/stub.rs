@@ -25,7 +25,8 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
 }
 
 /// Map the scratch area of a restore stub at exactly `addr` (never replacing
-/// an existing mapping) and put `syscall; int3` at its start.
+/// an existing mapping) and put `syscall; int3` at its start and the
+/// syscall-batch loop at offset 16.
 pub fn map_scratch(addr: u64, len: u64) -> io::Result<()> {
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
     // memory we use is affected; on success we own the new mapping.
@@ -48,6 +49,9 @@ pub fn map_scratch(addr: u64, len: u64) -> io::Result<()> {
     let code: [u8; 3] = [0x0f, 0x05, 0xcc];
     // SAFETY: the mapping is at least one page, writable and ours alone.
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), p as *mut u8, code.len()) };
+    let batch = super::inject::BATCH_CODE;
+    // SAFETY: as above; the loop goes at offset 16, well inside the page.
+    unsafe { std::ptr::copy_nonoverlapping(batch.as_ptr(), (p as *mut u8).add(16), batch.len()) };
     Ok(())
 }
 

@@ -8,10 +8,17 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result, TaskCtx};
-use crate::sys::inject::{find_syscall_insn, Injector, StepMode};
+use crate::sys::inject::{find_syscall_insn, Injector, StepMode, BATCH_CODE, BATCH_ENTRY};
 use crate::sys::vm;
 
 pub const SCRATCH_LEN: u64 = 16 * 4096;
+/// Where the syscall-batch table lives in the scratch area (its second half;
+/// the first page holds code, the rest is for call arguments).
+pub const BATCH_TABLE: u64 = SCRATCH_LEN / 2;
+const BATCH_MAX: usize = ((SCRATCH_LEN - BATCH_TABLE) as usize) / BATCH_ENTRY;
+
+/// One syscall of a batch: number and arguments.
+pub type Call = (i64, [u64; 6]);
 
 /// Remote-call context of one process. One injector per thread is kept
 /// until [`Remote::finish`] (or drop) puts every thread's registers back.
@@ -21,6 +28,10 @@ pub struct Remote {
     scratch: Option<u64>,
     mode: Option<StepMode>,
     threads: HashMap<i32, Injector>,
+    /// Address of the syscall-batch loop, when one is mapped and usable.
+    batch_code: Option<u64>,
+    /// The target ignores SIGTRAP: no batches (their int3 would reset it).
+    sigtrap_ignored: bool,
 }
 
 impl Remote {
@@ -33,18 +44,24 @@ impl Remote {
             )
         })?;
         let ip = find_syscall_insn(pid, start, end).task_ctx(pid, "find syscall in vdso")?;
+        let ign = crate::proc::read_status(pid)
+            .map(|s| s.sig_ign & (1 << (libc::SIGTRAP - 1)) != 0)
+            .unwrap_or(true);
         Ok(Remote {
             pid,
             syscall_ip: ip,
             scratch: None,
             mode: None,
             threads: HashMap::new(),
+            batch_code: None,
+            sigtrap_ignored: ign,
         })
     }
 
     /// Use an explicit syscall instruction address (restore's scratch page).
     /// Our own restore stubs never ignore SIGTRAP, so single-stepping is safe
     /// and the per-thread check is skipped.
+    /// Restore stubs carry the batch loop at `syscall_ip + 16`.
     pub fn with_ip(pid: i32, syscall_ip: u64) -> Remote {
         Remote {
             pid,
@@ -52,7 +69,60 @@ impl Remote {
             scratch: None,
             mode: Some(StepMode::SingleStep),
             threads: HashMap::new(),
+            batch_code: Some(syscall_ip + 16),
+            sigtrap_ignored: false,
         }
+    }
+
+    /// Run `calls` in thread `tid` and return their raw results. With the
+    /// batch loop mapped this is one round trip per 512 calls; otherwise one
+    /// remote syscall each.
+    pub fn batch(&mut self, tid: i32, calls: &[Call]) -> Result<Vec<i64>> {
+        let (Some(code), false) = (self.batch_code, self.sigtrap_ignored) else {
+            return calls.iter().map(|&(nr, a)| self.raw(tid, nr, a)).collect();
+        };
+        let table = code - (code % 4096) + BATCH_TABLE;
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(BATCH_MAX) {
+            let mut t = Vec::with_capacity(chunk.len() * BATCH_ENTRY);
+            for &(nr, a) in chunk {
+                t.extend_from_slice(&(nr as u64).to_ne_bytes());
+                for x in a {
+                    t.extend_from_slice(&x.to_ne_bytes());
+                }
+                t.extend_from_slice(&0u64.to_ne_bytes());
+            }
+            self.write(table, &t)?;
+            self.injector(tid)?
+                .run_batch(code, table, chunk.len())
+                .task_ctx(tid, "run syscall batch")?;
+            self.read(table, &mut t)?;
+            out.extend(
+                t.chunks_exact(BATCH_ENTRY)
+                    .map(|e| i64::from_ne_bytes(e[56..64].try_into().unwrap())),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Like [`batch`](Self::batch), failing on the first negative result
+    /// with `what[i]` naming the call.
+    pub fn batch_checked(&mut self, tid: i32, calls: &[Call], what: &[&str]) -> Result<Vec<u64>> {
+        let res = self.batch(tid, calls)?;
+        res.iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                if (-4095..0).contains(&r) {
+                    Err(Error::task(
+                        tid,
+                        format!("remote {}", what.get(i).copied().unwrap_or("syscall")),
+                        std::io::Error::from_raw_os_error(-r as i32),
+                    ))
+                } else {
+                    Ok(r as u64)
+                }
+            })
+            .collect()
     }
 
     /// The injector of `tid`, created (registers saved) on first use.
@@ -116,13 +186,16 @@ impl Remote {
             [
                 0,
                 SCRATCH_LEN,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
                 (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
                 u64::MAX,
                 0,
             ],
         )?;
         self.scratch = Some(a);
+        // The batch loop sits at the start; data goes from SCRATCH_DATA on.
+        self.write(a, &BATCH_CODE)?;
+        self.batch_code = Some(a);
         Ok(a)
     }
 
@@ -133,6 +206,7 @@ impl Remote {
     /// Remove the scratch area again (also done, best effort, on drop).
     pub fn unmap_scratch(&mut self) -> Result<()> {
         if let Some(a) = self.scratch.take() {
+            self.batch_code = None;
             self.call(
                 self.pid,
                 "munmap scratch",

@@ -4,7 +4,7 @@
 use stasis_proto::criu::{SaEntry, SiginfoEntry, SignalQueueEntry};
 
 use crate::error::Result;
-use crate::task::remote::Remote;
+use crate::task::remote::{Call, Remote};
 
 pub const NSIG: u32 = 64;
 /// Size of the kernel's `struct sigaction` for rt_sigaction(2).
@@ -40,23 +40,23 @@ pub fn encode_ksigaction(e: &SaEntry) -> [u8; 32] {
     b
 }
 
-/// Read every signal action of a stopped process with remote rt_sigaction
-/// calls. Flags and restorer matter even for SIG_DFL and SIG_IGN (e.g.
-/// SA_NOCLDWAIT, or a program checking its own dispositions), so every
-/// settable signal is asked.
-pub fn dump_actions(r: &mut Remote, scratch: u64) -> Result<Vec<SaEntry>> {
-    let pid = r.pid;
-    for sig in settable() {
-        let out = scratch + sig as u64 * KSIGACTION_LEN;
-        r.call(
-            pid,
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig as u64, 0, out, 8, 0, 0],
-        )?;
-    }
+/// Remote rt_sigaction calls reading every settable signal's action into
+/// `out` + sig * 32. Flags and restorer matter even for SIG_DFL and SIG_IGN
+/// (e.g. SA_NOCLDWAIT, or a program checking its own dispositions), so every
+/// signal is asked.
+pub fn action_calls(out: u64) -> Vec<Call> {
+    settable()
+        .map(|sig| {
+            let at = out + sig as u64 * KSIGACTION_LEN;
+            (libc::SYS_rt_sigaction, [sig as u64, 0, at, 8, 0, 0])
+        })
+        .collect()
+}
+
+/// Decode what [`action_calls`] left at `out`.
+pub fn read_actions(r: &Remote, out: u64) -> Result<Vec<SaEntry>> {
     let mut buf = vec![0u8; ((NSIG + 1) as u64 * KSIGACTION_LEN) as usize];
-    r.read(scratch, &mut buf)?;
+    r.read(out, &mut buf)?;
     Ok(settable()
         .map(|sig| {
             let o = (sig as u64 * KSIGACTION_LEN) as usize;
