@@ -46,6 +46,8 @@ pub struct DumpOptions {
     /// The tree is a job of the caller's shell: terminals are re-bound and a
     /// session/process group outside the tree is allowed.
     pub shell_job: bool,
+    /// Draw progress bars for long operations (on stderr).
+    pub progress: bool,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -439,7 +441,7 @@ impl<'a> Dumper<'a> {
         self.dir
             .write_one(&format!("mm-{pid}.img"), common(magic::MM), &mm)?;
         let pages_id = self.pages_id();
-        let st = pages::dump_private(self.dir, pid, &vmas, pages_id)?;
+        let st = pages::dump_private(self.dir, pid, &vmas, pages_id, self.opts.progress)?;
         self.pages.add(&st);
         for v in vmas.iter().filter(|v| v.contents == Contents::Shmem) {
             if self.shmem_done.insert(v.entry.shmid) {

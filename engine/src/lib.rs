@@ -7,6 +7,7 @@
 pub mod sys;
 
 pub mod proc;
+pub mod progress;
 
 pub mod check;
 pub mod dump;

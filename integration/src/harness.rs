@@ -177,41 +177,42 @@ impl Env {
 
     /// `stasis criu dump -t PID -D IMGDIR -o LOG -v4 EXTRA...`.
     pub fn dump(&self, pid: i32, imgdir: &Path, extra: &[&str]) -> StasisRun {
-        let log = self.log_path("dump");
-        let mut args: Vec<OsString> = vec![
-            "criu".into(),
-            "dump".into(),
-            "-t".into(),
-            pid.to_string().into(),
-            "-D".into(),
-            imgdir.into(),
-            "-o".into(),
-            log.clone().into(),
-            "-v4".into(),
-        ];
-        args.extend(extra.iter().map(OsString::from));
-        let mut run = self.stasis(&args);
-        run.log = Some(log);
-        run
+        let pid = pid.to_string();
+        self.criu(
+            "dump",
+            &[
+                "-t".as_ref(),
+                pid.as_ref(),
+                "-D".as_ref(),
+                imgdir.as_os_str(),
+            ],
+            extra,
+        )
     }
 
     /// `stasis criu restore -D IMGDIR -d --pidfile PIDFILE -o LOG -v4 EXTRA...`.
     pub fn restore(&self, imgdir: &Path, pidfile: &Path, extra: &[&str]) -> StasisRun {
-        let log = self.log_path("restore");
-        let mut args: Vec<OsString> = vec![
-            "criu".into(),
-            "restore".into(),
-            "-D".into(),
-            imgdir.into(),
-            "-d".into(),
-            "--pidfile".into(),
-            pidfile.into(),
-            "-o".into(),
-            log.clone().into(),
-            "-v4".into(),
-        ];
-        args.extend(extra.iter().map(OsString::from));
-        let mut run = self.stasis(&args);
+        self.criu(
+            "restore",
+            &[
+                "-D".as_ref(),
+                imgdir.as_os_str(),
+                "-d".as_ref(),
+                "--pidfile".as_ref(),
+                pidfile.as_os_str(),
+            ],
+            extra,
+        )
+    }
+
+    /// `stasis criu ACTION ARGS -o LOG -v4 EXTRA...`, keeping the log's path.
+    fn criu(&self, action: &str, args: &[&OsStr], extra: &[&str]) -> StasisRun {
+        let log = self.log_path(action);
+        let mut all: Vec<OsString> = vec!["criu".into(), action.into()];
+        all.extend(args.iter().map(|a| a.to_os_string()));
+        all.extend(["-o".into(), log.clone().into_os_string(), "-v4".into()]);
+        all.extend(extra.iter().map(OsString::from));
+        let mut run = self.stasis(&all);
         run.log = Some(log);
         run
     }

@@ -17,6 +17,7 @@ use super::vma::{Contents, Vma};
 use super::{PAGE_SIZE, PE_PRESENT};
 use crate::error::{Error, PathCtx, Result, TaskCtx};
 use crate::images::{common, ImageDir, Writer};
+use crate::progress::Progress;
 use crate::sys::vm::{self, RemoteIoVec};
 
 /// Bytes read from the target per batch: small enough to stay in cache
@@ -141,7 +142,13 @@ fn write_pagemap(
 
 /// Save the private memory of `pid`: `pagemap-<pid>.img` and
 /// `pages-<pages_id>.img`.
-pub fn dump_private(dir: &ImageDir, pid: i32, vmas: &[Vma], pages_id: u32) -> Result<PageStats> {
+pub fn dump_private(
+    dir: &ImageDir,
+    pid: i32,
+    vmas: &[Vma],
+    pages_id: u32,
+    progress: bool,
+) -> Result<PageStats> {
     let (runs, scanned) = collect_runs(pid, vmas)?;
     let pm_name = format!("pagemap-{pid}.img");
     write_pagemap(
@@ -153,7 +160,9 @@ pub fn dump_private(dir: &ImageDir, pid: i32, vmas: &[Vma], pages_id: u32) -> Re
     let pages_name = format!("pages-{pages_id}.img");
     let out = dir.raw_writer(&pages_name)?;
     let total: u64 = runs.iter().map(|r| r.len).sum();
-    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name))?;
+    let bar = Progress::new(progress, total, format!("dump pid {pid}"));
+    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name), &bar)?;
+    bar.finish();
     st.pages_scanned = scanned;
     st.pages_written = total / PAGE_SIZE;
     Ok(st)
@@ -249,6 +258,7 @@ fn copy_runs(
     total: u64,
     out: File,
     out_path: &std::path::Path,
+    bar: &Progress,
 ) -> Result<PageStats> {
     let mut st = PageStats::default();
     if total == 0 {
@@ -266,7 +276,7 @@ fn copy_runs(
         let hs: Vec<_> = parts
             .iter()
             .zip(offs)
-            .map(|(part, off)| s.spawn(move || copy_part(pid, part, out, off, out_path)))
+            .map(|(part, off)| s.spawn(move || copy_part(pid, part, out, off, out_path, bar)))
             .collect();
         hs.into_iter()
             .map(|h| h.join().expect("page copy thread panicked"))
@@ -281,34 +291,10 @@ fn copy_runs(
 }
 
 /// Split runs into `n` parts of about equal bytes, keeping address order.
-fn split(runs: &[Run], n: usize) -> Vec<Vec<Run>> {
+pub(crate) fn split(runs: &[Run], n: usize) -> Vec<Vec<Run>> {
     let total: u64 = runs.iter().map(|r| r.len).sum();
-    let per = (total / n as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let mut out = vec![Vec::new()];
-    let mut size = 0u64;
-    for r in runs {
-        let mut r = *r;
-        while r.len > 0 {
-            if size == per && out.len() < n {
-                out.push(Vec::new());
-                size = 0;
-            }
-            let take = if out.len() < n {
-                r.len.min(per - size)
-            } else {
-                r.len
-            };
-            out.last_mut().unwrap().push(Run {
-                addr: r.addr,
-                len: take,
-                readable: r.readable,
-            });
-            size += take;
-            r.addr += take;
-            r.len -= take;
-        }
-    }
-    out
+    let per = (total / n as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+    batches(runs, per as usize)
 }
 
 /// Copy one part to `out` at `off`. Returns (read time, write time).
@@ -318,6 +304,7 @@ fn copy_part(
     out: &File,
     off: u64,
     out_path: &std::path::Path,
+    bar: &Progress,
 ) -> Result<(Duration, Duration)> {
     let len: u64 = part.iter().map(|r| r.len).sum();
     let (mut rd, mut wr) = (Duration::ZERO, Duration::ZERO);
@@ -341,6 +328,7 @@ fn copy_part(
         let t = Instant::now();
         out.write_all_at(&buf[..n], at).path_ctx(out_path)?;
         wr += t.elapsed();
+        bar.inc(n as u64);
         at += n as u64;
     }
     Ok((rd, wr))

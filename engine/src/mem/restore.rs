@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use stasis_proto::criu::{MmEntry, VmaEntry};
 
+use super::pages::{split, Run};
 use super::vma::*;
 use super::PAGE_SIZE;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::restore::plan::{Pagemap, TASK_SIZE};
 use crate::sys::misc::PrctlMmMap;
 use crate::sys::mman::FileMap;
@@ -40,6 +42,8 @@ pub struct MemCtx<'a> {
     pub shmem_fds: &'a HashMap<u64, i32>,
     /// pages-N.img, read by the restorer.
     pub pages: &'a std::fs::File,
+    /// Draw a progress bar while filling.
+    pub progress: bool,
     pub scratch: u64,
     /// The stub's current [vvar]..[vdso] block (the restorer's).
     pub cur_vdso: (u64, u64),
@@ -173,7 +177,7 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         }
     }
 
-    let pages = fill(pid, pm, cx.pages)?;
+    let pages = fill(pid, pm, cx.pages, cx.progress)?;
 
     // Final protections, then advice (best effort, as in CRIU: KSM or THP
     // may be off).
@@ -249,7 +253,7 @@ pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result
 /// Fill the target's private memory from the pages image with one kernel
 /// copy per byte: the image is mapped here and process_vm_writev copies from
 /// the page cache into the target, split over two threads (one per core).
-fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File) -> Result<u64> {
+fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File, progress: bool) -> Result<u64> {
     let total: u64 = pm.runs.iter().map(|r| r.1 * PAGE_SIZE).sum();
     if total == 0 {
         return Ok(0);
@@ -257,74 +261,71 @@ fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File) -> Result<u64> {
     let map = FileMap::new(pages, total as usize, false)
         .map_err(|e| Error::task(pid, "map pages image", e))?;
     let src = map.as_slice();
-    // (target address, offset in image, length)
-    let mut segs = Vec::with_capacity(pm.runs.len());
+    let runs: Vec<Run> = pm
+        .runs
+        .iter()
+        .map(|&(addr, n)| Run {
+            addr,
+            len: n * PAGE_SIZE,
+            readable: true,
+        })
+        .collect();
+    let split = split(&runs, if total >= (8 << 20) { 2 } else { 1 });
+    let mut starts = Vec::with_capacity(split.len());
     let mut off = 0u64;
-    for &(a, n) in &pm.runs {
-        segs.push((a, off, n * PAGE_SIZE));
-        off += n * PAGE_SIZE;
+    for p in &split {
+        starts.push(off);
+        off += p.iter().map(|r| r.len).sum::<u64>();
     }
-    let parts = if total >= (8 << 20) { 2 } else { 1 };
-    let per = (total / parts as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let mut split: Vec<Vec<(u64, u64, u64)>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for &(mut a, mut o, mut l) in &segs {
-        while l > 0 {
-            if size == per && split.len() < parts {
-                split.push(Vec::new());
-                size = 0;
-            }
-            let take = if split.len() < parts {
-                l.min(per - size)
-            } else {
-                l
-            };
-            split.last_mut().unwrap().push((a, o, take));
-            size += take;
-            a += take;
-            o += take;
-            l -= take;
-        }
-    }
+    let bar = Progress::new(progress, total, format!("restore pid {pid}"));
     std::thread::scope(|s| -> Result<()> {
         let hs: Vec<_> = split
             .iter()
-            .map(|part| s.spawn(move || write_part(pid, src, part)))
+            .zip(starts)
+            .map(|(part, start)| {
+                let bar = &bar;
+                s.spawn(move || write_part(pid, src, part, start, bar))
+            })
             .collect();
         for h in hs {
             h.join().expect("page fill thread panicked")?;
         }
         Ok(())
     })?;
+    bar.finish();
     Ok(total / PAGE_SIZE)
 }
 
-fn write_part(pid: i32, src: &[u8], part: &[(u64, u64, u64)]) -> Result<()> {
+/// Write one part of the runs; its bytes start at `start` in the image.
+fn write_part(pid: i32, src: &[u8], part: &[Run], start: u64, bar: &Progress) -> Result<()> {
+    let mut off = start as usize;
     for chunk in part.chunks(MAX_IOV) {
-        let local: Vec<std::io::IoSlice<'_>> = chunk
-            .iter()
-            .map(|&(_, o, l)| std::io::IoSlice::new(&src[o as usize..(o + l) as usize]))
-            .collect();
+        let mut local = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            local.push(std::io::IoSlice::new(&src[off..off + r.len as usize]));
+            off += r.len as usize;
+        }
         let remote: Vec<RemoteIoVec> = chunk
             .iter()
-            .map(|&(a, _, l)| RemoteIoVec {
-                base: a,
-                len: l as usize,
+            .map(|r| RemoteIoVec {
+                base: r.addr,
+                len: r.len as usize,
             })
             .collect();
-        let want: u64 = chunk.iter().map(|c| c.2).sum();
+        let want: u64 = chunk.iter().map(|r| r.len).sum();
         let got = vm::write_remote(pid, &local, &remote)
-            .map_err(|e| Error::task(pid, format!("write memory at {:#x}", chunk[0].0), e))?;
+            .map_err(|e| Error::task(pid, format!("write memory at {:#x}", chunk[0].addr), e))?;
         if got as u64 != want {
             return Err(Error::task(
                 pid,
                 format!(
                     "write memory at {:#x}: short write {got} of {want}",
-                    chunk[0].0
+                    chunk[0].addr
                 ),
                 std::io::Error::from_raw_os_error(libc::EFAULT),
             ));
         }
+        bar.inc(want);
     }
     Ok(())
 }

@@ -44,6 +44,8 @@ pub struct RestoreOptions {
     /// Terminals of the dump are the caller's terminal now.
     pub shell_job: bool,
     pub pidfile: Option<PathBuf>,
+    /// Draw progress bars for long operations (on stderr).
+    pub progress: bool,
 }
 
 #[derive(Debug)]
@@ -141,7 +143,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
             remotes.push(None);
             continue;
         }
-        let (r, n) = puppet(&plan, &prep, i, cur_vdso, &mut tree)?;
+        let (r, n) = puppet(&plan, &prep, i, cur_vdso, &mut tree, opts.progress)?;
         pages += n;
         remotes.push(Some(r));
     }
@@ -568,6 +570,7 @@ fn puppet(
     i: usize,
     cur_vdso: (u64, u64),
     tree: &mut Tree,
+    progress: bool,
 ) -> Result<(Remote, u64)> {
     let t = &plan.tasks[i];
     let tp = &prep.tasks[i];
@@ -604,6 +607,7 @@ fn puppet(
         file_fds: &file_fds,
         shmem_fds: &prep.shmem_fds,
         pages: &pages_file,
+        progress,
         scratch: tp.scratch,
         cur_vdso,
     };

@@ -99,6 +99,11 @@ impl CriuCli {
         }
     }
 
+    /// Progress bars when stderr is a terminal, unless --no-progress.
+    fn progress(&self) -> bool {
+        !self.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+
     fn check(&self) -> Result<ExitCode> {
         logging::init(None, self.verbosity.unwrap_or(2))?;
         let feats = check::probe();
@@ -128,6 +133,7 @@ impl CriuCli {
             images_dir: dir,
             leave_running: self.leave_running,
             shell_job: self.shell_job,
+            progress: self.progress(),
         };
         let st = dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
         if self.display_stats {
@@ -144,6 +150,7 @@ impl CriuCli {
             detach: self.restore_detached,
             shell_job: self.shell_job,
             pidfile: self.pidfile.clone(),
+            progress: self.progress(),
         };
         let done = restore::restore(&opts).context("restore failed")?;
         if self.display_stats {
