@@ -9,7 +9,7 @@
 # 3. wl-small (a tiny process): dump and restore times, median of 5 runs.
 #
 # Times are wall-clock around the whole `stasis` command (process start
-# included), taken with `date +%s%N`. When `--display-stats` prints CRIU-style
+# included), taken by target/release/timeit. When `--display-stats` prints CRIU-style
 # statistics, the frozen time is shown as well.
 #
 # Targets: dump and restore >= 40% of memcpy bandwidth; small process <= 5 ms
@@ -41,8 +41,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ns() { date +%s%N; }
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
 
 wait_for() { # FILE SECONDS
     local i
@@ -99,18 +97,14 @@ for size in 256 1024; do
     start wl-memhog "$size"
     img=$work/img-$size
     mkdir "$img"
-    t0=$(now_ns)
-    if "$STASIS" criu dump -t "$pid" -D "$img" --display-stats >"$work/dump-$size.out" 2>&1; then
-        t1=$(now_ns)
-        d_ms=$(ms "$t0" "$t1")
+    if "$T/timeit" "$work/t" "$STASIS" criu dump -t "$pid" -D "$img" --display-stats >"$work/dump-$size.out" 2>&1; then
+        d_ms=$(<"$work/t")
         wait_gone "$pid" || die "pid $pid still there after dump"
         d_gbps=$(gbps "$size" "$d_ms")
         row "dump $size MiB" "$d_ms ms (frozen $(frozen_ms "$work/dump-$size.out") ms)" "$d_gbps GB/s" \
             "$(pct "$d_gbps" "$membw")" ">= 40%" "$(meets "$d_gbps" ">=" "$(awk -v m="$membw" 'BEGIN { print 0.4 * m }')")"
-        t0=$(now_ns)
-        if "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-$size" >"$work/restore-$size.out" 2>&1; then
-            t1=$(now_ns)
-            r_ms=$(ms "$t0" "$t1")
+        if "$T/timeit" "$work/t" "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-$size" >"$work/restore-$size.out" 2>&1; then
+            r_ms=$(<"$work/t")
             r_gbps=$(gbps "$size" "$r_ms")
             touch "$state/check"
             verdict="no result"
@@ -137,25 +131,21 @@ for run in 1 2 3 4 5; do
     start wl-small
     img=$work/img-small-$run
     mkdir "$img"
-    t0=$(now_ns)
-    if ! "$STASIS" criu dump -t "$pid" -D "$img" >"$work/small-dump.out" 2>&1; then
+    if ! "$T/timeit" "$work/t" "$STASIS" criu dump -t "$pid" -D "$img" >"$work/small-dump.out" 2>&1; then
         note "small run $run: dump failed: $(tail -n 1 "$work/small-dump.out")"
         fails=$((fails + 1))
         kill -9 "$pid" 2>/dev/null || true
         wait_gone "$pid" || true
         continue
     fi
-    t1=$(now_ns)
-    dumps+=("$(ms "$t0" "$t1")")
+    dumps+=("$(<"$work/t")")
     wait_gone "$pid" || die "pid $pid still there after dump"
-    t0=$(now_ns)
-    if ! "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-small" >"$work/small-restore.out" 2>&1; then
+    if ! "$T/timeit" "$work/t" "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-small" >"$work/small-restore.out" 2>&1; then
         note "small run $run: restore failed: $(tail -n 1 "$work/small-restore.out")"
         fails=$((fails + 1))
         continue
     fi
-    t1=$(now_ns)
-    restores+=("$(ms "$t0" "$t1")")
+    restores+=("$(<"$work/t")")
     touch "$state/check"
     wait_for "$state/result.root" 10 || note "small run $run: no self-check result"
     wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
