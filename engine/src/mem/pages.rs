@@ -7,7 +7,9 @@
 
 use std::fs::File;
 use std::io::{IoSliceMut, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use stasis_proto::criu::{PagemapEntry, PagemapHead};
@@ -23,6 +25,8 @@ use crate::sys::vm::{self, RemoteIoVec};
 /// Bytes read from the target per batch: small enough to stay in cache
 /// between the read and the write.
 const CHUNK: usize = 1 << 20;
+/// Buffers in flight between the reader and the writer.
+const BUFFERS: usize = 3;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
@@ -247,11 +251,12 @@ fn read_batch(pid: i32, mem: &mut Option<File>, batch: &[Run], buf: &mut [u8]) -
     Ok(())
 }
 
-/// Copy all runs into `out`, split between two threads (one per core), each
-/// writing its own part of the file. The file's blocks are allocated first
-/// with fallocate (a tight kernel loop, much cheaper than allocating page by
-/// page during the copy); each thread then reads target memory into a small
-/// cache-hot buffer with process_vm_readv and pwrites it in place.
+/// Copy all runs into `out`. A writer thread first allocates the file's
+/// blocks with fallocate (one tight kernel loop, much cheaper than allocating
+/// page by page while writing) and then writes full buffers in order, while
+/// this thread reads the target's memory with process_vm_readv into the next
+/// small, cache-hot buffer: the two copies run on the two cores. (Several
+/// writers to one file would only queue on its inode lock.)
 fn copy_runs(
     pid: i32,
     runs: &[Run],
@@ -264,29 +269,56 @@ fn copy_runs(
     if total == 0 {
         return Ok(st);
     }
-    let parts = split(runs, if total >= (8 << 20) { 2 } else { 1 });
-    let mut offs = Vec::with_capacity(parts.len());
-    let mut off = 0u64;
-    for p in &parts {
-        offs.push(off);
-        off += p.iter().map(|r| r.len).sum::<u64>();
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let size = (CHUNK as u64).min(total) as usize;
+    for _ in 0..BUFFERS {
+        empty_tx.send(vec![0u8; size]).expect("fresh channel");
     }
     let out = &out;
-    let results: Vec<Result<(Duration, Duration)>> = std::thread::scope(|s| {
-        let hs: Vec<_> = parts
-            .iter()
-            .zip(offs)
-            .map(|(part, off)| s.spawn(move || copy_part(pid, part, out, off, out_path, bar)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("page copy thread panicked"))
-            .collect()
-    });
-    for r in results {
-        let (rd, wr) = r?;
-        st.memdump = st.memdump.max(rd);
-        st.memwrite = st.memwrite.max(wr);
-    }
+    std::thread::scope(|s| -> Result<()> {
+        let writer = s.spawn(move || -> Result<Duration> {
+            let t = Instant::now();
+            // Best effort: filesystems without fallocate allocate as they go.
+            let _ = nix::fcntl::fallocate(
+                out.as_raw_fd(),
+                nix::fcntl::FallocateFlags::empty(),
+                0,
+                total as i64,
+            );
+            let mut at = 0u64;
+            for (buf, n) in full_rx {
+                out.write_all_at(&buf[..n], at).path_ctx(out_path)?;
+                at += n as u64;
+                bar.inc(n as u64);
+                // The reader may be done already; a closed channel is fine.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(t.elapsed())
+        });
+        let mut mem = None;
+        let mut read_err = None;
+        let t = Instant::now();
+        for b in batches(runs, CHUNK) {
+            let n: usize = b.iter().map(|r| r.len as usize).sum();
+            let Ok(mut buf) = empty_rx.recv() else { break };
+            if let Err(e) = read_batch(pid, &mut mem, &b, &mut buf[..n]) {
+                read_err = Some(e);
+                break;
+            }
+            if full_tx.send((buf, n)).is_err() {
+                break;
+            }
+        }
+        st.memdump = t.elapsed();
+        drop(full_tx);
+        let wrote = writer.join().expect("page writer thread panicked");
+        if let Some(e) = read_err {
+            return Err(e);
+        }
+        st.memwrite = wrote?;
+        Ok(())
+    })?;
     Ok(st)
 }
 
@@ -295,43 +327,6 @@ pub(crate) fn split(runs: &[Run], n: usize) -> Vec<Vec<Run>> {
     let total: u64 = runs.iter().map(|r| r.len).sum();
     let per = (total / n as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
     batches(runs, per as usize)
-}
-
-/// Copy one part to `out` at `off`. Returns (read time, write time).
-fn copy_part(
-    pid: i32,
-    part: &[Run],
-    out: &File,
-    off: u64,
-    out_path: &std::path::Path,
-    bar: &Progress,
-) -> Result<(Duration, Duration)> {
-    let len: u64 = part.iter().map(|r| r.len).sum();
-    let (mut rd, mut wr) = (Duration::ZERO, Duration::ZERO);
-    let t = Instant::now();
-    // Best effort: filesystems without fallocate allocate while writing.
-    let _ = nix::fcntl::fallocate(
-        std::os::fd::AsRawFd::as_raw_fd(out),
-        nix::fcntl::FallocateFlags::empty(),
-        off as i64,
-        len as i64,
-    );
-    wr += t.elapsed();
-    let mut buf = vec![0u8; (CHUNK as u64).min(len) as usize];
-    let mut mem = None;
-    let mut at = off;
-    for b in batches(part, CHUNK) {
-        let n: usize = b.iter().map(|r| r.len as usize).sum();
-        let t = Instant::now();
-        read_batch(pid, &mut mem, &b, &mut buf[..n])?;
-        rd += t.elapsed();
-        let t = Instant::now();
-        out.write_all_at(&buf[..n], at).path_ctx(out_path)?;
-        wr += t.elapsed();
-        bar.inc(n as u64);
-        at += n as u64;
-    }
-    Ok((rd, wr))
 }
 
 /// Save a shared anonymous memory object once: `pagemap-shmem-<shmid>.img` and
