@@ -3,8 +3,10 @@
 //! ```text
 //! root                 (started by the harness as a session leader)
 //! ├── pgrp             setpgid(0, 0): its own group in root's session
-//! └── sess             setsid(): leader of a new session and group
-//!     └── gchild       stays in sess's session and group
+//! ├── sess             setsid(): leader of a new session and group
+//! │   └── gchild       stays in sess's session and group
+//! └── zombie           exits with status 7 at once; root reaps it only
+//!                      after the check, which must find it still a zombie
 //! ```
 //! Each process records pid, ppid, pgid and sid before the checkpoint and
 //! checks them after `check` (the root skips its ppid: its parent is not
@@ -108,8 +110,17 @@ fn main() {
         });
     }
 
+    let zombie = fork().unwrap_or_else(|e| ctx.setup_failed("root", &format!("fork: {e}")));
+    if zombie == 0 {
+        // SAFETY: _exit ends this child at once, as intended.
+        unsafe { libc::_exit(7) };
+    }
     if let Err(e) = ctx.wait_ready_of(&["pgrp", "sess", "gchild"], Duration::from_secs(20)) {
         ctx.setup_failed("root", &e);
+    }
+    // Make sure the zombie is one before the checkpoint can happen.
+    while !is_zombie(zombie) {
+        std::thread::sleep(Duration::from_millis(1));
     }
     ctx.write_ready("root");
     run(
@@ -122,6 +133,23 @@ fn main() {
             let (pg, ps) = unsafe { (libc::getpgid(pgrp), libc::getsid(sess)) };
             v.eq("pgrp's pgid seen from root", pg, pgrp);
             v.eq("sess's sid seen from root", ps, sess);
+            v.eq("zombie still a zombie", is_zombie(zombie), true);
+            let mut status = 0;
+            // SAFETY: `status` is a valid out-pointer.
+            let r = unsafe { libc::waitpid(zombie, &mut status, libc::WNOHANG) };
+            v.eq("zombie reaped", r, zombie);
+            v.eq("zombie exit status", libc::WEXITSTATUS(status), 7);
         },
     );
+}
+
+/// Is `pid` a zombie (state Z in /proc/PID/stat)?
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
