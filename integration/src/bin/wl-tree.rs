@@ -5,8 +5,10 @@
 //! ├── pgrp             setpgid(0, 0): its own group in root's session
 //! ├── sess             setsid(): leader of a new session and group
 //! │   └── gchild       stays in sess's session and group
-//! └── zombie           exits with status 7 at once; root reaps it only
-//!                      after the check, which must find it still a zombie
+//! ├── zombie           exits with status 7 at once; root reaps it only
+//! │                    after the check, which must find it still a zombie
+//! └── stopped          stops itself with SIGSTOP; at the check root finds it
+//!                      still stopped, then continues it and it reports
 //! ```
 //! Each process records pid, ppid, pgid and sid before the checkpoint and
 //! checks them after `check` (the root skips its ppid: its parent is not
@@ -115,11 +117,25 @@ fn main() {
         // SAFETY: _exit ends this child at once, as intended.
         unsafe { libc::_exit(7) };
     }
-    if let Err(e) = ctx.wait_ready_of(&["pgrp", "sess", "gchild"], Duration::from_secs(20)) {
+    let stopped = fork().unwrap_or_else(|e| ctx.setup_failed("root", &format!("fork: {e}")));
+    if stopped == 0 {
+        let me = ids();
+        ctx.write_ready("stopped");
+        // SAFETY: kill on ourselves; we stay stopped until root continues us.
+        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        run(&mut ctx, "stopped", me, &[], |_| {});
+    }
+    if let Err(e) = ctx.wait_ready_of(
+        &["pgrp", "sess", "gchild", "stopped"],
+        Duration::from_secs(20),
+    ) {
         ctx.setup_failed("root", &e);
     }
+    while proc_state(stopped) != Some('T') {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Make sure the zombie is one before the checkpoint can happen.
-    while !is_zombie(zombie) {
+    while proc_state(zombie) != Some('Z') {
         std::thread::sleep(Duration::from_millis(1));
     }
     ctx.write_ready("root");
@@ -127,13 +143,20 @@ fn main() {
         &mut ctx,
         "root",
         root,
-        &[("pgrp", pgrp), ("sess", sess)],
+        &[("pgrp", pgrp), ("sess", sess), ("stopped", stopped)],
         |v| {
+            v.eq(
+                "stopped child still stopped",
+                proc_state(stopped),
+                Some('T'),
+            );
+            // SAFETY: kill takes plain integers.
+            unsafe { libc::kill(stopped, libc::SIGCONT) };
             // SAFETY: getpgid/getsid take plain pids.
             let (pg, ps) = unsafe { (libc::getpgid(pgrp), libc::getsid(sess)) };
             v.eq("pgrp's pgid seen from root", pg, pgrp);
             v.eq("sess's sid seen from root", ps, sess);
-            v.eq("zombie still a zombie", is_zombie(zombie), true);
+            v.eq("zombie still a zombie", proc_state(zombie), Some('Z'));
             let mut status = 0;
             // SAFETY: `status` is a valid out-pointer.
             let r = unsafe { libc::waitpid(zombie, &mut status, libc::WNOHANG) };
@@ -143,13 +166,8 @@ fn main() {
     );
 }
 
-/// Is `pid` a zombie (state Z in /proc/PID/stat)?
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+/// The state letter of `pid` in /proc/PID/stat (R, S, T, Z, ...).
+fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
 }
