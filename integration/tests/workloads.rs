@@ -59,7 +59,7 @@ workload_tests!(
     tree_leave_running,
     "wl-tree",
     [],
-    ["pgrp", "sess", "gchild"]
+    ["pgrp", "sess", "gchild", "stopped"]
 );
 workload_tests!(
     signals_dump_restore,
