@@ -264,8 +264,14 @@ impl StasisChild {
     }
 
     /// Sends SIGKILL and collects what the command wrote.
-    pub fn kill(mut self) -> StasisRun {
-        let _ = self.child.kill();
+    pub fn kill(self) -> StasisRun {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Sends `sig` and waits for stasis to end.
+    pub fn signal(self, sig: i32) -> StasisRun {
+        // SAFETY: kill takes plain integers; the child is ours and not reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
         self.wait(Duration::from_secs(10))
     }
 }
@@ -619,6 +625,27 @@ pub fn new_processes(before: &BTreeSet<i32>, marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// A workload role that is expected to sit stopped (SIGSTOP) until checked.
+pub const STOPPED_ROLE: &str = "stopped";
+
+/// Waits until `pid` is in group-stop (State T) and untraced.
+pub fn expect_stopped(pid: i32, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match proc_state(pid) {
+            Some(st) if st.state == 'T' && st.tracer == 0 => return Ok(()),
+            Some(st) if Instant::now() > deadline => {
+                return Err(format!(
+                    "task {pid}: State {} TracerPid {}, want a stopped, untraced task",
+                    st.state, st.tracer
+                ))
+            }
+            None => return Err(format!("task {pid} is gone")),
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
 /// Non-blocking `waitpid(pid)`: `Some(status)` once reaped.
 pub fn try_reap(pid: i32) -> Option<i32> {
     let mut status = 0;
@@ -948,6 +975,7 @@ impl Workload {
         if let Err(e) = wait_gone(&self.all_pids(), Duration::from_secs(10)) {
             panic!("{} {when}: tree did not go away: {e}", self.name);
         }
+        reap_zombie_children(&[]);
     }
 
     /// Waits for the root to exit and returns its exit code (`Err` if it was
@@ -1020,12 +1048,21 @@ impl Workload {
         if let Err(e) = wait_gone(&self.all_pids(), Duration::from_secs(10)) {
             panic!("{}: dumped tree not gone: {e}", self.name);
         }
+        // Zombies of the tree (children it never reaped) are ours now; their
+        // pids must be free for the restore.
+        reap_zombie_children(&[]);
     }
 
-    /// Checks that every process of the tree is alive, untraced, not stopped.
+    /// Checks that every process of the tree is alive, untraced, not stopped
+    /// (except the role named `stopped`, which must be stopped, untraced).
     pub fn expect_running(&self, when: &str) {
         for (role, &pid) in &self.pids {
-            if let Err(e) = expect_untraced(pid, Duration::from_secs(5)) {
+            let res = if role == STOPPED_ROLE {
+                expect_stopped(pid, Duration::from_secs(5))
+            } else {
+                expect_untraced(pid, Duration::from_secs(5))
+            };
+            if let Err(e) = res {
                 panic!(
                     "{} {when}: {role} ({pid}) is not running freely: {e}\n{}",
                     self.name,

@@ -225,7 +225,18 @@ fn killed_dump_leaves_target_running() {
     // SIGKILL the dumper ~20 ms into dumping 512 MiB: the target must come
     // back running and untraced, and the images must be rejected as
     // incomplete.
-    let Some(env) = Env::setup("killed_dump_leaves_target_running") else {
+    interrupted_dump("killed_dump_leaves_target_running", libc::SIGKILL);
+}
+
+#[test]
+fn interrupted_dump_leaves_target_running() {
+    // The same with SIGINT (Ctrl-C): stasis stops at a safe point, detaches
+    // the target and says so, with a non-zero exit.
+    interrupted_dump("interrupted_dump_leaves_target_running", libc::SIGINT);
+}
+
+fn interrupted_dump(name: &str, sig: i32) {
+    let Some(env) = Env::setup(name) else {
         return;
     };
     let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-memhog"), &["512"], &[]);
@@ -246,19 +257,23 @@ fn killed_dump_leaves_target_running() {
     std::thread::sleep(Duration::from_millis(20));
     if let Ok(Some(st)) = child.child.try_wait() {
         panic!(
-            "the dump ended ({st}) before it could be killed 20 ms in; \
+            "the dump ended ({st}) before it could be stopped 20 ms in; \
              cannot test an interrupted dump"
         );
     }
-    let run = child.kill();
-    assert!(!run.success(), "stasis was killed: {}", run.describe());
+    let run = child.signal(sig);
+    assert!(
+        !run.success(),
+        "stasis was stopped by signal {sig}: {}",
+        run.describe()
+    );
     if let Err(e) = expect_untraced(wl.root_pid(), Duration::from_secs(5)) {
         panic!(
-            "after killing the dumper, the target is not running freely: {e}\n{}",
+            "after stopping the dumper, the target is not running freely: {e}\n{}",
             wl.diagnostics()
         );
     }
-    expect_unharmed(&mut wl, "after the dumper was killed");
+    expect_unharmed(&mut wl, "after the dumper was stopped");
     assert!(
         !img.join("inventory.img").exists(),
         "an interrupted dump must not leave inventory.img"
