@@ -46,8 +46,14 @@ pub struct DumpOptions {
     /// The tree is a job of the caller's shell: terminals are re-bound and a
     /// session/process group outside the tree is allowed.
     pub shell_job: bool,
+    /// Save file locks held by the tree (`--file-locks`); without it a held
+    /// lock fails the dump.
+    pub file_locks: bool,
     /// Draw progress bars for long operations (on stderr).
     pub progress: bool,
+    /// Unix sockets connected outside the tree are saved as external
+    /// (`--ext-unix-sk`) instead of refused.
+    pub ext_unix_sk: bool,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -55,6 +61,7 @@ pub struct DumpOptions {
 const SC_SIGACT: u64 = 4096;
 const SC_MISC: u64 = 8192;
 const SC_THREAD: u64 = 12288;
+const SC_TIMERS: u64 = 24576;
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
@@ -71,16 +78,25 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             &dir,
             FileOpts {
                 shell_job: opts.shell_job,
+                file_locks: opts.file_locks,
+                ext_unix_sk: opts.ext_unix_sk,
             },
         ),
         ns_ids: HashMap::new(),
-        next_pages_id: 1,
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
         stolen: tree.stolen.clone(),
     };
+    let live: Vec<i32> = tree
+        .tasks
+        .iter()
+        .filter(|t| !matches!(t.state, TaskState::Zombie { .. }))
+        .map(|t| t.pid)
+        .collect();
+    d.files.prepare_tree(&live)?;
     let mut root_ids = None;
     for (i, task) in tree.tasks.iter().enumerate() {
+        crate::error::check_interrupt()?;
         let ids = d.dump_task(&tree, task, i as u32 + 1)?;
         if i == 0 {
             root_ids = Some(ids);
@@ -131,7 +147,6 @@ struct Dumper<'a> {
     files: FileTable<'a>,
     /// Namespace inode -> small id, as CRIU numbers namespaces.
     ns_ids: HashMap<u64, u32>,
-    next_pages_id: u32,
     shmem_done: HashSet<u64>,
     pages: PageStats,
     stolen: Vec<crate::task::seize::StolenSignal>,
@@ -148,9 +163,8 @@ struct ThreadExtra {
 
 impl<'a> Dumper<'a> {
     fn pages_id(&mut self) -> u32 {
-        let id = self.next_pages_id;
-        self.next_pages_id += 1;
-        id
+        // One counter for every pages image (memfds take ids too).
+        self.files.new_pages_id()
     }
 
     fn ns_id(&mut self, ino: u64) -> u32 {
@@ -323,6 +337,8 @@ impl<'a> Dumper<'a> {
                 )?;
             }
         }
+        let timers =
+            crate::task::timers::dump(&mut remote, pid, &task.threads, scratch + SC_TIMERS)?;
         remote.finish()?;
 
         // Per-thread state.
@@ -358,6 +374,7 @@ impl<'a> Dumper<'a> {
                     oom_score_adj: proc::read_oom_score_adj(pid).ok(),
                     sigactions: sigactions.clone(),
                     child_subreaper: Some(subreaper),
+                    timers: Some(timers.clone()),
                     stop_signo: match task.state {
                         TaskState::Stopped(s) => Some(s as u32),
                         _ => None,

@@ -36,6 +36,8 @@ pub enum Error {
     Fd { pid: i32, fd: i32, why: String },
     #[error("{image}: {why}")]
     BadImage { image: String, why: String },
+    #[error("interrupted by a signal; everything was undone")]
+    Interrupted,
     #[error("{0}")]
     Other(String),
 }
@@ -71,6 +73,14 @@ impl Error {
             why: why.into(),
         }
     }
+}
+
+/// Stop at a safe point if the user asked us to (SIGINT, SIGTERM, ...).
+pub fn check_interrupt() -> Result<()> {
+    if crate::sys::sig::interrupted() {
+        return Err(Error::Interrupted);
+    }
+    Ok(())
 }
 
 /// Attach a task context to an `io::Result`.

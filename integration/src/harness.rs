@@ -1159,6 +1159,8 @@ pub struct Scenario<'a> {
     pub args: &'a [&'a str],
     /// Roles that write results (`root` is implied).
     pub roles: &'a [&'a str],
+    /// Extra arguments for both dump and restore (e.g. `--file-locks`).
+    pub flags: &'a [&'a str],
 }
 
 /// Scenario (a): dump (which kills the tree), reap the original, restore
@@ -1166,10 +1168,10 @@ pub struct Scenario<'a> {
 pub fn dump_restore(env: &Env, sc: &Scenario) {
     let mut wl = Workload::start(env, sc.bin, sc.args, sc.roles);
     let img = env.dir("images");
-    let run = env.dump(wl.root_pid(), &img, &[]);
+    let run = env.dump(wl.root_pid(), &img, sc.flags);
     run.expect_success(&format!("{}: dump", wl.name));
     wl.expect_killed_and_reap();
-    wl.restore_from(env, &img, &[]);
+    wl.restore_from(env, &img, sc.flags);
     wl.verify_and_finish("after restore");
 }
 
@@ -1178,11 +1180,52 @@ pub fn dump_restore(env: &Env, sc: &Scenario) {
 pub fn leave_running_then_restore(env: &Env, sc: &Scenario) {
     let mut wl = Workload::start(env, sc.bin, sc.args, sc.roles);
     let img = env.dir("images");
-    let run = env.dump(wl.root_pid(), &img, &["-R"]);
+    let mut dump_args = vec!["-R"];
+    dump_args.extend_from_slice(sc.flags);
+    let run = env.dump(wl.root_pid(), &img, &dump_args);
     run.expect_success(&format!("{}: dump -R", wl.name));
     wl.expect_running("after dump -R");
     wl.verify_and_finish("original after dump -R");
     wl.reset();
-    wl.restore_from(env, &img, &[]);
+    wl.restore_from(env, &img, sc.flags);
     wl.verify_and_finish("after restore");
+}
+
+/// The two standard tests of a workload: `workload_tests!(dump_test,
+/// leave_running_test, "wl-name", [args], [roles])`, optionally followed by
+/// `[flags]` passed to both dump and restore.
+#[macro_export]
+macro_rules! workload_tests {
+    ($dump:ident, $leave:ident, $bin:literal, [$($arg:literal),*], [$($role:literal),*]) => {
+        $crate::workload_tests!($dump, $leave, $bin, [$($arg),*], [$($role),*], []);
+    };
+    ($dump:ident, $leave:ident, $bin:literal, [$($arg:literal),*], [$($role:literal),*], [$($flag:literal),*]) => {
+        #[test]
+        fn $dump() {
+            let Some(env) = $crate::harness::Env::setup(stringify!($dump)) else { return };
+            $crate::harness::dump_restore(
+                &env,
+                &$crate::harness::Scenario {
+                    bin: env!(concat!("CARGO_BIN_EXE_", $bin)),
+                    args: &[$($arg),*],
+                    roles: &[$($role),*],
+                    flags: &[$($flag),*],
+                },
+            );
+        }
+
+        #[test]
+        fn $leave() {
+            let Some(env) = $crate::harness::Env::setup(stringify!($leave)) else { return };
+            $crate::harness::leave_running_then_restore(
+                &env,
+                &$crate::harness::Scenario {
+                    bin: env!(concat!("CARGO_BIN_EXE_", $bin)),
+                    args: &[$($arg),*],
+                    roles: &[$($role),*],
+                    flags: &[$($flag),*],
+                },
+            );
+        }
+    };
 }

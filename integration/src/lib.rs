@@ -10,5 +10,6 @@
 //! sound (`clippy::undocumented_unsafe_blocks`, set for every target of the
 //! crate in `Cargo.toml`).
 
+pub mod fdutil;
 pub mod harness;
 pub mod workload;

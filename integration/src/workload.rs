@@ -10,11 +10,10 @@
 //! The root waits for its children and folds their exit statuses into its own
 //! verdict.
 //!
-//! Workloads only use what the engine core supports: memory, threads, signals,
-//! regular files, directories, character devices and credentials. No pipes,
-//! sockets, eventfd, epoll or timerfd. Their stdio must therefore be files or
-//! `/dev/null` (the harness, demo.sh and bench.sh do that), and they close
-//! every other inherited descriptor at start-up ([`Ctx::from_args`]).
+//! A workload's state is only what it sets up itself: its stdio must be files
+//! or `/dev/null` (the harness, demo.sh and bench.sh do that; a pipe to the
+//! launcher would be part of the checkpoint), and it closes every other
+//! inherited descriptor at start-up ([`Ctx::from_args`]).
 
 use std::ffi::CString;
 use std::fs;

@@ -6,37 +6,7 @@
 //!
 //! Root only (skipped otherwise); run with `--test-threads=1`.
 
-use stasis_integration::harness::{dump_restore, leave_running_then_restore, Env, Scenario};
-
-macro_rules! workload_tests {
-    ($dump:ident, $leave:ident, $bin:literal, [$($arg:literal),*], [$($role:literal),*]) => {
-        #[test]
-        fn $dump() {
-            let Some(env) = Env::setup(stringify!($dump)) else { return };
-            dump_restore(
-                &env,
-                &Scenario {
-                    bin: env!(concat!("CARGO_BIN_EXE_", $bin)),
-                    args: &[$($arg),*],
-                    roles: &[$($role),*],
-                },
-            );
-        }
-
-        #[test]
-        fn $leave() {
-            let Some(env) = Env::setup(stringify!($leave)) else { return };
-            leave_running_then_restore(
-                &env,
-                &Scenario {
-                    bin: env!(concat!("CARGO_BIN_EXE_", $bin)),
-                    args: &[$($arg),*],
-                    roles: &[$($role),*],
-                },
-            );
-        }
-    };
-}
+use stasis_integration::workload_tests;
 
 workload_tests!(small_dump_restore, small_leave_running, "wl-small", [], []);
 workload_tests!(mem_dump_restore, mem_leave_running, "wl-mem", [], ["child"]);

@@ -6,7 +6,17 @@
 //! description shared by several fds (dup, fork, SCM_RIGHTS) is found with
 //! kcmp and stored once, so restore can recreate it once and share it again.
 
+pub mod epoll;
+pub mod eventfd;
+pub mod fanotify;
+pub mod inotify;
+pub mod locks;
+pub mod memfd;
+pub mod pipe;
 pub mod reg;
+pub mod signalfd;
+pub mod timerfd;
+pub mod unix;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -30,6 +40,23 @@ pub enum Kind {
     Reg,
     /// A terminal (pty slave, /dev/tty*, console).
     Tty,
+    /// An epoll instance.
+    Epoll,
+    /// An inotify instance.
+    Inotify,
+    /// A fanotify group.
+    Fanotify,
+    /// An end of an anonymous pipe.
+    Pipe,
+    /// A FIFO opened by path.
+    Fifo,
+    Eventfd,
+    Signalfd,
+    Timerfd,
+    Memfd,
+    /// A socket (unix sockets are saved; other families are refused when
+    /// the fd is dumped).
+    Socket,
     /// Something this engine cannot save yet; the name is for the error.
     Unsupported(&'static str),
 }
@@ -39,12 +66,12 @@ pub fn classify(link: &str, mode: u32, rdev_major: u32) -> Kind {
     let fmt = mode & libc::S_IFMT;
     if let Some(rest) = link.strip_prefix("anon_inode:") {
         return Kind::Unsupported(match rest.trim_matches(|c| c == '[' || c == ']') {
-            "eventfd" => "eventfd",
-            "eventpoll" => "epoll",
-            "inotify" => "inotify",
-            "fanotify" => "fanotify",
-            "signalfd" => "signalfd",
-            "timerfd" => "timerfd",
+            "eventfd" => return Kind::Eventfd,
+            "signalfd" => return Kind::Signalfd,
+            "timerfd" => return Kind::Timerfd,
+            "eventpoll" => return Kind::Epoll,
+            "inotify" => return Kind::Inotify,
+            "fanotify" => return Kind::Fanotify,
             "pidfd" => "pidfd",
             "io_uring" => "io_uring",
             "bpf-map" | "bpf-prog" => "bpf",
@@ -54,16 +81,16 @@ pub fn classify(link: &str, mode: u32, rdev_major: u32) -> Kind {
         });
     }
     if link.starts_with("pipe:") {
-        return Kind::Unsupported("pipe");
+        return Kind::Pipe;
     }
     if link.starts_with("socket:") || fmt == libc::S_IFSOCK {
-        return Kind::Unsupported("socket");
+        return Kind::Socket;
     }
     if link.starts_with("/memfd:") {
-        return Kind::Unsupported("memfd");
+        return Kind::Memfd;
     }
     match fmt {
-        libc::S_IFIFO => Kind::Unsupported("fifo"),
+        libc::S_IFIFO => Kind::Fifo,
         libc::S_IFCHR if is_tty_major(rdev_major) => Kind::Tty,
         libc::S_IFREG | libc::S_IFDIR | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFLNK => Kind::Reg,
         _ => Kind::Unsupported("unknown file type"),
@@ -126,6 +153,11 @@ impl FdCtx<'_> {
 pub struct FileOpts {
     /// Terminals belong to the caller's job and are re-bound on restore.
     pub shell_job: bool,
+    /// Save the file locks the tree holds (else a held lock fails the dump).
+    pub file_locks: bool,
+    /// Unix sockets connected outside the tree are saved as external (and
+    /// connected again on restore) instead of refused.
+    pub ext_unix_sk: bool,
 }
 
 /// Collects every file object of a dump.
@@ -137,6 +169,11 @@ pub struct FileTable<'a> {
     next_id: u32,
     by_path: HashMap<(String, u32), u32>,
     open: Vec<Open>,
+    next_pages_id: u32,
+    pub(crate) pipes: pipe::Dumped,
+    pub(crate) memfds: memfd::Dumped,
+    pub(crate) locks: locks::LockTable,
+    pub(crate) unix: unix::DumpState,
 }
 
 impl<'a> FileTable<'a> {
@@ -149,12 +186,30 @@ impl<'a> FileTable<'a> {
             next_id: 1,
             by_path: HashMap::new(),
             open: Vec::new(),
+            next_pages_id: 1,
+            pipes: pipe::Dumped::default(),
+            memfds: memfd::Dumped::default(),
+            locks: locks::LockTable::default(),
+            unix: unix::DumpState::default(),
         }
+    }
+
+    /// Look at the tree's shared objects before any task is dumped (`pids`:
+    /// its live processes, root first): unix sockets and their peers.
+    pub fn prepare_tree(&mut self, pids: &[i32]) -> Result<()> {
+        unix::prepare(self, pids)
     }
 
     pub fn new_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
+        id
+    }
+
+    /// A new `pages-<id>.img` id, unique in the dump.
+    pub fn new_pages_id(&mut self) -> u32 {
+        let id = self.next_pages_id;
+        self.next_pages_id += 1;
         id
     }
 
@@ -177,6 +232,9 @@ impl<'a> FileTable<'a> {
         flags: u32,
         source: PathBuf,
     ) -> Result<u32> {
+        if deleted && path.starts_with("/memfd:") {
+            return memfd::dump_path(self, pid, path, flags, &source);
+        }
         let key = (path.to_string(), flags);
         if !deleted {
             if let Some(&id) = self.by_path.get(&key) {
@@ -210,7 +268,17 @@ impl<'a> FileTable<'a> {
         let kind = classify(&link, st.mode(), libc::major(st.rdev()));
         let ty = match kind {
             Kind::Reg => FdTypes::Reg,
+            Kind::Epoll => FdTypes::Eventpoll,
+            Kind::Inotify => FdTypes::Inotify,
+            Kind::Fanotify => FdTypes::Fanotify,
             Kind::Tty if self.opts.shell_job => FdTypes::Reg,
+            Kind::Pipe => FdTypes::Pipe,
+            Kind::Fifo => FdTypes::Fifo,
+            Kind::Eventfd => FdTypes::Eventfd,
+            Kind::Signalfd => FdTypes::Signalfd,
+            Kind::Timerfd => FdTypes::Timerfd,
+            Kind::Memfd => FdTypes::Memfd,
+            Kind::Socket => FdTypes::Unixsk,
             Kind::Tty => {
                 return Err(Error::Fd {
                     pid,
@@ -237,10 +305,15 @@ impl<'a> FileTable<'a> {
         };
         // One open file description, many fds: reuse the first one's id.
         let (dev, ino) = (st.dev(), st.ino());
-        for o in self.open.iter().filter(|o| o.dev == dev && o.ino == ino) {
-            if kcmp::kcmp_file(pid, fd, o.pid, o.fd).unwrap_or(false) {
-                return Ok(fdinfo(o.id));
-            }
+        let shared = self
+            .open
+            .iter()
+            .filter(|o| o.dev == dev && o.ino == ino)
+            .find(|o| kcmp::kcmp_file(pid, fd, o.pid, o.fd).unwrap_or(false))
+            .map(|o| o.id);
+        if let Some(id) = shared {
+            locks::note(self, pid, fd, id, &info)?;
+            return Ok(fdinfo(id));
         }
         let id = self.new_id();
         let cx = FdCtx {
@@ -253,6 +326,16 @@ impl<'a> FileTable<'a> {
         };
         let entry = match kind {
             Kind::Reg | Kind::Tty => reg::dump_fd(self, &cx)?,
+            Kind::Epoll => epoll::dump_fd(self, &cx)?,
+            Kind::Inotify => inotify::dump_fd(self, &cx)?,
+            Kind::Fanotify => fanotify::dump_fd(self, &cx)?,
+            Kind::Pipe => pipe::dump_fd(self, &cx)?,
+            Kind::Fifo => pipe::dump_fifo(self, &cx)?,
+            Kind::Eventfd => eventfd::dump_fd(&cx)?,
+            Kind::Signalfd => signalfd::dump_fd(&cx)?,
+            Kind::Timerfd => timerfd::dump_fd(&cx)?,
+            Kind::Memfd => memfd::dump_fd(self, &cx)?,
+            Kind::Socket => unix::dump_fd(self, &cx)?,
             Kind::Unsupported(_) => unreachable!("refused above"),
         };
         self.push(entry);
@@ -263,13 +346,18 @@ impl<'a> FileTable<'a> {
             ino,
             id,
         });
+        locks::note(self, pid, fd, id, &info)?;
         Ok(fdinfo(id))
     }
 
     /// Write files.img (and remap-fpath.img when files were deleted).
-    pub fn write(self) -> Result<()> {
+    pub fn write(mut self) -> Result<()> {
+        unix::finish_dump(&mut self)?;
+        locks::write(&self)?;
         self.dir
             .write_all(FILES_IMG, common(magic::FILES), &self.entries)?;
+        pipe::write(self.dir, self.pipes)?;
+        memfd::write(self.dir, self.memfds)?;
         if !self.remaps.is_empty() {
             self.dir
                 .write_all(REMAP_IMG, common(magic::REMAP_FPATH), &self.remaps)?;
@@ -284,10 +372,26 @@ impl<'a> FileTable<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Group {
     File(u32),
+    /// Every end of one pipe (by pipe_id): one pipe2(2).
+    Pipe(u32),
+    /// Every open of one FIFO (by pipe_id), so its data is refilled once.
+    Fifo(u32),
+    /// Unix sockets linked as peers (pairs, a listener and its pending
+    /// connections, a datagram server and its clients), by smallest id.
+    Unix(u32),
 }
 
 /// The group a file object belongs to.
-pub fn group_of(f: &FileEntry) -> Group {
+pub fn group_of(f: &FileEntry, files: &HashMap<u32, FileEntry>) -> Group {
+    if f.usk.is_some() {
+        return Group::Unix(unix::group_key(files, f.id));
+    }
+    if let Some(p) = &f.pipe {
+        return Group::Pipe(p.pipe_id);
+    }
+    if let Some(p) = &f.fifo {
+        return Group::Fifo(p.pipe_id);
+    }
     Group::File(f.id)
 }
 
@@ -300,6 +404,8 @@ pub struct OpenCtx<'a> {
     /// The caller's terminal, for shell jobs.
     pub tty_fd: Option<i32>,
     pub images_dir: &'a std::path::Path,
+    /// memfd inode id -> restorer fd of the recreated memfd.
+    pub memfd_fds: &'a HashMap<u32, i32>,
 }
 
 /// Create the file objects of group `g`: (file id, fd) for each member.
@@ -310,18 +416,55 @@ pub fn create(
 ) -> std::result::Result<Vec<(u32, std::os::fd::OwnedFd)>, String> {
     match g {
         Group::File(id) => Ok(vec![(id, open_one(id, cx)?)]),
+        Group::Pipe(pipe_id) => pipe::create_pipe(pipe_id, cx),
+        Group::Fifo(pipe_id) => pipe::create_fifo(pipe_id, cx),
+        Group::Unix(key) => unix::create(key, cx),
     }
 }
 
 /// Open one file object by itself (regular files, directories, devices).
 pub fn open_one(id: u32, cx: &OpenCtx<'_>) -> std::result::Result<std::os::fd::OwnedFd, String> {
     let f = cx.files.get(&id).ok_or_else(|| format!("no file {id}"))?;
+    if let Some(e) = &f.epfd {
+        return epoll::open(e).map_err(|err| format!("epoll_create1: {err}"));
+    }
+    if let Some(e) = &f.ify {
+        return inotify::open(e);
+    }
+    if let Some(e) = &f.ffy {
+        return fanotify::open(e);
+    }
+    if let Some(e) = &f.efd {
+        return eventfd::open(e);
+    }
+    if let Some(e) = &f.sgfd {
+        return signalfd::open(e);
+    }
+    if let Some(e) = &f.tfd {
+        return timerfd::open(e);
+    }
+    if let Some(e) = &f.memfd {
+        return memfd::open(e, cx);
+    }
     let e = f
         .reg
         .as_ref()
         .ok_or_else(|| format!("file {id}: not a regular file entry"))?;
     let ghost = cx.ghost_fds.get(&id).copied();
     reg::open(e, ghost, cx.tty_fd).map_err(|err| format!("open {}: {err}", e.name))
+}
+
+/// Work that needs a task's whole fd table in place (epoll targets, flock
+/// and OFD locks). Runs in the task's restore stub right after the fd table
+/// is installed.
+pub fn after_fds(
+    plan: &crate::restore::plan::Plan,
+    idx: usize,
+    _cx: &OpenCtx<'_>,
+) -> std::result::Result<(), String> {
+    epoll::after_fds(plan, idx)?;
+    locks::after_fds(plan, idx)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -339,15 +482,19 @@ mod tests {
         );
         assert_eq!(
             classify("pipe:[1234]", libc::S_IFIFO | 0o600, 0),
-            Kind::Unsupported("pipe")
+            Kind::Pipe
         );
+        assert_eq!(classify("/tmp/f", libc::S_IFIFO | 0o600, 0), Kind::Fifo);
+        assert_eq!(classify("anon_inode:[eventfd]", 0o600, 0), Kind::Eventfd);
+        assert_eq!(classify("anon_inode:[timerfd]", 0o600, 0), Kind::Timerfd);
+        assert_eq!(classify("anon_inode:[signalfd]", 0o600, 0), Kind::Signalfd);
         assert_eq!(
-            classify("anon_inode:[eventfd]", 0o600, 0),
-            Kind::Unsupported("eventfd")
+            classify("/memfd:x (deleted)", libc::S_IFREG | 0o777, 0),
+            Kind::Memfd
         );
         assert_eq!(
             classify("socket:[99]", libc::S_IFSOCK | 0o777, 0),
-            Kind::Unsupported("socket")
+            Kind::Socket
         );
     }
 }

@@ -302,7 +302,9 @@ fn copy_runs(
         for b in batches(runs, CHUNK) {
             let n: usize = b.iter().map(|r| r.len as usize).sum();
             let Ok(mut buf) = empty_rx.recv() else { break };
-            if let Err(e) = read_batch(pid, &mut mem, &b, &mut buf[..n]) {
+            if let Err(e) = crate::error::check_interrupt()
+                .and_then(|()| read_batch(pid, &mut mem, &b, &mut buf[..n]))
+            {
                 read_err = Some(e);
                 break;
             }

@@ -13,6 +13,7 @@ use crate::progress::Progress;
 use crate::restore::plan::{Pagemap, TASK_SIZE};
 use crate::sys::misc::PrctlMmMap;
 use crate::sys::mman::FileMap;
+use crate::sys::uffd;
 use crate::sys::vm::{self, RemoteIoVec};
 use crate::task::remote::{Call, Remote, SCRATCH_LEN};
 
@@ -177,7 +178,25 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         }
     }
 
-    let pages = fill(pid, pm, cx.pages, cx.progress)?;
+    // Private anonymous memory is filled through a userfaultfd of the
+    // target: UFFDIO_COPY allocates each page and copies into it, where a
+    // write fault would first zero it. Other memory (COW pages of private
+    // file mappings) goes by process_vm_writev.
+    let anon: Vec<(u64, u64)> = mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & VMA_ANON_PRIVATE != 0 && has_pages(pm, v.start, v.end))
+        .map(|v| (v.start, v.end))
+        .collect();
+    let uffd = if anon.is_empty() {
+        None
+    } else {
+        Uffd::open(r, &anon)
+    };
+    let pages = fill(pid, pm, cx.pages, cx.progress, uffd.as_ref())?;
+    if let Some(u) = uffd {
+        u.close()?;
+    }
 
     // Final protections, then advice (best effort, as in CRIU: KSM or THP
     // may be off).
@@ -253,7 +272,13 @@ pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result
 /// Fill the target's private memory from the pages image with one kernel
 /// copy per byte: the image is mapped here and process_vm_writev copies from
 /// the page cache into the target, split over two threads (one per core).
-fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File, progress: bool) -> Result<u64> {
+fn fill(
+    pid: i32,
+    pm: &Pagemap,
+    pages: &std::fs::File,
+    progress: bool,
+    uffd: Option<&Uffd>,
+) -> Result<u64> {
     let total: u64 = pm.runs.iter().map(|r| r.1 * PAGE_SIZE).sum();
     if total == 0 {
         return Ok(0);
@@ -284,7 +309,7 @@ fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File, progress: bool) -> Result
             .zip(starts)
             .map(|(part, start)| {
                 let bar = &bar;
-                s.spawn(move || write_part(pid, src, part, start, bar))
+                s.spawn(move || write_part(pid, src, part, start, bar, uffd))
             })
             .collect();
         for h in hs {
@@ -297,30 +322,69 @@ fn fill(pid: i32, pm: &Pagemap, pages: &std::fs::File, progress: bool) -> Result
 }
 
 /// Write one part of the runs; its bytes start at `start` in the image.
-fn write_part(pid: i32, src: &[u8], part: &[Run], start: u64, bar: &Progress) -> Result<()> {
-    let mut off = start as usize;
-    for chunk in part.chunks(MAX_IOV) {
-        let mut local = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            local.push(std::io::IoSlice::new(&src[off..off + r.len as usize]));
-            off += r.len as usize;
+fn write_part(
+    pid: i32,
+    src: &[u8],
+    part: &[Run],
+    start: u64,
+    bar: &Progress,
+    uffd: Option<&Uffd>,
+) -> Result<()> {
+    // Pieces inside registered anonymous memory go by UFFDIO_COPY; the rest
+    // by process_vm_writev, which must never touch a registered missing page
+    // (it would wait for us, in the kernel, forever).
+    let mut by_uffd: Vec<(Run, u64)> = Vec::new();
+    let mut rest: Vec<(Run, u64)> = Vec::new();
+    let mut off = start;
+    for r in part {
+        let mut at = r.addr;
+        let end = r.addr + r.len;
+        while at < end {
+            let (inside, upto) = match uffd {
+                Some(u) => u.piece(at, end),
+                None => (false, end),
+            };
+            let piece = Run {
+                addr: at,
+                len: upto - at,
+                readable: true,
+            };
+            if inside {
+                by_uffd.push((piece, off));
+            } else {
+                rest.push((piece, off));
+            }
+            off += upto - at;
+            at = upto;
         }
+    }
+    let part = rest;
+    for (r, o) in by_uffd {
+        uffd.unwrap()
+            .copy(pid, r.addr, &src[o as usize..(o + r.len) as usize])?;
+        bar.inc(r.len);
+    }
+    for chunk in part.chunks(MAX_IOV) {
+        let local: Vec<std::io::IoSlice<'_>> = chunk
+            .iter()
+            .map(|(r, o)| std::io::IoSlice::new(&src[*o as usize..(*o + r.len) as usize]))
+            .collect();
         let remote: Vec<RemoteIoVec> = chunk
             .iter()
-            .map(|r| RemoteIoVec {
+            .map(|(r, _)| RemoteIoVec {
                 base: r.addr,
                 len: r.len as usize,
             })
             .collect();
-        let want: u64 = chunk.iter().map(|r| r.len).sum();
+        let want: u64 = chunk.iter().map(|(r, _)| r.len).sum();
         let got = vm::write_remote(pid, &local, &remote)
-            .map_err(|e| Error::task(pid, format!("write memory at {:#x}", chunk[0].addr), e))?;
+            .map_err(|e| Error::task(pid, format!("write memory at {:#x}", chunk[0].0.addr), e))?;
         if got as u64 != want {
             return Err(Error::task(
                 pid,
                 format!(
                     "write memory at {:#x}: short write {got} of {want}",
-                    chunk[0].addr
+                    chunk[0].0.addr
                 ),
                 std::io::Error::from_raw_os_error(libc::EFAULT),
             ));
@@ -328,4 +392,89 @@ fn write_part(pid: i32, src: &[u8], part: &[Run], start: u64, bar: &Progress) ->
         bar.inc(want);
     }
     Ok(())
+}
+
+/// A userfaultfd of a restored task, held by the restorer, with the ranges
+/// registered for UFFDIO_COPY.
+pub struct Uffd {
+    fd: std::os::fd::OwnedFd,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Uffd {
+    /// Create it inside the task (it must belong to the task's mm), take it
+    /// over with pidfd_getfd, close the task's copy, register `ranges`. None
+    /// if any step is refused: the caller falls back to process_vm_writev.
+    fn open(r: &mut Remote, ranges: &[(u64, u64)]) -> Option<Uffd> {
+        let pid = r.pid;
+        let n = r
+            .call(
+                pid,
+                "userfaultfd",
+                libc::SYS_userfaultfd,
+                [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+            )
+            .ok()?;
+        let got = crate::sys::pidfd::pidfd_open(pid)
+            .and_then(|p| crate::sys::pidfd::pidfd_getfd(&p, n as i32));
+        let _ = r.call(pid, "close", libc::SYS_close, [n, 0, 0, 0, 0, 0]);
+        let fd = got.ok()?;
+        uffd::api(&fd, 0).ok()?;
+        for &(s, e) in ranges {
+            uffd::register(&fd, s, e - s, uffd::UFFDIO_REGISTER_MODE_MISSING).ok()?;
+        }
+        Some(Uffd {
+            fd,
+            ranges: ranges.to_vec(),
+        })
+    }
+
+    /// Whether `at` is inside a registered range, and where that answer
+    /// changes (at most `end`).
+    fn piece(&self, at: u64, end: u64) -> (bool, u64) {
+        for &(s, e) in &self.ranges {
+            if s <= at && at < e {
+                return (true, e.min(end));
+            }
+        }
+        let next = self
+            .ranges
+            .iter()
+            .filter(|&&(s, _)| s > at)
+            .map(|&(s, _)| s)
+            .min()
+            .unwrap_or(end);
+        (false, next.min(end))
+    }
+
+    /// Copy `src` to `dst` in the task, allocating its pages.
+    fn copy(&self, pid: i32, mut dst: u64, mut src: &[u8]) -> Result<()> {
+        while !src.is_empty() {
+            match uffd::copy(&self.fd, dst, src, 0) {
+                Ok(0) => {
+                    return Err(Error::task(
+                        pid,
+                        format!("UFFDIO_COPY at {dst:#x} made no progress"),
+                        std::io::Error::from_raw_os_error(libc::EIO),
+                    ));
+                }
+                Ok(n) => {
+                    dst += n;
+                    src = &src[n as usize..];
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                Err(e) => return Err(Error::task(pid, format!("UFFDIO_COPY at {dst:#x}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Unregister everything: the task is left with no trace of us.
+    fn close(self) -> Result<()> {
+        for &(s, e) in &self.ranges {
+            uffd::unregister(&self.fd, s, e - s)
+                .map_err(|err| Error::Other(format!("UFFDIO_UNREGISTER {s:#x}: {err}")))?;
+        }
+        Ok(())
+    }
 }

@@ -137,7 +137,16 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
         VmaKind::File if shared => (VMA_AREA_REGULAR | VMA_FILE_SHARED, Contents::None),
         VmaKind::File => (VMA_AREA_REGULAR | VMA_FILE_PRIVATE, Contents::CowOnly),
         VmaKind::SysV => return unsupported("SysV shared memory is not supported yet"),
-        VmaKind::Memfd => return unsupported("memfd mappings are not supported yet"),
+        // A memfd mapping maps the memfd's file (files/memfd.rs); its
+        // content is saved with the memfd, COW copies like any file's.
+        VmaKind::Memfd if shared => (
+            VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_AREA_MEMFD,
+            Contents::None,
+        ),
+        VmaKind::Memfd => (
+            VMA_AREA_REGULAR | VMA_FILE_PRIVATE | VMA_AREA_MEMFD,
+            Contents::CowOnly,
+        ),
         VmaKind::AnonHugepage => return unsupported("hugetlb mappings are not supported yet"),
         VmaKind::Other => return unsupported("special mapping"),
     };

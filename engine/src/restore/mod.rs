@@ -44,8 +44,14 @@ pub struct RestoreOptions {
     /// Terminals of the dump are the caller's terminal now.
     pub shell_job: bool,
     pub pidfile: Option<PathBuf>,
+    /// Take the dumped file locks again (`--file-locks`); images holding
+    /// locks are refused without it.
+    pub file_locks: bool,
     /// Draw progress bars for long operations (on stderr).
     pub progress: bool,
+    /// Connect unix sockets whose peer was outside the dumped tree to that
+    /// peer's address again (`--ext-unix-sk`); refused without it.
+    pub ext_unix_sk: bool,
 }
 
 #[derive(Debug)]
@@ -84,6 +90,8 @@ pub struct Prep {
     pub err_fd: i32,
     pub sync_fd: i32,
     pub ghost_fds: HashMap<u32, i32>,
+    /// memfd inode id -> restorer fd of the recreated memfd.
+    pub memfd_fds: HashMap<u32, i32>,
     pub shmem_fds: HashMap<u64, i32>,
     pub tty_fd: Option<i32>,
     /// File id -> fd number where its owner puts it for the subtree.
@@ -100,7 +108,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
     let plan = plan::read(&dir)?;
+    files::unix::check_restore(&plan, opts.ext_unix_sk)?;
     check_pids_free(&plan)?;
+    files::epoll::check_plan(&plan).map_err(Error::Other)?;
+    files::locks::check_plan(&plan, opts.file_locks)?;
+    crate::task::timers::check_plan(&plan)?;
     let mut keep_fds: Vec<OwnedFd> = Vec::new();
     let prep = prepare(&dir, &plan, opts, &mut keep_fds)?;
     let mut tree = Tree::default();
@@ -139,6 +151,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(plan.tasks.len());
     let mut pages = 0u64;
     for (i, t) in plan.tasks.iter().enumerate() {
+        crate::error::check_interrupt()?;
         if !t.alive() {
             remotes.push(None);
             continue;
@@ -147,6 +160,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         pages += n;
         remotes.push(Some(r));
     }
+    // Seals that forbid new writable mappings, now that all are mapped.
+    files::memfd::late_seals(&dir, &prep.memfd_fds)?;
     // Process groups: leaders first, then members.
     for pass in 0..2 {
         for (i, t) in plan.tasks.iter().enumerate() {
@@ -182,6 +197,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         r.finish()?;
         let _ = t;
     }
+    // Last chance to give up cleanly: after this the tree runs.
+    crate::error::check_interrupt()?;
     // Go: detach every thread together.
     for &tid in &tree.traced {
         ptrace::detach(tid, 0).task_ctx(tid, "detach")?;
@@ -222,6 +239,8 @@ pub fn wait_root(pid: i32) -> Result<i32> {
             Ok(W::Exited(_, c)) => return Ok(c),
             Ok(W::Signaled(_, s, _)) => return Ok(128 + s as i32),
             Ok(_) => continue,
+            // Interrupted: stop waiting; the restored tree runs on.
+            Err(nix::errno::Errno::EINTR) if crate::sys::sig::interrupted() => return Ok(130),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(Error::task(pid, "wait for the restored root", e.into())),
         }
@@ -366,6 +385,11 @@ fn prepare(
         prep.ghost_fds.insert(id, pin(fd, next)?);
         next += 1;
     }
+    // memfd inodes, reopened by every fd and mapping of them.
+    for (ino, fd) in files::memfd::restore_inodes(dir)? {
+        prep.memfd_fds.insert(ino, pin(fd, next)?);
+        next += 1;
+    }
     // Shared anonymous memory: one memfd per object, filled now.
     for (&shmid, (size, pm)) in &plan.shmem {
         let fd = sstub::memfd("/dev/zero (deleted)")
@@ -399,7 +423,7 @@ fn prepare(
     for (i, t) in plan.tasks.iter().enumerate() {
         for f in &t.fds {
             let h = holders
-                .entry(files::group_of(&plan.files[&f.id]))
+                .entry(files::group_of(&plan.files[&f.id], &plan.files))
                 .or_default();
             if !h.contains(&i) {
                 h.push(i);
@@ -539,6 +563,28 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A thread stopped inside an rseq critical section must restart at the
+/// section's abort handler, as the kernel would have made it do on its
+/// next return to user space (it may resume on another CPU, or machine).
+fn rseq_abort(r: &Remote, rseq: u64, regs: &mut libc::user_regs_struct) -> Result<()> {
+    // struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; ... }
+    let cs = r.read_u64(rseq + 8)?;
+    if cs == 0 {
+        return Ok(());
+    }
+    // struct rseq_cs { u32 version; u32 flags; u64 start_ip;
+    //                  u64 post_commit_offset; u64 abort_ip; }
+    let mut b = [0u8; 32];
+    r.read(cs, &mut b)?;
+    let w = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+    let (start, len, abort) = (w(8), w(16), w(24));
+    if regs.rip >= start && regs.rip < start.wrapping_add(len) {
+        regs.rip = abort;
+    }
+    // The kernel clears rseq_cs once it has handled the section.
+    r.write(rseq + 8, &0u64.to_ne_bytes())
 }
 
 /// Final registers: an interrupted syscall is restarted by hand, since the
@@ -781,6 +827,8 @@ fn finish_task(
     let pid = t.pid;
     let tp = &prep.tasks[i];
     let data = tp.scratch + SCRATCH_DATA;
+    // POSIX timers exist (disarmed) before credentials change.
+    crate::task::timers::create_task(r, t, data)?;
     for (k, &tid) in t.threads.iter().enumerate() {
         if let Some(c) = t.cores[k]
             .thread_core
@@ -804,6 +852,10 @@ fn finish_task(
         libc::SYS_close_range,
         [prep.base as u64, u32::MAX as u64, 0, 0, 0, 0],
     )?;
+    // With no staging fd left to drop them: POSIX locks; then the timers
+    // start, the last thing before release.
+    files::locks::restore_posix(r, plan, i, data)?;
+    crate::task::timers::arm_task(r, t, data)?;
     r.call(
         pid,
         "munmap scratch",
@@ -819,8 +871,12 @@ fn finish_task(
         let tc = c.thread_core.as_ref().unwrap();
         let xs = regs::xsave_from_image(&ti.fpregs, xsize);
         ptrace::set_xstate(tid, &xs).task_ctx(tid, "set xsave state")?;
+        let mut regs = final_regs(&ti.gpregs);
+        if let Some(rs) = &tc.rseq_entry {
+            rseq_abort(r, rs.rseq_abi_pointer, &mut regs)?;
+        }
         let inj = r.injector(tid)?;
-        inj.set_saved_regs(final_regs(&ti.gpregs));
+        inj.set_saved_regs(regs);
         inj.set_saved_sigmask(tc.blk_sigset.unwrap_or(0));
     }
     Ok(())

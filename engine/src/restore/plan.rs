@@ -68,6 +68,8 @@ pub struct Plan {
     pub ghosts: HashMap<u32, u32>,
     /// Shared anonymous memory: shmid -> (size, pagemap).
     pub shmem: BTreeMap<u64, (u64, Pagemap)>,
+    /// File locks to take again (filelocks.img).
+    pub locks: Vec<stasis_proto::criu::FileLockEntry>,
 }
 
 fn bad(image: impl Into<String>, why: impl Into<String>) -> Error {
@@ -289,6 +291,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         files,
         ghosts,
         shmem: shm,
+        locks: crate::files::locks::read_image(dir)?,
     })
 }
 

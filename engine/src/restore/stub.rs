@@ -54,6 +54,7 @@ fn open_ctx<'a>(plan: &'a Plan, prep: &'a Prep) -> files::OpenCtx<'a> {
     files::OpenCtx {
         files: &plan.files,
         ghost_fds: &prep.ghost_fds,
+        memfd_fds: &prep.memfd_fds,
         tty_fd: prep.tty_fd,
         images_dir: &prep.images_dir,
     }
@@ -133,6 +134,8 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             || format!("set flags of fd {}", fi.fd),
         )?;
     }
+    // What needs the whole table: epoll targets, flock/OFD locks.
+    files::after_fds(plan, idx, &cx)?;
     // What puppeting needs: the exe and the mapped files.
     for (i, l) in prep.tasks[idx].locals.iter().enumerate() {
         let fd = match *l {
@@ -161,6 +164,9 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         if !used {
             let _ = nix::unistd::close(fd);
         }
+    }
+    for &fd in prep.memfd_fds.values() {
+        let _ = nix::unistd::close(fd);
     }
     for &fd in prep.ghost_fds.values() {
         let _ = nix::unistd::close(fd);

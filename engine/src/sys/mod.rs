@@ -12,13 +12,17 @@ compile_error!("stasis-engine supports only x86_64");
 
 pub mod clone3;
 pub mod cpu;
+pub mod fdobj;
 pub mod inject;
 pub mod kcmp;
 pub mod misc;
 pub mod mman;
+pub mod notify;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
+pub mod sig;
+pub mod sock;
 pub mod stub;
 pub mod uffd;
 pub mod vm;

@@ -5,5 +5,6 @@ pub mod regs;
 pub mod remote;
 pub mod seize;
 pub mod signals;
+pub mod timers;
 
 pub use seize::{SeizedTree, Task, TaskState};

@@ -26,6 +26,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use stasis_integration::fdutil::{errno, fstat, pread};
 use stasis_integration::workload::{proc_status_field, splitmix64, Ctx, Verdict};
 
 const RW_LEN: usize = 64 << 10;
@@ -51,10 +52,6 @@ struct Fd {
     ino: u64,
     rdev: u64,
     mode_fmt: u32,
-}
-
-fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
 }
 
 fn cstr(p: &Path) -> CString {
@@ -99,41 +96,6 @@ fn write_all(fd: i32, data: &[u8]) -> Result<(), String> {
         return Err(format!("write fd {fd}: {}", errno()));
     }
     Ok(())
-}
-
-fn fstat(fd: i32) -> Result<libc::stat, String> {
-    // SAFETY: an all-zero stat is a valid out-value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(format!("fstat fd {fd}: {}", errno()));
-    }
-    Ok(st)
-}
-
-fn pread(fd: i32, len: usize, off: i64) -> Result<Vec<u8>, String> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        // SAFETY: the destination lies inside `buf`.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                buf[done..].as_mut_ptr().cast(),
-                len - done,
-                off + done as i64,
-            )
-        };
-        if n < 0 {
-            return Err(format!("pread fd {fd}: {}", errno()));
-        }
-        if n == 0 {
-            buf.truncate(done);
-            break;
-        }
-        done += n as usize;
-    }
-    Ok(buf)
 }
 
 fn describe(fd: i32, name: &'static str) -> Result<Fd, String> {

@@ -43,6 +43,13 @@ pub struct CriuCli {
     /// The tree is a job of this shell (terminals and session are the caller's).
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
+    /// Dump (and restore) the file locks the tree holds.
+    #[arg(long = "file-locks")]
+    file_locks: bool,
+    /// Allow unix sockets connected to processes outside the tree: dumped
+    /// as external, connected to the peer's address again on restore.
+    #[arg(short = 'x', long = "ext-unix-sk")]
+    ext_unix_sk: bool,
     /// Return once the restored tree runs, detached from us.
     #[arg(short = 'd', long = "restore-detached")]
     restore_detached: bool,
@@ -62,6 +69,8 @@ pub struct CriuCli {
 
 impl CriuCli {
     pub fn run(self) -> Result<ExitCode> {
+        // Ctrl-C and friends stop at a safe point and undo, never mid-way.
+        stasis_engine::sys::sig::catch_termination()?;
         match self.action.as_str() {
             "check" => self.check(),
             "dump" => self.dump(),
@@ -133,7 +142,9 @@ impl CriuCli {
             images_dir: dir,
             leave_running: self.leave_running,
             shell_job: self.shell_job,
+            file_locks: self.file_locks,
             progress: self.progress(),
+            ext_unix_sk: self.ext_unix_sk,
         };
         let st = dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
         if self.display_stats {
@@ -150,7 +161,9 @@ impl CriuCli {
             detach: self.restore_detached,
             shell_job: self.shell_job,
             pidfile: self.pidfile.clone(),
+            file_locks: self.file_locks,
             progress: self.progress(),
+            ext_unix_sk: self.ext_unix_sk,
         };
         let done = restore::restore(&opts).context("restore failed")?;
         if self.display_stats {
