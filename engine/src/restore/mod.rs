@@ -248,12 +248,16 @@ pub fn wait_root(pid: i32) -> Result<i32> {
 }
 
 /// Every PID and TID of the image must be free here. A zombie of the dumped
-/// tree that its parent has not reaped yet is waited for a little.
+/// tree that its parent has not reaped yet, or a task still exiting, is
+/// waited for a little.
 fn check_pids_free(plan: &Plan) -> Result<()> {
     let deadline = Instant::now() + std::time::Duration::from_secs(3);
     for t in &plan.tasks {
         for &tid in &t.threads {
-            while proc::read_stat(tid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')
+            // Zombies, and tasks still exiting (PF_EXITING), e.g. a tree a
+            // dump has just killed.
+            while proc::read_stat(tid)
+                .is_ok_and(|s| s.state == 'Z' || s.state == 'X' || s.flags & 0x4 != 0)
                 && Instant::now() < deadline
             {
                 std::thread::sleep(std::time::Duration::from_millis(2));
