@@ -191,6 +191,21 @@ fn failed_dump_leaves_target_running() {
 }
 
 #[test]
+fn unsupported_fd_kind_fails_by_name() {
+    // A netlink socket: the dump must refuse it naming pid, fd and kind, and
+    // leave the target running and untouched.
+    let Some(env) = Env::setup("unsupported_fd_kind_fails_by_name") else {
+        return;
+    };
+    let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-small"), &["netlink"], &[]);
+    let img = env.dir("images");
+    let run = env.dump(wl.root_pid(), &img, &[]);
+    let pid = wl.root_pid().to_string();
+    run.expect_clear_failure("dump of a netlink socket", &[&pid, "fd 42", "netlink"]);
+    expect_unharmed(&mut wl, "after refusing a netlink socket");
+}
+
+#[test]
 fn dump_out_of_space_leaves_target_running() {
     // The failure happens mid-dump (while writing pages), after the target
     // was seized: it must be released untouched.
