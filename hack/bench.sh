@@ -7,13 +7,19 @@
 #    directory (/dev/shm/stasis-bench.XXXX) and restored with -d. Throughput
 #    is SIZE / wall-clock time of the stasis command, compared to memcpy.
 # 3. wl-small (a tiny process): dump and restore times, median of 5 runs.
+# 4. wl-fdtree 100 50 (100 processes holding 50 fds of mixed kinds each):
+#    dump (kill mode) and restore times per process (wall time / 100),
+#    median of 3 runs. The restore starts once every killed process is gone
+#    (init may take a second to reap 100 orphans: not restore work).
+#
+# `hack/bench.sh fdtree` (or mem, small) runs only that part.
 #
 # Times are wall-clock around the whole `stasis` command (process start
 # included), taken by target/release/timeit. When `--display-stats` prints CRIU-style
 # statistics, the frozen time is shown as well.
 #
 # Targets: dump and restore >= 40% of memcpy bandwidth; small process <= 5 ms
-# each way.
+# each way; fd tree <= 1 ms per process each way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +27,8 @@ die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 note() { printf 'bench: %s\n' "$*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || die "needs root"
+only=${1:-all}
+want() { [[ $only == all || $only == "$1" ]]; }
 
 note "building (release)"
 cargo build --release --quiet -p stasis-shim -p stasis-integration
@@ -93,7 +101,9 @@ meets() { # VALUE OP LIMIT ("-" as VALUE: not measured)
 
 row "memcpy, 1 core" "-" "$membw GB/s" "100%" "-" "-"
 
-for size in 256 1024; do
+sizes=(256 1024)
+want mem || sizes=()
+for size in "${sizes[@]}"; do
     start wl-memhog "$size"
     img=$work/img-$size
     mkdir "$img"
@@ -127,36 +137,88 @@ median() { sort -n | awk 'NF { v[++n] = $1 } END { if (n == 0) print "-"; else p
 dumps=()
 restores=()
 fails=0
-for run in 1 2 3 4 5; do
-    start wl-small
-    img=$work/img-small-$run
-    mkdir "$img"
-    if ! "$T/timeit" "$work/t" "$STASIS" criu dump -t "$pid" -D "$img" >"$work/small-dump.out" 2>&1; then
-        note "small run $run: dump failed: $(tail -n 1 "$work/small-dump.out")"
-        fails=$((fails + 1))
-        kill -9 "$pid" 2>/dev/null || true
-        wait_gone "$pid" || true
-        continue
-    fi
-    dumps+=("$(<"$work/t")")
-    wait_gone "$pid" || die "pid $pid still there after dump"
-    if ! "$T/timeit" "$work/t" "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-small" >"$work/small-restore.out" 2>&1; then
-        note "small run $run: restore failed: $(tail -n 1 "$work/small-restore.out")"
-        fails=$((fails + 1))
-        continue
-    fi
-    restores+=("$(<"$work/t")")
-    touch "$state/check"
-    wait_for "$state/result.root" 10 || note "small run $run: no self-check result"
-    wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
-    rm -rf "$img"
-done
-d_med=$(printf '%s\n' "${dumps[@]}" | median)
-r_med=$(printf '%s\n' "${restores[@]}" | median)
-row "dump small (median of ${#dumps[@]})" "$d_med ms" "-" "-" "<= 5 ms" \
-    "$(meets "$d_med" "<=" 5)"
-row "restore small (median of ${#restores[@]})" "$r_med ms" "-" "-" "<= 5 ms" \
-    "$(meets "$r_med" "<=" 5)"
+if want small; then
+    for run in 1 2 3 4 5; do
+        start wl-small
+        img=$work/img-small-$run
+        mkdir "$img"
+        if ! "$T/timeit" "$work/t" "$STASIS" criu dump -t "$pid" -D "$img" >"$work/small-dump.out" 2>&1; then
+            note "small run $run: dump failed: $(tail -n 1 "$work/small-dump.out")"
+            fails=$((fails + 1))
+            kill -9 "$pid" 2>/dev/null || true
+            wait_gone "$pid" || true
+            continue
+        fi
+        dumps+=("$(<"$work/t")")
+        wait_gone "$pid" || die "pid $pid still there after dump"
+        if ! "$T/timeit" "$work/t" "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-small" >"$work/small-restore.out" 2>&1; then
+            note "small run $run: restore failed: $(tail -n 1 "$work/small-restore.out")"
+            fails=$((fails + 1))
+            continue
+        fi
+        restores+=("$(<"$work/t")")
+        touch "$state/check"
+        wait_for "$state/result.root" 10 || note "small run $run: no self-check result"
+        wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
+        rm -rf "$img"
+    done
+    d_med=$(printf '%s\n' "${dumps[@]}" | median)
+    r_med=$(printf '%s\n' "${restores[@]}" | median)
+    row "dump small (median of ${#dumps[@]})" "$d_med ms" "-" "-" "<= 5 ms" \
+        "$(meets "$d_med" "<=" 5)"
+    row "restore small (median of ${#restores[@]})" "$r_med ms" "-" "-" "<= 5 ms" \
+        "$(meets "$r_med" "<=" 5)"
+fi
+
+# fd tree: N processes x M fds, per-process times, median of 3 runs.
+fdtree_n=100
+fdtree_m=50
+if want fdtree; then
+    dumps=()
+    restores=()
+    verdicts=()
+    for run in 1 2 3; do
+        start wl-fdtree "$fdtree_n" "$fdtree_m"
+        tree_pids=$(pgrep -s "$pid" || true) # its session: the whole tree
+        img=$work/img-fdtree-$run
+        mkdir "$img"
+        if ! "$T/timeit" "$work/t" "$STASIS" criu dump -t "$pid" -D "$img" >"$work/fdtree-dump.out" 2>&1; then
+            note "fdtree run $run: dump failed: $(tail -n 1 "$work/fdtree-dump.out")"
+            kill -9 -- "-$pid" 2>/dev/null || true # its whole session
+            wait_gone "$pid" || true
+            continue
+        fi
+        dumps+=("$(<"$work/t")")
+        # Every killed process must be gone (reaped by init, which can take
+        # a while here) before the restore: it needs their pids.
+        for p in $tree_pids; do
+            wait_gone "$p" || die "pid $p still there after dump"
+        done
+        if ! "$T/timeit" "$work/t" "$STASIS" criu restore -D "$img" -d --pidfile "$work/pid-fdtree" >"$work/fdtree-restore.out" 2>&1; then
+            note "fdtree run $run: restore failed: $(tail -n 1 "$work/fdtree-restore.out")"
+            continue
+        fi
+        restores+=("$(<"$work/t")")
+        touch "$state/check"
+        v="no result"
+        if wait_for "$state/result.root" 60; then v=$(<"$state/result.root"); fi
+        verdicts+=("$v")
+        [[ $v == ok ]] || note "fdtree run $run: self-check: $v"
+        wait_gone "$pid" || kill -9 -- "-$pid" 2>/dev/null || true
+        rm -rf "$img"
+    done
+    per_proc() { awk -v ms="$1" -v n="$fdtree_n" 'BEGIN { if (ms == "-") print "-"; else printf "%.2f", ms / n }'; }
+    d_med=$(printf '%s\n' "${dumps[@]}" | median)
+    r_med=$(printf '%s\n' "${restores[@]}" | median)
+    d_pp=$(per_proc "$d_med")
+    r_pp=$(per_proc "$r_med")
+    nok=0
+    for v in "${verdicts[@]}"; do [[ $v == ok ]] && nok=$((nok + 1)); done
+    row "dump $fdtree_n procs x $fdtree_m fds (median of ${#dumps[@]})" \
+        "$d_med ms = $d_pp ms/process" "-" "-" "<= 1 ms/process" "$(meets "$d_pp" "<=" 1)"
+    row "restore $fdtree_n procs x $fdtree_m fds (median of ${#restores[@]}, self-check ok $nok)" \
+        "$r_med ms = $r_pp ms/process" "-" "-" "<= 1 ms/process" "$(meets "$r_pp" "<=" 1)"
+fi
 
 echo
 echo "stasis benchmark, $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"

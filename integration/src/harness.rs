@@ -670,6 +670,34 @@ pub fn reap_zombie_children(keep: &[i32]) {
     }
 }
 
+/// Reaps our zombie children until none of our children is running or in
+/// uninterruptible sleep (a killed process on its way out), for at most
+/// `timeout`. Children that sleep or are stopped (live workloads) are left.
+pub fn reap_exiting_children(timeout: Duration) {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut busy = false;
+        for p in all_pids() {
+            let Some(st) = proc_state(p) else { continue };
+            if st.ppid != me {
+                continue;
+            }
+            match st.state {
+                'Z' => {
+                    try_reap(p);
+                }
+                'R' | 'D' | 'X' => busy = true,
+                _ => {}
+            }
+        }
+        if !busy || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Waits until every pid in `pids` is gone (reaping those that are our
 /// children, directly or through the subreaper).
 pub fn wait_gone(pids: &[i32], timeout: Duration) -> Result<(), String> {
@@ -1051,6 +1079,9 @@ impl Workload {
         // Zombies of the tree (children it never reaped) are ours now; their
         // pids must be free for the restore.
         reap_zombie_children(&[]);
+        // Processes of the tree that are not roles (a workload's helpers)
+        // may still be exiting: they become our zombies only then.
+        reap_exiting_children(Duration::from_secs(10));
     }
 
     /// Checks that every process of the tree is alive, untraced, not stopped

@@ -9,13 +9,17 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
+pub mod fown;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod memo;
 pub mod pipe;
 pub mod reg;
+mod shared;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tty;
 pub mod unix;
 
 use std::collections::HashMap;
@@ -28,7 +32,6 @@ use stasis_proto::image::magic;
 use crate::error::{Error, Result};
 use crate::images::{common, ImageDir};
 use crate::proc;
-use crate::sys::kcmp;
 
 pub const FILES_IMG: &str = "files.img";
 pub const REMAP_IMG: &str = "remap-fpath.img";
@@ -103,15 +106,6 @@ fn is_tty_major(major: u32) -> bool {
     matches!(major, 2..=5 | 128..=143)
 }
 
-#[derive(Debug)]
-struct Open {
-    pid: i32,
-    fd: i32,
-    dev: u64,
-    ino: u64,
-    id: u32,
-}
-
 /// One fd being dumped, for the module of its kind.
 pub struct FdCtx<'a> {
     pub pid: i32,
@@ -130,13 +124,7 @@ impl FdCtx<'_> {
     /// description: reading from it consumes the target's data, so only
     /// inspect, peek or tee).
     pub fn steal(&self) -> Result<std::os::fd::OwnedFd> {
-        let pidfd = crate::sys::pidfd::pidfd_open(self.pid)
-            .map_err(|e| Error::task(self.pid, "pidfd_open", e))?;
-        crate::sys::pidfd::pidfd_getfd(&pidfd, self.fd).map_err(|e| Error::Fd {
-            pid: self.pid,
-            fd: self.fd,
-            why: format!("pidfd_getfd: {e}"),
-        })
+        shared::steal(self.pid, self.fd)
     }
 
     pub fn err(&self, why: impl Into<String>) -> Error {
@@ -168,12 +156,13 @@ pub struct FileTable<'a> {
     remaps: Vec<RemapFilePathEntry>,
     next_id: u32,
     by_path: HashMap<(String, u32), u32>,
-    open: Vec<Open>,
+    open: shared::OpenIndex,
     next_pages_id: u32,
     pub(crate) pipes: pipe::Dumped,
     pub(crate) memfds: memfd::Dumped,
     pub(crate) locks: locks::LockTable,
     pub(crate) unix: unix::DumpState,
+    pub(crate) tty: tty::DumpState,
 }
 
 impl<'a> FileTable<'a> {
@@ -185,19 +174,21 @@ impl<'a> FileTable<'a> {
             remaps: Vec::new(),
             next_id: 1,
             by_path: HashMap::new(),
-            open: Vec::new(),
+            open: shared::OpenIndex::default(),
             next_pages_id: 1,
             pipes: pipe::Dumped::default(),
             memfds: memfd::Dumped::default(),
             locks: locks::LockTable::default(),
             unix: unix::DumpState::default(),
+            tty: tty::DumpState::default(),
         }
     }
 
     /// Look at the tree's shared objects before any task is dumped (`pids`:
     /// its live processes, root first): unix sockets and their peers.
     pub fn prepare_tree(&mut self, pids: &[i32]) -> Result<()> {
-        unix::prepare(self, pids)
+        unix::prepare(self, pids)?;
+        tty::prepare(self, pids)
     }
 
     pub fn new_id(&mut self) -> u32 {
@@ -271,6 +262,7 @@ impl<'a> FileTable<'a> {
             Kind::Epoll => FdTypes::Eventpoll,
             Kind::Inotify => FdTypes::Inotify,
             Kind::Fanotify => FdTypes::Fanotify,
+            Kind::Tty if self.tty.is_pair(st.rdev()) => FdTypes::Tty,
             Kind::Tty if self.opts.shell_job => FdTypes::Reg,
             Kind::Pipe => FdTypes::Pipe,
             Kind::Fifo => FdTypes::Fifo,
@@ -305,16 +297,14 @@ impl<'a> FileTable<'a> {
         };
         // One open file description, many fds: reuse the first one's id.
         let (dev, ino) = (st.dev(), st.ino());
-        let shared = self
-            .open
-            .iter()
-            .filter(|o| o.dev == dev && o.ino == ino)
-            .find(|o| kcmp::kcmp_file(pid, fd, o.pid, o.fd).unwrap_or(false))
-            .map(|o| o.id);
-        if let Some(id) = shared {
-            locks::note(self, pid, fd, id, &info)?;
-            return Ok(fdinfo(id));
-        }
+        let key = (dev, ino, info.pos, info.flags & !(libc::O_CLOEXEC as u32));
+        let slot = match self.open.find(pid, fd, key) {
+            Ok(id) => {
+                locks::note(self, pid, fd, id, &info)?;
+                return Ok(fdinfo(id));
+            }
+            Err(slot) => slot,
+        };
         let id = self.new_id();
         let cx = FdCtx {
             pid,
@@ -325,6 +315,7 @@ impl<'a> FileTable<'a> {
             info: &info,
         };
         let entry = match kind {
+            Kind::Tty if ty == FdTypes::Tty => tty::dump_fd(self, &cx)?,
             Kind::Reg | Kind::Tty => reg::dump_fd(self, &cx)?,
             Kind::Epoll => epoll::dump_fd(self, &cx)?,
             Kind::Inotify => inotify::dump_fd(self, &cx)?,
@@ -339,13 +330,7 @@ impl<'a> FileTable<'a> {
             Kind::Unsupported(_) => unreachable!("refused above"),
         };
         self.push(entry);
-        self.open.push(Open {
-            pid,
-            fd,
-            dev,
-            ino,
-            id,
-        });
+        self.open.insert(slot, pid, fd, id);
         locks::note(self, pid, fd, id, &info)?;
         Ok(fdinfo(id))
     }
@@ -358,6 +343,7 @@ impl<'a> FileTable<'a> {
             .write_all(FILES_IMG, common(magic::FILES), &self.entries)?;
         pipe::write(self.dir, self.pipes)?;
         memfd::write(self.dir, self.memfds)?;
+        tty::write(self.dir, &self.tty)?;
         if !self.remaps.is_empty() {
             self.dir
                 .write_all(REMAP_IMG, common(magic::REMAP_FPATH), &self.remaps)?;
@@ -379,12 +365,17 @@ pub enum Group {
     /// Unix sockets linked as peers (pairs, a listener and its pending
     /// connections, a datagram server and its clients), by smallest id.
     Unix(u32),
+    /// Both ends of one pseudo-terminal (by index): one open of /dev/ptmx.
+    Pty(u32),
 }
 
 /// The group a file object belongs to.
 pub fn group_of(f: &FileEntry, files: &HashMap<u32, FileEntry>) -> Group {
     if f.usk.is_some() {
         return Group::Unix(unix::group_key(files, f.id));
+    }
+    if let Some(t) = &f.tty {
+        return Group::Pty(tty::group_key(t));
     }
     if let Some(p) = &f.pipe {
         return Group::Pipe(p.pipe_id);
@@ -419,6 +410,7 @@ pub fn create(
         Group::Pipe(pipe_id) => pipe::create_pipe(pipe_id, cx),
         Group::Fifo(pipe_id) => pipe::create_fifo(pipe_id, cx),
         Group::Unix(key) => unix::create(key, cx),
+        Group::Pty(index) => tty::create(index, cx),
     }
 }
 
@@ -464,6 +456,7 @@ pub fn after_fds(
 ) -> std::result::Result<(), String> {
     epoll::after_fds(plan, idx)?;
     locks::after_fds(plan, idx)?;
+    fown::after_fds(plan, idx)?;
     Ok(())
 }
 

@@ -25,9 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use stasis_proto::criu::{
-    FdTypes, FifoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry, RegFileEntry,
-};
+use stasis_proto::criu::{FdTypes, FifoEntry, FileEntry, PipeDataEntry, PipeEntry, RegFileEntry};
 use stasis_proto::image::magic;
 
 use super::{FdCtx, FileTable, OpenCtx};
@@ -163,7 +161,7 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
             id: cx.id,
             pipe_id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
-            fown: FownEntry::default(),
+            fown: super::fown::of(cx)?,
         }),
         ..Default::default()
     })
@@ -292,12 +290,26 @@ pub fn create_pipe(
     pipe_id: u32,
     cx: &OpenCtx<'_>,
 ) -> std::result::Result<Vec<(u32, OwnedFd)>, String> {
-    let mut ends: Vec<(u32, &PipeEntry)> = cx
-        .files
-        .values()
-        .filter_map(|f| f.pipe.as_ref().map(|p| (f.id, p)))
-        .filter(|(_, p)| p.pipe_id == pipe_id)
-        .collect();
+    fn end(f: &FileEntry) -> Option<(u32, &PipeEntry)> {
+        f.pipe.as_ref().map(|p| (f.id, p))
+    }
+    let mut ends: Vec<(u32, &PipeEntry)> = match super::memo::get(cx.files) {
+        Some(ix) => ix
+            .pipe_ends
+            .get(&pipe_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| cx.files.get(id))
+            .filter_map(end)
+            .filter(|(_, p)| p.pipe_id == pipe_id)
+            .collect(),
+        None => cx
+            .files
+            .values()
+            .filter_map(end)
+            .filter(|(_, p)| p.pipe_id == pipe_id)
+            .collect(),
+    };
     ends.sort_by_key(|e| e.0);
     let what = format!("pipe:[{pipe_id}]");
     let direct = ends

@@ -134,16 +134,12 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
         return Err(cx.err(format!("{}: not a path", cx.link)));
     }
     let flags = cx.info.flags & !(libc::O_CLOEXEC as u32);
+    let mut reg = reg_entry(cx.id, flags, cx.info.pos.max(0) as u64, name, cx.st);
+    reg.fown = super::fown::of(cx)?;
     Ok(FileEntry {
         r#type: FdTypes::Reg as i32,
         id: cx.id,
-        reg: Some(reg_entry(
-            cx.id,
-            flags,
-            cx.info.pos.max(0) as u64,
-            name,
-            cx.st,
-        )),
+        reg: Some(reg),
         ..Default::default()
     })
 }

@@ -36,7 +36,7 @@ use stasis_proto::criu::{FileEntry, SkOptsEntry, UnixSkEntry};
 use crate::sys::sock;
 
 pub use dump::{dump_fd, finish_dump, prepare, DumpState};
-pub use restore::{check_restore, create};
+pub use restore::{check_restore, create, preload_queues};
 
 /// The peer is outside the dumped tree (CRIU's flag).
 pub const USK_EXTERN: u32 = 1 << 0;
@@ -62,18 +62,16 @@ fn is_real(e: &UnixSkEntry) -> bool {
 /// File ids of every unix entry linked to `id` by peer relations (its
 /// connected component), sorted.
 pub fn component(files: &HashMap<u32, FileEntry>, id: u32) -> Vec<u32> {
-    let mut by_ino: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut by_peer: HashMap<u32, Vec<u32>> = HashMap::new();
-    for f in files.values() {
-        if let Some(e) = entry(f) {
-            if e.ino != 0 {
-                by_ino.entry(e.ino).or_default().push(e.id);
-            }
-            if e.peer != 0 {
-                by_peer.entry(e.peer).or_default().push(e.id);
-            }
+    // Built by the restorer once (super::memo), or here for other maps.
+    let memo = super::memo::get(files);
+    let own;
+    let (by_ino, by_peer) = match &memo {
+        Some(ix) => (&ix.usk_by_ino, &ix.usk_by_peer),
+        None => {
+            own = super::memo::usk_maps(files);
+            (&own.0, &own.1)
         }
-    }
+    };
     let mut seen = BTreeSet::new();
     let mut todo = vec![id];
     while let Some(x) = todo.pop() {

@@ -18,8 +18,16 @@ pub(crate) fn tid_path(pid: i32, tid: i32, rest: &str) -> PathBuf {
 }
 
 /// Read a whole file as bytes.
+///
+/// Not `fs::read`: it asks for the file size first (one more syscall per
+/// file), and /proc files have none; a dump reads a few per fd.
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
-    fs::read(path).map_err(|e| ProcError::io(path, e))
+    use std::io::Read;
+    let mut v = Vec::with_capacity(4096);
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut v))
+        .map_err(|e| ProcError::io(path, e))?;
+    Ok(v)
 }
 
 /// Read a whole file as text. Invalid UTF-8 (possible in file names and

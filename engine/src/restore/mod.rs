@@ -421,6 +421,12 @@ fn prepare(
         prep.shmem_fds.insert(shmid, pin(OwnedFd::from(f), next)?);
         next += 1;
     }
+    // Terminal state, read by group_of and the stubs.
+    files::tty::load(dir)?;
+    // Pipe ends and unix peers by id, built once here for every stub.
+    files::memo::prepare(&plan.files);
+    // Queued unix socket data, read once here rather than in every stub.
+    files::unix::preload_queues(dir.path()).map_err(Error::Other)?;
     // Open file descriptions in fd tables: staged once, by the lowest
     // common ancestor of their holders.
     let mut holders: BTreeMap<Group, Vec<usize>> = BTreeMap::new();

@@ -103,6 +103,9 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             }
         }
     }
+    // A session leader takes back its pty as controlling terminal before it
+    // forks, so its children inherit it.
+    files::tty::set_ctty(plan, idx, &prep.shared)?;
     for &c in &t.children {
         let child = &plan.tasks[c];
         match clone3::clone3_fork(0, &[child.pid], libc::SIGCHLD) {
@@ -118,7 +121,6 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         return Ok(());
     }
     // The fd table: every fd at its number, with its fd flags.
-    let holds: HashSet<u32> = t.fds.iter().map(|f| f.id).collect();
     for fi in &t.fds {
         let staged = prep.shared[&fi.id];
         ctx(nix::unistd::dup2(staged, fi.fd as i32), || {
@@ -142,12 +144,6 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             super::Local::File(id) => files::open_one(id, &cx)?,
         };
         place(fd, prep.local_base + i as i32)?;
-    }
-    // Drop staged objects this task does not use.
-    for (&id, &fd) in &prep.shared {
-        if !holds.contains(&id) {
-            let _ = nix::unistd::close(fd);
-        }
     }
     let mine: HashSet<u64> =
         t.mm.as_ref()
@@ -174,8 +170,10 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     if let Some(fd) = prep.tty_fd {
         let _ = nix::unistd::close(fd);
     }
-    for &fd in prep.shared.values() {
-        let _ = nix::unistd::close(fd);
+    // Staged objects: consecutive numbers up to local_base, one
+    // close_range instead of a close per file id of the whole dump.
+    if let Some(&lo) = prep.shared.values().min() {
+        let _ = stub::close_range(lo as u32, prep.local_base as u32 - 1);
     }
     let _ = nix::unistd::close(prep.sync_fd);
 

@@ -12,6 +12,7 @@ compile_error!("stasis-engine supports only x86_64");
 
 pub mod clone3;
 pub mod cpu;
+pub mod fdctl;
 pub mod fdobj;
 pub mod inject;
 pub mod kcmp;

@@ -40,30 +40,30 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_ne_bytes(b[o..o + 8].try_into().unwrap())
 }
 
-fn itimer(r: &mut Remote, pid: i32, which: i32, at: u64) -> Result<ItimerEntry> {
-    r.call(
-        pid,
-        "getitimer",
-        libc::SYS_getitimer,
-        [which as u64, at, 0, 0, 0, 0],
-    )?;
-    let mut b = [0u8; 32];
-    r.read(at, &mut b)?;
-    // struct itimerval: it_interval, it_value (timeval: sec, usec).
-    Ok(ItimerEntry {
-        isec: u64_at(&b, 0),
-        iusec: u64_at(&b, 8),
-        vsec: u64_at(&b, 16),
-        vusec: u64_at(&b, 24),
-    })
+/// An `ItimerEntry` from a `struct itimerval` (it_interval, it_value;
+/// timeval: sec, usec) as getitimer wrote it.
+fn itimer_at(b: &[u8]) -> ItimerEntry {
+    ItimerEntry {
+        isec: u64_at(b, 0),
+        iusec: u64_at(b, 8),
+        vsec: u64_at(b, 16),
+        vusec: u64_at(b, 24),
+    }
 }
 
 /// Read every timer of process `pid` (`threads`: its thread ids) through
 /// remote calls; `at` is scratch memory in the task.
 pub fn dump(r: &mut Remote, pid: i32, threads: &[i32], at: u64) -> Result<TaskTimersEntry> {
-    let real = itimer(r, pid, libc::ITIMER_REAL, at)?;
-    let virt = itimer(r, pid, libc::ITIMER_VIRTUAL, at)?;
-    let prof = itimer(r, pid, libc::ITIMER_PROF, at)?;
+    // The three interval timers in one batch (one round trip).
+    let which = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
+    let calls: Vec<_> = (0u64..)
+        .zip(which)
+        .map(|(i, w)| (libc::SYS_getitimer, [w as u64, at + 32 * i, 0, 0, 0, 0]))
+        .collect();
+    r.batch_checked(pid, &calls, &["getitimer"; 3])?;
+    let mut b = [0u8; 96];
+    r.read(at, &mut b)?;
+    let [real, virt, prof] = [0, 32, 64].map(|o| itimer_at(&b[o..o + 32]));
     let mut list = proc::read_timers(pid)?;
     list.sort_by_key(|t| t.id);
     let mut posix = Vec::with_capacity(list.len());

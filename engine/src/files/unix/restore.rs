@@ -23,6 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use nix::sys::socket::{socket, socketpair, AddressFamily, SockFlag, SockType, UnixAddr};
 use stasis_proto::criu::{SkPacketEntry, UnixSkEntry};
@@ -129,7 +130,31 @@ pub fn check_restore(plan: &Plan, ext_ok: bool) -> Result<()> {
 }
 
 /// Queued packets of the sockets `ids`, by receiving file id.
-fn read_queues(dir: &Path, ids: &HashSet<u32>) -> R<HashMap<u32, Vec<Vec<u8>>>> {
+/// sk-queues.img of the current restore, read once by the restorer before
+/// it forks ([`preload_queues`]) rather than by every stub that creates
+/// sockets (each read the whole image).
+type Queues = HashMap<u32, Vec<Vec<u8>>>;
+static QUEUES: RwLock<Option<(PathBuf, Queues)>> = RwLock::new(None);
+
+/// Reads the queued packets of the images in `dir` for [`create`].
+pub fn preload_queues(dir: &Path) -> R<()> {
+    let all = read_queues(dir, None)?;
+    *QUEUES.write().unwrap_or_else(|e| e.into_inner()) = Some((dir.to_path_buf(), all));
+    Ok(())
+}
+
+/// The packets of `ids` from [`preload_queues`], if it read `dir`.
+fn preloaded(dir: &Path, ids: &HashSet<u32>) -> Option<Queues> {
+    let g = QUEUES.read().unwrap_or_else(|e| e.into_inner());
+    let (d, all) = g.as_ref()?;
+    (d == dir).then(|| {
+        ids.iter()
+            .filter_map(|id| all.get(id).map(|v| (*id, v.clone())))
+            .collect()
+    })
+}
+
+fn read_queues(dir: &Path, ids: Option<&HashSet<u32>>) -> R<Queues> {
     let mut out: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
     if !dir.join(SK_QUEUES_IMG).exists() {
         return Ok(out);
@@ -139,7 +164,7 @@ fn read_queues(dir: &Path, ids: &HashSet<u32>) -> R<HashMap<u32, Vec<Vec<u8>>>> 
         .reader(SK_QUEUES_IMG, common(magic::SK_QUEUES))
         .map_err(|e| e.to_string())?;
     while let Some(p) = r.read_entry::<SkPacketEntry>().map_err(|e| e.to_string())? {
-        if ids.contains(&p.id_for) {
+        if ids.is_none_or(|ids| ids.contains(&p.id_for)) {
             let b = r
                 .read_payload(p.length as usize)
                 .map_err(|e| e.to_string())?;
@@ -273,7 +298,10 @@ pub fn create(key: u32, cx: &OpenCtx<'_>) -> R<Vec<(u32, OwnedFd)>> {
         .collect();
     let real: Vec<&UnixSkEntry> = ents.iter().copied().filter(|e| is_real(e)).collect();
     let idset: HashSet<u32> = ids.iter().copied().collect();
-    let mut queues = read_queues(cx.images_dir, &idset)?;
+    let mut queues = match preloaded(cx.images_dir, &idset) {
+        Some(q) => q,
+        None => read_queues(cx.images_dir, Some(&idset))?,
+    };
     let mut q = |id: u32| queues.remove(&id).unwrap_or_default();
     let what = |e: &UnixSkEntry| format!("unix socket ino {} ({})", e.ino, show_name(&e.name));
 
