@@ -403,6 +403,34 @@ impl Injector {
         r
     }
 
+    /// A fault signal with a kernel si_code while our code runs at `at`:
+    /// the injected code itself faulted.
+    fn check_fault(&self, sig: i32, what: &str, at: u64) -> io::Result<()> {
+        if is_fault_signal(sig) {
+            let code = ptrace::siginfo_code(&ptrace::get_siginfo(self.tid)?);
+            if code > 0 {
+                return Err(io::Error::other(format!(
+                    "{what} at {at:#x} in tid {} faulted with signal {sig}",
+                    self.tid
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// An event stop while injecting: the tracee's exit ends the injection,
+    /// other events (e.g. the clone of a thread we create) are kept.
+    fn note_event(&mut self, st: WaitStatus, event: i32) -> io::Result<()> {
+        if event == ptrace::PTRACE_EVENT_EXIT {
+            return Err(self.gone(st));
+        }
+        if event != ptrace::PTRACE_EVENT_STOP {
+            let msg = ptrace::get_event_msg(self.tid)?;
+            self.events.push((event, msg));
+        }
+        Ok(())
+    }
+
     fn run_until_trap(&mut self, trap_ip: u64) -> io::Result<()> {
         let tid = self.tid;
         ptrace::cont(tid, 0)?;
@@ -415,26 +443,10 @@ impl Injector {
                     if sig == libc::SIGTRAP && regs.rip == trap_ip {
                         return Ok(());
                     }
-                    if is_fault_signal(sig) {
-                        let code = ptrace::siginfo_code(&ptrace::get_siginfo(tid)?);
-                        if code > 0 {
-                            return Err(io::Error::other(format!(
-                                "syscall batch in tid {tid} faulted with signal {sig} at {:#x}",
-                                regs.rip
-                            )));
-                        }
-                    }
+                    self.check_fault(sig, "syscall batch", regs.rip)?;
                     self.record_signal(sig)?;
                 }
-                WaitStatus::PtraceEvent { event, .. } => {
-                    if event == ptrace::PTRACE_EVENT_EXIT {
-                        return Err(self.gone(st));
-                    }
-                    if event != ptrace::PTRACE_EVENT_STOP {
-                        let msg = ptrace::get_event_msg(tid)?;
-                        self.events.push((event, msg));
-                    }
-                }
+                WaitStatus::PtraceEvent { event, .. } => self.note_event(st, event)?,
                 WaitStatus::GroupStop { .. } | WaitStatus::SyscallStop | WaitStatus::Continued => {}
             }
             ptrace::cont(tid, 0)?;
@@ -501,26 +513,12 @@ impl Injector {
                         // The step trap after the instruction.
                         return Ok(regs);
                     }
-                    if is_fault_signal(sig) && not_run {
-                        let code = ptrace::siginfo_code(&ptrace::get_siginfo(tid)?);
-                        if code > 0 {
-                            return Err(io::Error::other(format!(
-                                "injected syscall at {:#x} in tid {tid} faulted with signal {sig}",
-                                self.syscall_ip
-                            )));
-                        }
+                    if not_run {
+                        self.check_fault(sig, "injected syscall", self.syscall_ip)?;
                     }
                     self.record_signal(sig)?;
                 }
-                WaitStatus::PtraceEvent { event, .. } => {
-                    if event == ptrace::PTRACE_EVENT_EXIT {
-                        return Err(self.gone(st));
-                    }
-                    if event != ptrace::PTRACE_EVENT_STOP {
-                        let msg = ptrace::get_event_msg(tid)?;
-                        self.events.push((event, msg));
-                    }
-                }
+                WaitStatus::PtraceEvent { event, .. } => self.note_event(st, event)?,
                 // A group-stop: resuming a seized thread is allowed, and the
                 // kernel re-arms the stop when we detach.
                 WaitStatus::GroupStop { .. } | WaitStatus::SyscallStop | WaitStatus::Continued => {}
