@@ -237,7 +237,7 @@ fn dump_out_of_space_leaves_target_running() {
 
 #[test]
 fn killed_dump_leaves_target_running() {
-    // SIGKILL the dumper ~20 ms into dumping 512 MiB: the target must come
+    // SIGKILL the dumper while it copies 512 MiB: the target must come
     // back running and untraced, and the images must be rejected as
     // incomplete.
     interrupted_dump("killed_dump_leaves_target_running", libc::SIGKILL);
@@ -269,10 +269,24 @@ fn interrupted_dump(name: &str, sig: i32) {
         &log.to_string_lossy(),
         "-v4",
     ]);
-    std::thread::sleep(Duration::from_millis(20));
+    // Stop it while it copies memory: the target is then between remote
+    // calls (no SIGKILL can be survived in the middle of one, as with
+    // CRIU's parasite), which is where nearly all of a dump's time goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let copying = || {
+        fs::read_dir(&img).ok().is_some_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("pages-")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+        })
+    };
+    while !copying() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     if let Ok(Some(st)) = child.child.try_wait() {
         panic!(
-            "the dump ended ({st}) before it could be stopped 20 ms in; \
+            "the dump ended ({st}) before it could be stopped while copying memory; \
              cannot test an interrupted dump"
         );
     }
