@@ -142,11 +142,12 @@ impl CloneArgs {
             args.flags |= CLONE_PIDFD;
             args.pidfd = &mut pidfd as *mut i32 as u64;
         }
+        // Without CLONE_VM and with no stack the child gets a private copy
+        // of our address space and returns here like fork(); the flags that
+        // would break that (shared VM, threads, settls, tid pointers) are
+        // rejected above.
         // SAFETY: `args` is a valid clone_args whose pointers (set_tid,
-        // pidfd) refer to memory alive for the call. Without CLONE_VM and
-        // with no stack the child gets a private copy of our address space
-        // and returns here like fork(); the flags that would break that
-        // (shared VM, threads, settls, tid pointers) are rejected above.
+        // pidfd) refer to memory alive for the call; see above.
         let r = cvt(unsafe {
             libc::syscall(
                 libc::SYS_clone3,

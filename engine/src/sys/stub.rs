@@ -8,10 +8,10 @@ use super::cvt;
 /// Install a signal action from the kernel's `struct sigaction` layout
 /// {handler, flags, restorer, mask}, exactly as dumped.
 pub fn rt_sigaction_raw(sig: i32, act: &[u8; 32]) -> io::Result<()> {
+    // The handler address refers to the restored program, which only runs
+    // once its memory is in place (all signals are blocked until then).
     // SAFETY: `act` is 32 readable bytes, the kernel sigaction layout on
-    // x86_64; the old-action pointer is NULL. The handler address refers to
-    // the restored program, which is only run after all signals are blocked
-    // and the memory is in place.
+    // x86_64; the old-action pointer is NULL.
     cvt(unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act.as_ptr(), 0usize, 8usize) })?;
     Ok(())
 }
