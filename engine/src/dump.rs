@@ -94,13 +94,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .map(|t| t.pid)
         .collect();
     d.files.prepare_tree(&live)?;
-    let mut root_ids = None;
+    // inventory.root_ids are the dumper's own, as CRIU writes them: its
+    // restore takes a root task whose ids match them for a CLONE_* sibling
+    // ("Image corruption on kIDs data"). The dumper is object id 1, tasks
+    // 2.. (fdinfo-2.img is the root's, as CRIU names it).
+    let root_ids = Some(d.ids(std::process::id() as i32, 1)?);
     for (i, task) in tree.tasks.iter().enumerate() {
         crate::error::check_interrupt()?;
-        let ids = d.dump_task(&tree, task, i as u32 + 1)?;
-        if i == 0 {
-            root_ids = Some(ids);
-        }
+        d.dump_task(&tree, task, i as u32 + 2)?;
     }
     d.write_pstree(&tree)?;
     let Dumper { files, pages, .. } = d;
@@ -284,6 +285,7 @@ impl<'a> Dumper<'a> {
             }
             vmas.push(v);
         }
+        vma::merge_vvar(&mut vmas);
 
         // What only the process can tell.
         let mut remote = Remote::new(pid, vdso)?;
@@ -449,7 +451,7 @@ impl<'a> Dumper<'a> {
             mm_env_start: stat.env_start,
             mm_env_end: stat.env_end,
             exe_file_id,
-            mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
+            mm_saved_auxv: proc::criu_saved_auxv(&auxv),
             vmas: vmas.iter().map(|v| v.entry).collect(),
             dumpable: Some(dumpable),
             aios: Vec::new(),

@@ -87,16 +87,19 @@ pub fn collect_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<Run>, u64)> {
     let mut runs: Vec<Run> = Vec::new();
     let mut scanned = 0u64;
     for v in vmas {
-        let cow_only = match v.contents {
-            Contents::Anon => false,
-            Contents::CowOnly => true,
+        let (cow_only, whole) = match v.contents {
+            Contents::Anon => (false, false),
+            Contents::CowOnly => (true, false),
+            Contents::Whole => (false, true),
             _ => continue,
         };
         read_pagemap(&pm, v.start(), v.end(), &mut ents).path_ctx(&path)?;
         scanned += ents.len() as u64;
         let readable = v.entry.prot & libc::PROT_READ as u32 != 0;
         for (i, &e) in ents.iter().enumerate() {
-            let keep = if cow_only {
+            let keep = if whole {
+                true
+            } else if cow_only {
                 (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
             } else {
                 e & (PM_PRESENT | PM_SWAPPED) != 0

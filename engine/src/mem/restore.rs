@@ -182,10 +182,23 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     // target: UFFDIO_COPY allocates each page and copies into it, where a
     // write fault would first zero it. Other memory (COW pages of private
     // file mappings) goes by process_vm_writev.
+    let special = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL;
     let anon: Vec<(u64, u64)> = mm
         .vmas
         .iter()
-        .filter(|v| v.status & VMA_ANON_PRIVATE != 0 && has_pages(pm, v.start, v.end))
+        .filter(|v| {
+            v.status & VMA_ANON_PRIVATE != 0
+                && v.status & special == 0
+                && has_pages(pm, v.start, v.end)
+        })
+        .map(|v| (v.start, v.end))
+        .collect();
+    // The image's vDSO pages (CRIU's restore compares them with the running
+    // kernel's) stay unused: the live vDSO was moved in place above.
+    let skip: Vec<(u64, u64)> = mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & VMA_AREA_VDSO != 0)
         .map(|v| (v.start, v.end))
         .collect();
     let uffd = if anon.is_empty() {
@@ -193,7 +206,7 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     } else {
         Uffd::open(r, &anon)
     };
-    let pages = fill(pid, pm, cx.pages, cx.progress, uffd.as_ref())?;
+    let pages = fill(pid, pm, cx.pages, cx.progress, uffd.as_ref(), &skip)?;
     if let Some(u) = uffd {
         u.close()?;
     }
@@ -278,6 +291,7 @@ fn fill(
     pages: &std::fs::File,
     progress: bool,
     uffd: Option<&Uffd>,
+    skip: &[(u64, u64)],
 ) -> Result<u64> {
     let total: u64 = pm.runs.iter().map(|r| r.1 * PAGE_SIZE).sum();
     if total == 0 {
@@ -309,7 +323,7 @@ fn fill(
             .zip(starts)
             .map(|(part, start)| {
                 let bar = &bar;
-                s.spawn(move || write_part(pid, src, part, start, bar, uffd))
+                s.spawn(move || write_part(pid, src, part, start, bar, uffd, skip))
             })
             .collect();
         for h in hs {
@@ -322,6 +336,7 @@ fn fill(
 }
 
 /// Write one part of the runs; its bytes start at `start` in the image.
+/// Bytes of runs inside `skip` ranges are passed over.
 fn write_part(
     pid: i32,
     src: &[u8],
@@ -329,6 +344,7 @@ fn write_part(
     start: u64,
     bar: &Progress,
     uffd: Option<&Uffd>,
+    skip: &[(u64, u64)],
 ) -> Result<()> {
     // Pieces inside registered anonymous memory go by UFFDIO_COPY; the rest
     // by process_vm_writev, which must never touch a registered missing page
@@ -340,9 +356,22 @@ fn write_part(
         let mut at = r.addr;
         let end = r.addr + r.len;
         while at < end {
+            if let Some(&(_, e)) = skip.iter().find(|&&(s, e)| s <= at && at < e) {
+                let upto = e.min(end);
+                bar.inc(upto - at);
+                off += upto - at;
+                at = upto;
+                continue;
+            }
+            // Stop short of the next skipped range.
+            let stop = skip
+                .iter()
+                .filter(|&&(s, _)| s > at)
+                .map(|&(s, _)| s)
+                .fold(end, u64::min);
             let (inside, upto) = match uffd {
-                Some(u) => u.piece(at, end),
-                None => (false, end),
+                Some(u) => u.piece(at, stop),
+                None => (false, stop),
             };
             let piece = Run {
                 addr: at,

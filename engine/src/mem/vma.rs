@@ -37,8 +37,11 @@ const MADV_FLAGS: [(&str, u32); 8] = [
 /// What the dumper does with a VMA's contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contents {
-    /// Nothing to save (shared file mappings, vdso, vvar, vsyscall).
+    /// Nothing to save (shared file mappings, vvar, vsyscall).
     None,
+    /// Every page, present or not: the vDSO, which CRIU's restore reads
+    /// from the image to check it against the running kernel's.
+    Whole,
     /// Present or swapped pages of private anonymous memory.
     Anon,
     /// Only the pages copied on write (anonymous) of a private file mapping.
@@ -115,10 +118,18 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
     if f.hugetlb() {
         return unsupported("hugetlb mappings are not supported yet");
     }
+    // The kernel's special mappings are anonymous private ones to CRIU
+    // (status and MAP_ANONYMOUS): its restore maps them by those bits.
     let (status, contents) = match m.kind() {
-        VmaKind::Vdso => (VMA_AREA_REGULAR | VMA_AREA_VDSO, Contents::None),
-        VmaKind::Vvar | VmaKind::VvarVclock => (VMA_AREA_REGULAR | VMA_AREA_VVAR, Contents::None),
-        VmaKind::Vsyscall => (VMA_AREA_VSYSCALL, Contents::None),
+        VmaKind::Vdso => (
+            VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE,
+            Contents::Whole,
+        ),
+        VmaKind::Vvar | VmaKind::VvarVclock => (
+            VMA_AREA_REGULAR | VMA_AREA_VVAR | VMA_ANON_PRIVATE,
+            Contents::None,
+        ),
+        VmaKind::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, Contents::None),
         VmaKind::Heap => (
             VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_HEAP,
             Contents::Anon,
@@ -189,6 +200,25 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
     })
 }
 
+/// Merges adjacent vvar VMAs (`[vvar]` + `[vvar_vclock]` on 6.x kernels)
+/// into one, as CRIU records them: its restore expects a single vvar area.
+pub fn merge_vvar(vmas: &mut Vec<Vma>) {
+    let mut out: Vec<Vma> = Vec::with_capacity(vmas.len());
+    for v in vmas.drain(..) {
+        if let Some(last) = out.last_mut() {
+            if last.status() & VMA_AREA_VVAR != 0
+                && v.status() & VMA_AREA_VVAR != 0
+                && last.end() == v.start()
+            {
+                last.entry.end = v.end();
+                continue;
+            }
+        }
+        out.push(v);
+    }
+    *vmas = out;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,7 +255,44 @@ VmFlags: rd ex mr mw me de sd
         assert_eq!(v[2].entry.shmid, 2048);
         assert_ne!(v[2].entry.flags & libc::MAP_SHARED as u32, 0);
         assert_ne!(v[3].entry.flags & libc::MAP_GROWSDOWN as u32, 0);
-        assert_eq!(v[4].contents, Contents::None);
+        assert_eq!(v[4].contents, Contents::Whole);
         assert_ne!(v[4].status() & VMA_AREA_VDSO, 0);
+    }
+
+    /// CRIU 4.x records the kernel's special mappings as private anonymous
+    /// ones and [vvar] + [vvar_vclock] as one area; its restore fails on
+    /// anything else ("Can't restore ... mapping", vdso ELF checks).
+    #[test]
+    fn special_mappings_as_criu_records_them() {
+        let smaps = "\
+7f3ea3467000-7f3ea346b000 r--p 00000000 00:00 0                          [vvar]
+Size:                 16 kB
+VmFlags: rd mr pf io de dd
+7f3ea346b000-7f3ea346d000 r--p 00000000 00:00 0                          [vvar_vclock]
+Size:                  8 kB
+VmFlags: rd mr pf io de dd
+7f3ea346d000-7f3ea346f000 r-xp 00000000 00:00 0                          [vdso]
+Size:                  8 kB
+VmFlags: rd ex mr mw me de sd
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+Size:                  4 kB
+VmFlags: ex
+";
+        let all = parse_smaps(smaps).unwrap();
+        let mut v: Vec<Vma> = all.iter().map(|s| classify(1, s).unwrap()).collect();
+        for x in &v {
+            assert_ne!(x.status() & VMA_ANON_PRIVATE, 0, "{:x}", x.start());
+            assert_ne!(x.entry.flags & libc::MAP_ANONYMOUS as u32, 0);
+        }
+        merge_vvar(&mut v);
+        assert_eq!(v.len(), 3);
+        assert_eq!((v[0].start(), v[0].end()), (0x7f3ea3467000, 0x7f3ea346d000));
+        assert_eq!(
+            v[0].status(),
+            VMA_AREA_REGULAR | VMA_AREA_VVAR | VMA_ANON_PRIVATE
+        );
+        assert_eq!(v[0].contents, Contents::None);
+        assert_eq!(v[1].contents, Contents::Whole);
+        assert_eq!(v[2].status(), VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE);
     }
 }

@@ -41,6 +41,23 @@ pub fn auxv_get(auxv: &[(u64, u64)], key: u64) -> Option<u64> {
     auxv.iter().find(|&&(k, _)| k == key).map(|&(_, v)| v)
 }
 
+/// Words of `mm_entry.mm_saved_auxv` CRIU's x86-64 restore accepts at most
+/// (its `AT_VECTOR_SIZE`); it refuses longer vectors as corrupted.
+pub const CRIU_AUXV_WORDS: usize = 44;
+
+/// `auxv` as `mm_entry.mm_saved_auxv` words, the way CRIU saves it: without
+/// the `AT_NULL` terminator (PR_SET_MM_MAP zero-fills and terminates the
+/// kernel's copy) and at most [`CRIU_AUXV_WORDS`] words, so CRIU's restore
+/// takes our images. Only /proc/PID/auxv reads the saved copy; the program's
+/// own (on its stack) is restored with its memory.
+pub fn criu_saved_auxv(auxv: &[(u64, u64)]) -> Vec<u64> {
+    auxv.iter()
+        .take_while(|&&(k, _)| k != AT_NULL)
+        .flat_map(|&(k, v)| [k, v])
+        .take(CRIU_AUXV_WORDS)
+        .collect()
+}
+
 /// Read and parse `/proc/<pid>/auxv`.
 pub fn read_auxv(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
     parse_auxv(&read_bytes(&pid_path(pid, "auxv"))?)
@@ -84,6 +101,21 @@ mod tests {
         assert_eq!(e.to_string(), "auxv: truncated entry at byte 16");
         let e = parse_auxv(&b[..32]).unwrap_err();
         assert_eq!(e.to_string(), "auxv: no AT_NULL terminator");
+    }
+
+    /// CRIU's restore refuses more than 44 words ("Image corrupted").
+    #[test]
+    fn criu_words() {
+        let a = parse_auxv(&unhex(SAMPLE_HEX)).unwrap();
+        let w = criu_saved_auxv(&a);
+        assert_eq!(w.len(), 44);
+        assert_eq!(&w[..2], &[libc::AT_SYSINFO_EHDR, 0x7f43d268a000]);
+        assert!(!w.chunks(2).any(|p| p[0] == AT_NULL));
+        let short = [(libc::AT_PAGESZ, 4096), (AT_NULL, 0)];
+        assert_eq!(criu_saved_auxv(&short), vec![libc::AT_PAGESZ, 4096]);
+        let long: Vec<(u64, u64)> = (1..40).map(|k| (k, k)).collect();
+        assert_eq!(criu_saved_auxv(&long).len(), CRIU_AUXV_WORDS);
+        assert!(criu_saved_auxv(&[]).is_empty());
     }
 
     #[test]

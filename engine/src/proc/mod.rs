@@ -30,7 +30,7 @@ pub mod timers;
 pub use error::ProcError;
 pub use util::kernel_dev_split;
 
-pub use auxv::{auxv_get, parse_auxv, read_auxv, AT_NULL};
+pub use auxv::{auxv_get, criu_saved_auxv, parse_auxv, read_auxv, AT_NULL, CRIU_AUXV_WORDS};
 pub use cgroup::{find_cgroup_v2, parse_cgroup, read_cgroup, CgroupEntry};
 pub use children::{parse_children, read_children, read_process_children, read_tids};
 pub use fdinfo::{

@@ -14,7 +14,7 @@ use crate::dump::{TASK_ALIVE, TASK_DEAD, TASK_STOPPED};
 use crate::error::{Error, Result};
 use crate::files::{FILES_IMG, REMAP_IMG};
 use crate::images::{common, ImageDir, INVENTORY};
-use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
 use crate::mem::{PAGE_SIZE, PE_PRESENT};
 
 /// Highest user address on x86_64 with 4-level paging.
@@ -323,7 +323,8 @@ fn check_vmas(name: &str, mm: &MmEntry) -> Result<()> {
 /// Page runs must fall inside private VMAs that may hold pages (a run may
 /// span adjacent VMAs).
 fn check_runs(name: &str, pm: &Pagemap, mm: &MmEntry) -> Result<()> {
-    let no_pages = VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED;
+    // vDSO pages are saved (as CRIU does) but never written back.
+    let no_pages = VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED;
     for &(a, n) in &pm.runs {
         let end = a + n * PAGE_SIZE;
         let mut cur = a;
