@@ -391,9 +391,10 @@ impl<'a> Dumper<'a> {
 
         // Files: fds, cwd, root, exe.
         let mut fdinfos = Vec::new();
-        for fd in proc::read_fd_numbers(pid)? {
+        for fd in self.files.fd_numbers(pid)? {
             fdinfos.push(self.files.dump_fd(pid, fd)?);
         }
+        self.files.fds_done(pid);
         self.dir.write_all(
             &format!("fdinfo-{}.img", ids.files_id),
             common(magic::FDINFO),
