@@ -305,13 +305,25 @@ impl<'a> Dumper<'a> {
         ];
         calls.extend(signals::action_calls(scratch + SC_SIGACT));
         names.resize(calls.len(), "rt_sigaction");
+        // The main thread's own questions and the interval timers ride along
+        // in the same round trip.
+        let (tcalls, tnames) = thread_extra_calls(scratch + SC_THREAD);
+        let main_extra = calls.len();
+        calls.extend(tcalls);
+        names.extend(tnames);
+        calls.extend(crate::task::timers::itimer_calls(scratch + SC_TIMERS));
+        names.resize(calls.len(), "getitimer");
         let res = remote.batch_checked(pid, &calls, &names)?;
         let (brk, dumpable, thp_disabled) = (res[0], res[2] as i32, res[3] != 0);
         let sigactions = signals::read_actions(&remote, scratch + SC_SIGACT)?;
         let subreaper = remote.read_u64(scratch + SC_MISC)? as u32 != 0;
         let mut extra = Vec::with_capacity(task.threads.len());
         for &tid in &task.threads {
-            extra.push(thread_extra(&mut remote, tid, scratch + SC_THREAD)?);
+            extra.push(if tid == pid {
+                thread_extra_read(&remote, &res[main_extra..], scratch + SC_THREAD)?
+            } else {
+                thread_extra(&mut remote, tid, scratch + SC_THREAD)?
+            });
         }
         // Signals dequeued while seizing go back to their thread when the tree
         // runs on (and into the image either way).
@@ -393,9 +405,10 @@ impl<'a> Dumper<'a> {
 
         // Files: fds, cwd, root, exe.
         let mut fdinfos = Vec::new();
-        for fd in proc::read_fd_numbers(pid)? {
+        for fd in self.files.fd_numbers(pid)? {
             fdinfos.push(self.files.dump_fd(pid, fd)?);
         }
+        self.files.fds_done(pid);
         self.dir.write_all(
             &format!("fdinfo-{}.img", ids.files_id),
             common(magic::FDINFO),
@@ -474,23 +487,34 @@ impl<'a> Dumper<'a> {
     }
 }
 
-fn thread_extra(r: &mut Remote, tid: i32, sc: u64) -> Result<ThreadExtra> {
+/// The per-thread remote calls (results at `sc`), with their names.
+fn thread_extra_calls(sc: u64) -> ([crate::task::remote::Call; 4], [&'static str; 4]) {
     let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
-    let res = r.batch_checked(
-        tid,
-        &[
+    (
+        [
             prctl(libc::PR_GET_TID_ADDRESS, sc),
             prctl(libc::PR_GET_PDEATHSIG, sc + 8),
             prctl(libc::PR_GET_SECUREBITS, 0),
             (libc::SYS_sigaltstack, [0, sc + 16, 0, 0, 0, 0]),
         ],
-        &[
+        [
             "prctl(PR_GET_TID_ADDRESS)",
             "prctl(PR_GET_PDEATHSIG)",
             "prctl(PR_GET_SECUREBITS)",
             "sigaltstack",
         ],
-    )?;
+    )
+}
+
+fn thread_extra(r: &mut Remote, tid: i32, sc: u64) -> Result<ThreadExtra> {
+    let (calls, names) = thread_extra_calls(sc);
+    let res = r.batch_checked(tid, &calls, &names)?;
+    thread_extra_read(r, &res, sc)
+}
+
+/// Decode what the calls of [`thread_extra_calls`] returned (`res`) and
+/// wrote at `sc`.
+fn thread_extra_read(r: &Remote, res: &[u64], sc: u64) -> Result<ThreadExtra> {
     let secbits = res[2] as u32;
     let mut b = [0u8; 40];
     r.read(sc, &mut b)?;

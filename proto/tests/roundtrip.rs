@@ -481,7 +481,7 @@ fn file_entry_all() -> FileEntry {
         r#type: FdTypes::Reg as i32,
         id: 5,
         reg: Some(reg_file()),
-        isk: Some(InetSkEntry {
+        isk: Some(Box::new(InetSkEntry {
             id: 4,
             ino: 1234,
             family: 10,
@@ -519,14 +519,14 @@ fn file_entry_all() -> FileEntry {
                 keepidle: Some(7200),
                 keepintvl: Some(75),
             }),
-        }),
+        })),
         nsf: Some(NsFileEntry {
             id: 5,
             ns_id: 3,
             ns_cflag: 0x4000_0000,
             flags: 0,
         }),
-        psk: Some(PacketSockEntry {
+        psk: Some(Box::new(PacketSockEntry {
             id: 6,
             r#type: 3,
             protocol: 0x0300,
@@ -559,8 +559,8 @@ fn file_entry_all() -> FileEntry {
             }),
             tx_ring: None,
             ns_id: Some(2),
-        }),
-        nlsk: Some(NetlinkSkEntry {
+        })),
+        nlsk: Some(Box::new(NetlinkSkEntry {
             id: 7,
             ino: 77,
             protocol: 0,
@@ -573,7 +573,7 @@ fn file_entry_all() -> FileEntry {
             fown: fown(),
             opts: sk_opts(),
             ns_id: Some(2),
-        }),
+        })),
         efd: Some(EventfdFileEntry {
             id: 8,
             flags: 0o2004000,
@@ -691,7 +691,7 @@ fn file_entry_all() -> FileEntry {
             fown: fown(),
             inode_id: 1,
         }),
-        bpf: Some(BpfmapFileEntry {
+        bpf: Some(Box::new(BpfmapFileEntry {
             id: 21,
             flags: 0o2,
             pos: 0,
@@ -708,7 +708,7 @@ fn file_entry_all() -> FileEntry {
             ifindex: 0,
             mnt_id: Some(23),
             map_extra: Some(0),
-        }),
+        })),
         pidfd: Some(PidfdEntry {
             id: 22,
             ino: 3333,

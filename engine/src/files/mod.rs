@@ -9,6 +9,7 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
+mod fdscan;
 pub mod fown;
 pub mod inotify;
 pub mod locks;
@@ -163,6 +164,7 @@ pub struct FileTable<'a> {
     pub(crate) locks: locks::LockTable,
     pub(crate) unix: unix::DumpState,
     pub(crate) tty: tty::DumpState,
+    pub(crate) fdscan: fdscan::FdScan,
 }
 
 impl<'a> FileTable<'a> {
@@ -181,12 +183,14 @@ impl<'a> FileTable<'a> {
             locks: locks::LockTable::default(),
             unix: unix::DumpState::default(),
             tty: tty::DumpState::default(),
+            fdscan: fdscan::FdScan::default(),
         }
     }
 
     /// Look at the tree's shared objects before any task is dumped (`pids`:
     /// its live processes, root first): unix sockets and their peers.
     pub fn prepare_tree(&mut self, pids: &[i32]) -> Result<()> {
+        self.fdscan = fdscan::FdScan::scan(pids)?;
         unix::prepare(self, pids)?;
         tty::prepare(self, pids)
     }
@@ -240,16 +244,36 @@ impl<'a> FileTable<'a> {
         Ok(id)
     }
 
+    /// The open fd numbers of `pid`, sorted (as scanned by
+    /// [`prepare_tree`](Self::prepare_tree) when it was).
+    pub fn fd_numbers(&self, pid: i32) -> Result<Vec<i32>> {
+        match self.fdscan.numbers(pid) {
+            Some(v) => Ok(v),
+            None => Ok(proc::read_fd_numbers(pid)?),
+        }
+    }
+
+    /// Forget what was scanned of `pid` once its fd table is dumped.
+    pub fn fds_done(&mut self, pid: i32) {
+        self.fdscan.done(pid);
+    }
+
     /// Dump one fd of `pid` and return its fdinfo entry.
     pub fn dump_fd(&mut self, pid: i32, fd: i32) -> Result<FdinfoEntry> {
-        let link = proc::read_fd_link(pid, fd)?;
-        let link = link.to_string_lossy().into_owned();
-        let fdpath = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-        let st = std::fs::metadata(&fdpath).map_err(|e| Error::Fd {
-            pid,
-            fd,
-            why: format!("stat {link}: {e}"),
-        })?;
+        let (link, st) = match self.fdscan.take(pid, fd) {
+            Some(x) => x,
+            None => {
+                let link = proc::read_fd_link(pid, fd)?;
+                let link = link.to_string_lossy().into_owned();
+                let fdpath = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+                let st = std::fs::metadata(&fdpath).map_err(|e| Error::Fd {
+                    pid,
+                    fd,
+                    why: format!("stat {link}: {e}"),
+                })?;
+                (link, st)
+            }
+        };
         let info = proc::read_fdinfo(pid, fd)?;
         let fd_flags = if info.flags & libc::O_CLOEXEC as u32 != 0 {
             libc::FD_CLOEXEC as u32

@@ -71,19 +71,19 @@ impl DumpState {
 /// Find the pty masters held by `pids`.
 pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
     for &pid in pids {
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(st) = std::fs::metadata(e.path()) else {
-                continue;
-            };
-            if st.mode() & libc::S_IFMT != libc::S_IFCHR || !is_master_rdev(st.rdev()) {
-                continue;
-            }
-            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
+        // The fds scanned by `FileTable::prepare_tree`.
+        let masters: Vec<i32> = t
+            .fdscan
+            .fds(pid)
+            .iter()
+            .filter(|s| {
+                s.st.as_ref().is_some_and(|st| {
+                    st.mode() & libc::S_IFMT == libc::S_IFCHR && is_master_rdev(st.rdev())
+                })
+            })
+            .map(|s| s.fd)
+            .collect();
+        for fd in masters {
             let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else {
                 continue;
             };

@@ -21,6 +21,8 @@ use crate::task::remote::{Call, Remote, SCRATCH_LEN};
 /// holds the `syscall; int3` code.
 pub const SCRATCH_DATA: u64 = 4096;
 const MAX_IOV: usize = 1024;
+/// Below this much private memory, pages are written without a userfaultfd.
+const UFFD_MIN: u64 = 1 << 20;
 
 /// The [vvar] .. [vdso] block as one range.
 pub fn vdso_block(vmas: &[VmaEntry]) -> Option<(u64, u64)> {
@@ -201,7 +203,10 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         .filter(|v| v.status & VMA_AREA_VDSO != 0)
         .map(|v| (v.start, v.end))
         .collect();
-    let uffd = if anon.is_empty() {
+    // A few pages are cheaper to fault in by process_vm_writev than setting
+    // up the userfaultfd (two more remote round trips and five syscalls).
+    let private: u64 = pm.runs.iter().map(|r| r.1 * PAGE_SIZE).sum();
+    let uffd = if anon.is_empty() || private < UFFD_MIN {
         None
     } else {
         Uffd::open(r, &anon)
@@ -317,6 +322,12 @@ fn fill(
         off += p.iter().map(|r| r.len).sum::<u64>();
     }
     let bar = Progress::new(progress, total, format!("restore pid {pid}"));
+    if let [part] = &split[..] {
+        // Small: no thread start and hand-off (costly on a busy machine).
+        write_part(pid, src, part, 0, &bar, uffd)?;
+        bar.finish();
+        return Ok(total / PAGE_SIZE);
+    }
     std::thread::scope(|s| -> Result<()> {
         let hs: Vec<_> = split
             .iter()

@@ -23,10 +23,23 @@ pub(crate) fn tid_path(pid: i32, tid: i32, rest: &str) -> PathBuf {
 /// file), and /proc files have none; a dump reads a few per fd.
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
     use std::io::Read;
-    let mut v = Vec::with_capacity(4096);
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut v))
-        .map_err(|e| ProcError::io(path, e))?;
+    // A plain read loop: `read_to_end` on a File first asks for its size and
+    // position (statx + lseek), which /proc files do not know anyway.
+    let mut f = fs::File::open(path).map_err(|e| ProcError::io(path, e))?;
+    let mut v = vec![0u8; 4096];
+    let mut n = 0;
+    loop {
+        if n == v.len() {
+            v.resize(2 * n, 0);
+        }
+        match f.read(&mut v[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ProcError::io(path, e)),
+        }
+    }
+    v.truncate(n);
     Ok(v)
 }
 

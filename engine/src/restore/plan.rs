@@ -228,8 +228,10 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         }
         tasks.push(t);
     }
+    // Straight into the map: no list of every entry to copy from first.
     let mut files = HashMap::new();
-    for f in dir.read_all::<FileEntry>(FILES_IMG, common(magic::FILES))? {
+    let mut r = dir.reader(FILES_IMG, common(magic::FILES))?;
+    while let Some(f) = r.read_entry::<FileEntry>()? {
         files.insert(f.id, f);
     }
     let mut ghosts = HashMap::new();

@@ -18,7 +18,7 @@ use stasis_proto::criu::{ItimerEntry, PosixTimerEntry, TaskTimersEntry};
 use crate::error::{Error, Result};
 use crate::proc;
 use crate::restore::plan::{Plan, TaskPlan};
-use crate::task::remote::Remote;
+use crate::task::remote::{Call, Remote};
 
 /// `prctl(PR_TIMER_CREATE_RESTORE_IDS, ON|OFF)` (Linux 6.15+): while on,
 /// timer_create takes the wanted id from its timer_t argument.
@@ -51,16 +51,23 @@ fn itimer_at(b: &[u8]) -> ItimerEntry {
     }
 }
 
+/// The getitimer calls [`dump`] needs to have run, writing to `at`: the
+/// caller puts them into its first batch of remote calls (no round trip of
+/// their own).
+pub fn itimer_calls(at: u64) -> [Call; 3] {
+    // ITIMER_REAL, _VIRTUAL, _PROF are 0, 1, 2: 32 bytes each at `at`.
+    [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF].map(|w| {
+        (
+            libc::SYS_getitimer,
+            [w as u64, at + 32 * w as u64, 0, 0, 0, 0],
+        )
+    })
+}
+
 /// Read every timer of process `pid` (`threads`: its thread ids) through
-/// remote calls; `at` is scratch memory in the task.
+/// remote calls; `at` is scratch memory in the task, where the calls of
+/// [`itimer_calls`] have already written the interval timers.
 pub fn dump(r: &mut Remote, pid: i32, threads: &[i32], at: u64) -> Result<TaskTimersEntry> {
-    // The three interval timers in one batch (one round trip).
-    let which = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
-    let calls: Vec<_> = (0u64..)
-        .zip(which)
-        .map(|(i, w)| (libc::SYS_getitimer, [w as u64, at + 32 * i, 0, 0, 0, 0]))
-        .collect();
-    r.batch_checked(pid, &calls, &["getitimer"; 3])?;
     let mut b = [0u8; 96];
     r.read(at, &mut b)?;
     let [real, virt, prof] = [0, 32, 64].map(|o| itimer_at(&b[o..o + 32]));

@@ -29,6 +29,7 @@ use super::{
     USK_EMBRYO, USK_EXTERN,
 };
 use crate::error::{Error, Result};
+use crate::files::fdscan::FdScan;
 use crate::files::{FdCtx, FileTable};
 use crate::images::common;
 use crate::proc;
@@ -66,8 +67,8 @@ pub struct DumpState {
 }
 
 impl DumpState {
-    fn refresh(&mut self, pids: &[i32]) -> Result<()> {
-        self.held = scan(pids)?;
+    fn refresh(&mut self, fds: &FdScan, pids: &[i32]) -> Result<()> {
+        self.held = scan(fds, pids);
         if self.held.is_empty() {
             return Ok(());
         }
@@ -87,24 +88,23 @@ impl DumpState {
 }
 
 /// Every socket inode held by an fd of `pids`.
-fn scan(pids: &[i32]) -> Result<HashMap<u32, Vec<(i32, i32)>>> {
+fn scan(fds: &FdScan, pids: &[i32]) -> HashMap<u32, Vec<(i32, i32)>> {
     let mut held: HashMap<u32, Vec<(i32, i32)>> = HashMap::new();
     for &pid in pids {
-        for fd in proc::read_fd_numbers(pid)? {
-            let Ok(l) = proc::read_fd_link(pid, fd) else {
+        for s in fds.fds(pid) {
+            let Some(l) = &s.link else {
                 continue;
             };
-            let l = l.to_string_lossy();
             if let Some(n) = l
                 .strip_prefix("socket:[")
                 .and_then(|r| r.strip_suffix(']'))
                 .and_then(|n| n.parse::<u32>().ok())
             {
-                held.entry(n).or_default().push((pid, fd));
+                held.entry(n).or_default().push((pid, s.fd));
             }
         }
     }
-    Ok(held)
+    held
 }
 
 /// Look at every unix socket of the tree (`pids`, live processes) before
@@ -112,7 +112,7 @@ fn scan(pids: &[i32]) -> Result<HashMap<u32, Vec<(i32, i32)>>> {
 /// kernel (see the module documentation).
 pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
     let st = &mut t.unix;
-    st.refresh(pids)?;
+    st.refresh(&t.fdscan, pids)?;
     if st.held.is_empty() {
         return Ok(());
     }
@@ -167,7 +167,9 @@ pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
         moved = true;
     }
     if moved {
-        st.refresh(pids)?;
+        // Fd tables changed: look at them again.
+        t.fdscan = FdScan::scan(pids)?;
+        t.unix.refresh(&t.fdscan, pids)?;
     }
     Ok(())
 }
