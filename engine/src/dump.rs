@@ -54,6 +54,9 @@ pub struct DumpOptions {
     /// Unix sockets connected outside the tree are saved as external
     /// (`--ext-unix-sk`) instead of refused.
     pub ext_unix_sk: bool,
+    /// Run once the images are complete, the tree still frozen (CRIU's
+    /// post-dump); an error lets the tree run on and fails the dump.
+    pub post_dump: Option<crate::hook::Hook>,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -125,6 +128,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         dump_uptime: uptime_us(),
         ..Default::default()
     })?;
+    if let Err(e) = crate::hook::run(&opts.post_dump, opts.pid) {
+        tree.release()?;
+        return Err(e);
+    }
     if opts.leave_running {
         tree.release()?;
     } else {

@@ -52,6 +52,15 @@ pub struct RestoreOptions {
     /// Connect unix sockets whose peer was outside the dumped tree to that
     /// peer's address again (`--ext-unix-sk`); refused without it.
     pub ext_unix_sk: bool,
+    /// Fork the root as our sibling (CLONE_PARENT): the caller's parent
+    /// becomes its parent (CRIU's --restore-sibling / rst_sibling).
+    pub sibling: bool,
+    /// Run with the root's pid once the whole tree is forked (CRIU's
+    /// setup-namespaces point).
+    pub on_forked: Option<crate::hook::Hook>,
+    /// Run with the root's pid when everything is restored, just before the
+    /// tree resumes (CRIU's post-restore point).
+    pub before_resume: Option<crate::hook::Hook>,
 }
 
 #[derive(Debug)]
@@ -123,7 +132,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 
     // Fork the root; it waits for us to seize it so every fork is traced.
     let root = &plan.tasks[0];
-    let root_pid = match clone3::clone3_fork(0, &[root.pid], libc::SIGCHLD) {
+    // A sibling takes our own exit signal; clone3 wants exit_signal 0 then.
+    let (clone_flags, exit_signal) = if opts.sibling {
+        (libc::CLONE_PARENT as u64, 0)
+    } else {
+        (0, libc::SIGCHLD)
+    };
+    let root_pid = match clone3::clone3_fork(clone_flags, &[root.pid], exit_signal) {
         Ok(clone3::Fork::Child) => stub::main(&plan, &prep, 0),
         Ok(clone3::Fork::Parent { pid, .. }) => pid,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -142,6 +157,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     ptrace::seize(root_pid, opts_ptrace).task_ctx(root_pid, "seize restored root")?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
     wait_stubs(&plan, &mut tree, err_r)?;
+    crate::hook::run(&opts.on_forked, root_pid)?;
     let forking = t0.elapsed();
     debug!(?forking, "tree forked");
 
@@ -199,6 +215,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     }
     // Last chance to give up cleanly: after this the tree runs.
     crate::error::check_interrupt()?;
+    crate::hook::run(&opts.before_resume, root_pid)?;
     // Go: detach every thread together.
     for &tid in &tree.traced {
         ptrace::detach(tid, 0).task_ctx(tid, "detach")?;
