@@ -598,3 +598,67 @@ fn criu_cli_runtime_options() {
     );
     wl.verify_and_finish("after --restore-sibling");
 }
+
+#[test]
+fn criu_cli_action_scripts() {
+    let Some(env) = Env::setup("criu_cli_action_scripts") else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let trace = env.path("actions.txt");
+    let script = env.path("action.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION ${{CRTOOLS_INIT_PID:-none}} ${{CRTOOLS_IMAGE_DIR:+dir}}\" >>{}\n\
+             [ \"$CRTOOLS_SCRIPT_ACTION\" != \"$FAIL_AT\" ]\n",
+            trace.display()
+        ),
+    )
+    .expect("write script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script_s = script.to_string_lossy().into_owned();
+    let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-counter"), &[], &[]);
+    let pid = wl.root_pid();
+    let img = env.dir("img");
+    let r = env.dump(pid, &img, &["--action-script", &script_s]);
+    r.expect_success("dump with --action-script");
+    wl.expect_killed_and_reap();
+    let p = pid.to_string();
+    let want_dump = format!("pre-dump {p} dir\npost-dump {p} dir\n");
+    assert_eq!(fs::read_to_string(&trace).unwrap_or_default(), want_dump);
+    fs::remove_file(&trace).expect("rm trace");
+
+    wl.restore_from(&env, &img, &["--action-script", &script_s]);
+    let want_restore = format!(
+        "pre-restore none dir\nsetup-namespaces {p} dir\npost-setup-namespaces {p} dir\n\
+         post-restore {p} dir\npre-resume {p} dir\npost-resume {p} dir\n"
+    );
+    assert_eq!(fs::read_to_string(&trace).unwrap_or_default(), want_restore);
+    wl.verify_and_finish("after restore with action scripts");
+}
+
+#[test]
+fn criu_cli_failing_post_dump_script_keeps_the_tree_running() {
+    let Some(env) = Env::setup("criu_cli_failing_post_dump_script_keeps_the_tree_running") else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let script = env.path("fail.sh");
+    fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" != post-dump ]\n",
+    )
+    .expect("write");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-counter"), &[], &[]);
+    let img = env.dir("img");
+    let r = env.dump(
+        wl.root_pid(),
+        &img,
+        &["--action-script", &script.to_string_lossy()],
+    );
+    r.expect_clear_failure("dump with a failing post-dump script", &["post-dump"]);
+    wl.expect_running("after a failed post-dump script");
+    wl.verify_and_finish("after a failed post-dump script");
+}

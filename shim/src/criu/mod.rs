@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Parser;
-use stasis_engine::{check, dump, restore};
+use stasis_engine::{check, restore};
 
 use crate::logging;
 
+mod actions;
 mod opts;
 pub mod swrk;
 
@@ -212,6 +213,9 @@ pub struct CriuCli {
     log_pid: bool,
     #[arg(long = "status-fd", value_name = "FD")]
     status_fd: Option<i32>,
+    /// Run this program at each action-script point (CRTOOLS_SCRIPT_ACTION).
+    #[arg(long = "action-script", value_name = "PATH")]
+    action_script: Vec<PathBuf>,
     /// check: the one feature to test.
     #[arg(long = "feature", value_name = "NAME")]
     feature: Option<String>,
@@ -431,6 +435,15 @@ impl CriuCli {
         })
     }
 
+    /// The --action-script programs as notifications.
+    fn scripts(&self, o: &Opts, root: Option<i32>) -> actions::Notify {
+        if self.action_script.is_empty() {
+            return actions::silent();
+        }
+        let images = std::fs::canonicalize(&o.images_dir).unwrap_or_else(|_| o.images_dir.clone());
+        actions::shell_scripts(self.action_script.clone(), images, root)
+    }
+
     fn check(&self) -> Result<ExitCode> {
         logging::init(None, verbosity(&self.verbosity))?;
         if let Some(name) = &self.feature {
@@ -471,9 +484,8 @@ impl CriuCli {
             .tree
             .ok_or_else(|| anyhow!("-t/--tree PID is required for dump"))?;
         let o = self.opts()?;
-        o.check_dump()?;
-        let st = dump::dump(&o.dump_options(pid))
-            .with_context(|| format!("dump of pid {pid} failed"))?;
+        let n = self.scripts(&o, Some(pid));
+        let st = actions::dump(&o, pid, n)?;
         opts::stats_to_work_dir(&o.images_dir, &self.work_dir(), "stats-dump");
         if self.display_stats {
             println!("{st}");
@@ -484,8 +496,8 @@ impl CriuCli {
     fn restore(&self) -> Result<ExitCode> {
         self.init_log("restore.log")?;
         let o = self.opts()?;
-        o.check_restore()?;
-        let done = restore::restore(&o.restore_options()).context("restore failed")?;
+        let n = self.scripts(&o, None);
+        let done = actions::restore(&o, n)?;
         opts::stats_to_work_dir(&o.images_dir, &self.work_dir(), "stats-restore");
         if self.display_stats {
             println!("{}", done.stats);

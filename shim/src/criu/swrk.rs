@@ -19,14 +19,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags};
 use prost::Message;
-use stasis_engine::hook::Hook;
-use stasis_engine::{check, dump, restore};
+use stasis_engine::check;
 use stasis_proto::criu::{
     CriuDumpResp, CriuFeatures, CriuNotify, CriuOpts, CriuReq, CriuReqType, CriuResp,
     CriuRestoreResp, CriuVersion,
 };
 use tracing::{error, info, warn};
 
+use super::actions::{self, Notify};
 use super::opts::{self, CgMode, InheritFd, Opts};
 use crate::logging;
 
@@ -147,19 +147,6 @@ fn notify(
         Ok(Some(_)) => Err(format!("RPC client reported script error ({script})")),
         Ok(None) => Err(format!("RPC client went away during {script}")),
         Err(e) => Err(format!("{e:#}")),
-    }
-}
-
-/// Whether `pid` runs in a network namespace other than ours (CRIU sends
-/// network-lock/unlock only then).
-fn own_netns(pid: i32) -> bool {
-    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
-    match (
-        ino(&format!("/proc/{pid}/ns/net")),
-        ino("/proc/self/ns/net"),
-    ) {
-        (Some(a), Some(b)) => a != b,
-        _ => false,
     }
 }
 
@@ -432,18 +419,13 @@ impl Server {
         }
     }
 
-    fn notifier(
-        &self,
-        on: bool,
-    ) -> impl Fn(&str, Option<i32>) -> Result<(), String> + Send + Sync + Clone + 'static {
-        let sock = self.sock.clone();
-        move |script: &str, pid: Option<i32>| {
-            if on {
-                notify(&sock, script, pid, None)
-            } else {
-                Ok(())
-            }
+    /// NOTIFY messages when the client asked for them.
+    fn notifier(&self, on: bool) -> Notify {
+        if !on {
+            return actions::silent();
         }
+        let sock = self.sock.clone();
+        Arc::new(move |script: &str, pid: Option<i32>| notify(&sock, script, pid, None))
     }
 
     fn dump(&self, req: &CriuReq) -> Result<CriuResp> {
@@ -456,23 +438,7 @@ impl Server {
         // Without a pid CRIU dumps the client itself.
         let pid = opts.pid.unwrap_or(self.peer);
         info!(pid, images = %images.path.display(), "swrk dump");
-        opts.check_dump()?;
-        let n = self.notifier(o.notify_scripts());
-        n("pre-dump", None).map_err(|e| anyhow!(e))?;
-        let net = own_netns(pid);
-        if net {
-            n("network-lock", None).map_err(|e| anyhow!(e))?;
-        }
-        let mut d = opts.dump_options(pid);
-        let post = n.clone();
-        d.post_dump = Some(Hook::new(move |_| post("post-dump", None)));
-        let r = dump::dump(&d).with_context(|| format!("dump of pid {pid} failed"));
-        if net && (r.is_err() || opts.leave_running) {
-            if let Err(e) = n("network-unlock", None) {
-                warn!("{e}");
-            }
-        }
-        let st = r?;
+        let st = actions::dump(&opts, pid, self.notifier(o.notify_scripts()))?;
         opts::stats_to_work_dir(&images.path, &work.path, "stats-dump");
         info!("{st}");
         Ok(CriuResp {
@@ -491,27 +457,7 @@ impl Server {
         let (images, work) = self.dirs(&o, "restore.log")?;
         let opts = Self::opts(&o, &images.path);
         info!(images = %images.path.display(), sibling = opts.restore_sibling, "swrk restore");
-        opts.check_restore()?;
-        let n = self.notifier(o.notify_scripts());
-        n("pre-restore", None).map_err(|e| anyhow!(e))?;
-        let mut r = opts.restore_options();
-        let n1 = n.clone();
-        r.on_forked = Some(Hook::new(move |pid| {
-            n1("setup-namespaces", Some(pid))?;
-            n1("post-setup-namespaces", None)
-        }));
-        let n2 = n.clone();
-        r.before_resume = Some(Hook::new(move |pid| {
-            n2("post-restore", Some(pid))?;
-            if own_netns(pid) {
-                n2("network-unlock", None)?;
-            }
-            n2("pre-resume", None)
-        }));
-        let done = restore::restore(&r).context("restore failed")?;
-        if let Err(e) = n("post-resume", None) {
-            warn!("post-resume: {e}");
-        }
+        let done = actions::restore(&opts, self.notifier(o.notify_scripts()))?;
         opts::stats_to_work_dir(&images.path, &work.path, "stats-restore");
         info!(pid = done.root_pid, "{}", done.stats);
         Ok(CriuResp {

@@ -1,0 +1,119 @@
+//! Dump and restore with CRIU's action-script points, shared by the command
+//! line (`--action-script`) and swrk (NOTIFY messages).
+//!
+//! Order, as CRIU: dump: pre-dump, network-lock (own net namespace only),
+//! post-dump (images complete, tree still frozen), network-unlock (when the
+//! tree runs on). Restore: pre-restore, setup-namespaces (root pid),
+//! post-setup-namespaces, post-restore (root pid, tree still stopped),
+//! network-unlock (own net namespace only), pre-resume, post-resume.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context, Result};
+use stasis_engine::hook::Hook;
+use stasis_engine::{dump as engine_dump, restore as engine_restore, DumpStats};
+use tracing::{info, warn};
+
+use super::opts::Opts;
+
+/// One notification: script name and, where CRIU sends one, the root pid.
+/// An error aborts the operation at that point.
+pub type Notify = Arc<dyn Fn(&str, Option<i32>) -> Result<(), String> + Send + Sync>;
+
+/// No notifications.
+pub fn silent() -> Notify {
+    Arc::new(|_, _| Ok(()))
+}
+
+/// CRIU's `--action-script`: each script runs with CRTOOLS_SCRIPT_ACTION,
+/// CRTOOLS_IMAGE_DIR and, once the root is known, CRTOOLS_INIT_PID; a
+/// non-zero exit fails the operation.
+pub fn shell_scripts(paths: Vec<PathBuf>, images: PathBuf, root: Option<i32>) -> Notify {
+    let root = Mutex::new(root);
+    Arc::new(move |action: &str, pid: Option<i32>| {
+        let mut r = root.lock().unwrap_or_else(|e| e.into_inner());
+        if pid.is_some() {
+            *r = pid;
+        }
+        for p in &paths {
+            let mut c = Command::new(p);
+            c.env("CRTOOLS_SCRIPT_ACTION", action)
+                .env("CRTOOLS_IMAGE_DIR", &images);
+            if let Some(pid) = *r {
+                c.env("CRTOOLS_INIT_PID", pid.to_string());
+            }
+            let st = c
+                .status()
+                .map_err(|e| format!("Script {} cannot run: {e}", p.display()))?;
+            if !st.success() {
+                return Err(format!(
+                    "Script {} exited with {} ({action})",
+                    p.display(),
+                    st.code().unwrap_or(-1)
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Whether `pid` runs in a network namespace other than ours (CRIU sends
+/// network-lock/unlock only then).
+fn own_netns(pid: i32) -> bool {
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    match (
+        ino(&format!("/proc/{pid}/ns/net")),
+        ino("/proc/self/ns/net"),
+    ) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
+    }
+}
+
+pub fn dump(o: &Opts, pid: i32, n: Notify) -> Result<DumpStats> {
+    o.check_dump()?;
+    n("pre-dump", None).map_err(|e| anyhow!(e))?;
+    let net = own_netns(pid);
+    if net {
+        n("network-lock", None).map_err(|e| anyhow!(e))?;
+    }
+    let mut d = o.dump_options(pid);
+    let post = n.clone();
+    d.post_dump = Some(Hook::new(move |_| post("post-dump", None)));
+    let r = engine_dump::dump(&d).with_context(|| format!("dump of pid {pid} failed"));
+    if net && (r.is_err() || o.leave_running) {
+        if let Err(e) = n("network-unlock", None) {
+            warn!("{e}");
+        }
+    }
+    r
+}
+
+pub fn restore(o: &Opts, n: Notify) -> Result<engine_restore::Restored> {
+    o.check_restore()?;
+    n("pre-restore", None).map_err(|e| anyhow!(e))?;
+    let mut r = o.restore_options();
+    let n1 = n.clone();
+    r.on_forked = Some(Hook::new(move |pid| {
+        n1("setup-namespaces", Some(pid))?;
+        n1("post-setup-namespaces", None)
+    }));
+    let n2 = n.clone();
+    r.before_resume = Some(Hook::new(move |pid| {
+        n2("post-restore", Some(pid))?;
+        if own_netns(pid) {
+            n2("network-unlock", None)?;
+        }
+        n2("pre-resume", None)
+    }));
+    let done = engine_restore::restore(&r).context("restore failed")?;
+    // The tree runs already: a failure here is only reported.
+    if let Err(e) = n("post-resume", None) {
+        warn!("post-resume: {e}");
+    }
+    info!(pid = done.root_pid, "restored");
+    Ok(done)
+}
