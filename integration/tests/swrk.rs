@@ -662,3 +662,143 @@ fn criu_cli_failing_post_dump_script_keeps_the_tree_running() {
     wl.expect_running("after a failed post-dump script");
     wl.verify_and_finish("after a failed post-dump script");
 }
+
+/// The last complete `count N` line read so far from a nonblocking pipe.
+fn read_counts(fd: &OwnedFd, acc: &mut String) -> Option<u64> {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+        if n == 0 {
+            break;
+        }
+        acc.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let complete = acc.rfind('\n').map_or("", |i| &acc[..i]);
+    complete
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("count "))
+        .and_then(|n| n.parse().ok())
+}
+
+fn pipe_nb() -> (OwnedFd, OwnedFd) {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    nix::fcntl::fcntl(
+        r.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("nonblock");
+    (r, w)
+}
+
+/// runc's restore: the container's stdout pipe of the dump is named by
+/// `--inherit-fd fd[N]:pipe:[INO]`, and the restored tree writes into the
+/// new pipe we pass as fd N.
+#[test]
+fn criu_cli_inherit_fd_replaces_a_pipe() {
+    let Some(env) = Env::setup("criu_cli_inherit_fd_replaces_a_pipe") else {
+        return;
+    };
+    let state = env.dir("state");
+    let (old_r, old_w) = pipe_nb();
+    let ino = nix::sys::stat::fstat(old_w.as_raw_fd())
+        .expect("fstat")
+        .st_ino;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wl-counter"));
+    cmd.arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(old_w))
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start wl-counter on a pipe");
+    let pid = child.id() as i32;
+    let mut acc = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_counts(&old_r, &mut acc).unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "no counts on the pipe: {acc:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let img = env.dir("img");
+    env.dump(pid, &img, &[])
+        .expect_success("dump a counter writing to a pipe");
+    let _ = child.wait();
+    let last = read_counts(&old_r, &mut acc).expect("counts before the dump");
+    drop(old_r);
+
+    let (new_r, new_w) = pipe_nb();
+    let raw = new_w.as_raw_fd();
+    let pidfile = env.path("restore.pid");
+    let mut cmd = Command::new(&env.bin);
+    cmd.args(["criu", "restore", "-d", "-v4", "-o"])
+        .arg(env.path("restore.log"))
+        .arg("-D")
+        .arg(&img)
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .arg("--inherit-fd")
+        .arg(format!("fd[7]:pipe:[{ino}]"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(env.path("restore.err")).expect("stderr file"));
+    // SAFETY: dup2 is async-signal-safe; only the copied fd number is used.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let st = cmd.status().expect("run restore");
+    drop(new_w);
+    assert!(
+        st.success(),
+        "restore with --inherit-fd: {}\n{}",
+        fs::read_to_string(env.path("restore.err")).unwrap_or_default(),
+        fs::read_to_string(env.path("restore.log")).unwrap_or_default()
+    );
+    let rpid: i32 = fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(rpid, pid);
+    let mut acc2 = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        if let Some(n) = read_counts(&new_r, &mut acc2).filter(|&n| n >= last + 3) {
+            break n;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(rpid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("restored counter wrote nothing new into the inherited pipe: {acc2:?} (last {last})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let first: u64 = acc2
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rpid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stasis_integration::harness::try_reap(rpid).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        first > last && first <= last + 2,
+        "the count goes on: dumped at {last}, then {first}..{got}"
+    );
+}

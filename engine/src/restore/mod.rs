@@ -61,6 +61,9 @@ pub struct RestoreOptions {
     /// Run with the root's pid when everything is restored, just before the
     /// tree resumes (CRIU's post-restore point).
     pub before_resume: Option<crate::hook::Hook>,
+    /// (our fd, key): files of the images named `key` ("pipe:[INO]", or a
+    /// path without its leading '/') become that fd (CRIU's --inherit-fd).
+    pub inherit_fds: Vec<(i32, String)>,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,8 @@ pub struct Prep {
     pub memfd_fds: HashMap<u32, i32>,
     pub shmem_fds: HashMap<u64, i32>,
     pub tty_fd: Option<i32>,
+    /// Inherited-fd key -> restorer fd (see `RestoreOptions::inherit_fds`).
+    pub inherit_fds: HashMap<String, i32>,
     /// File id -> fd number where its owner puts it for the subtree.
     pub shared: HashMap<u32, i32>,
     /// Group of file objects -> index of the task that creates it (lowest
@@ -370,6 +375,13 @@ fn prepare(
         let _ = sstub::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
     let base = (max_fd + 1).max(64);
+    // Inherited fds first, before staging fds could land on their numbers.
+    let mut inherited = Vec::new();
+    for (fd, key) in &opts.inherit_fds {
+        let own = crate::sys::fdctl::with_raw(*fd, |b| b.try_clone_to_owned())
+            .map_err(|e| Error::Other(format!("inherited fd {fd} ({key}): {e}")))?;
+        inherited.push((key.clone(), own));
+    }
     let mut next = base;
     let mut prep = Prep {
         base,
@@ -404,6 +416,10 @@ fn prepare(
             .unwrap_or_default();
         let fd = reg::restore_ghost(dir, plan.ghosts[&id], &name)?;
         prep.ghost_fds.insert(id, pin(fd, next)?);
+        next += 1;
+    }
+    for (key, fd) in inherited {
+        prep.inherit_fds.insert(key, pin(fd, next)?);
         next += 1;
     }
     // memfd inodes, reopened by every fd and mapping of them.

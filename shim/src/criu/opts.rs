@@ -262,9 +262,9 @@ impl Opts {
         Ok(())
     }
 
-    /// An inherited fd is harmless while no file of the images has its key
-    /// (e.g. runc always names the container's stdio pipes); a file that
-    /// should become the inherited fd cannot be restored yet.
+    /// Every inherited fd must be open here; a key no file of the images
+    /// has is harmless (runc names the container's stdio pipes even when
+    /// the images hold none of them).
     fn check_inherit_fd(&self) -> Result<()> {
         if self.inherit_fd.is_empty() {
             return Ok(());
@@ -276,6 +276,9 @@ impl Opts {
             Vec::new()
         };
         for i in &self.inherit_fd {
+            if !Path::new(&format!("/proc/self/fd/{}", i.fd)).exists() {
+                bail!("inherited fd {} for {} is not open", i.fd, i.key);
+            }
             let hit = files.iter().any(|f| match f.r#type() {
                 FdTypes::Pipe => f
                     .pipe
@@ -286,13 +289,7 @@ impl Opts {
                 }),
                 _ => false,
             });
-            if hit {
-                bail!(not_yet(
-                    &format!("inherited fd {} for {}", i.fd, i.key),
-                    "the engine cannot substitute a file yet"
-                ));
-            }
-            debug!(fd = i.fd, key = %i.key, "inherit-fd names no file of the images: nothing to do");
+            debug!(fd = i.fd, key = %i.key, used = hit, "inherit fd");
         }
         Ok(())
     }
@@ -329,6 +326,11 @@ impl Opts {
             sibling: self.restore_sibling,
             on_forked: None,
             before_resume: None,
+            inherit_fds: self
+                .inherit_fd
+                .iter()
+                .map(|i| (i.fd, i.key.trim_start_matches('/').to_string()))
+                .collect(),
         }
     }
 }
