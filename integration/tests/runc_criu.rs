@@ -206,7 +206,13 @@ fn runc_checkpoint_and_restore_through_swrk() {
         .collect();
     assert_eq!(
         order,
-        ["pre-dump", "network-lock", "post-dump", "network-unlock"],
+        [
+            "pre-dump",
+            "network-lock",
+            "query-ext-files",
+            "post-dump",
+            "network-unlock"
+        ],
         "{log}"
     );
     // --leave-running: the container keeps counting.

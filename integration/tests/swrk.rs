@@ -111,6 +111,11 @@ impl Swrk {
 
     /// Send `req`, ack every notification with `ack(script)`, return all.
     fn call(&self, req: &CriuReq, ack: impl Fn(&str) -> bool) -> Reply {
+        self.call_ext(req, |s| (ack(s), Vec::new()))
+    }
+
+    /// [`call`](Self::call) whose acks may also carry `opts.external`.
+    fn call_ext(&self, req: &CriuReq, ack: impl Fn(&str) -> (bool, Vec<String>)) -> Reply {
         self.send(req);
         let mut notes = Vec::new();
         loop {
@@ -121,9 +126,15 @@ impl Swrk {
             let n = resp.notify.clone().unwrap_or_default();
             let script = n.script.clone().unwrap_or_default();
             notes.push((script.clone(), n.pid, fd.is_some()));
+            let (ok, external) = ack(&script);
             self.send(&CriuReq {
                 r#type: CriuReqType::Notify as i32,
-                notify_success: Some(ack(&script)),
+                notify_success: Some(ok),
+                opts: (!external.is_empty()).then(|| CriuOpts {
+                    images_dir_fd: -1,
+                    external,
+                    ..Default::default()
+                }),
                 ..Default::default()
             });
         }
@@ -306,7 +317,7 @@ fn swrk_dump_and_sibling_restore_with_notifications() {
     assert_eq!(d.resp.r#type(), CriuReqType::Dump);
     assert_eq!(d.resp.dump.and_then(|x| x.restored), Some(false));
     // Same net namespace as ours: no network-lock/unlock, as CRIU.
-    assert_eq!(scripts(&d), ["pre-dump", "post-dump"]);
+    assert_eq!(scripts(&d), ["pre-dump", "query-ext-files", "post-dump"]);
     assert!(
         d.notes.iter().all(|(_, p, fd)| p.is_none() && !fd),
         "{:?}",
@@ -394,7 +405,7 @@ fn swrk_refused_post_dump_keeps_the_tree_running() {
     assert!(!d.resp.success, "a refused post-dump must fail the dump");
     let msg = d.resp.cr_errmsg.clone().unwrap_or_default();
     assert!(msg.contains("script error"), "cr_errmsg: {msg}");
-    assert_eq!(scripts(&d), ["pre-dump", "post-dump"]);
+    assert_eq!(scripts(&d), ["pre-dump", "query-ext-files", "post-dump"]);
     s.expect_exit();
     wl.expect_running("after a refused post-dump");
     wl.verify_and_finish("after a refused post-dump");
@@ -458,6 +469,30 @@ fn swrk_errors_carry_cr_errmsg() {
         .call(&req(CriuReqType::Dump, Some(o), true), |_| true)
         .resp;
     assert!(!r.success && r.cr_errmsg.unwrap_or_default().contains("subdirs"));
+
+    // query-ext-files: what the ack adds is checked like the request's own
+    // externals (a file[] external is not supported yet); nothing frozen.
+    let mut sleeper = Command::new("sleep").arg("100").spawn().expect("sleep");
+    let mut o = runc_like_opts(&images, &images);
+    o.pid = Some(sleeper.id() as i32);
+    let d = s.call_ext(&req(CriuReqType::Dump, Some(o), true), |sc| {
+        (
+            true,
+            if sc == "query-ext-files" {
+                vec!["file[1:2]".into()]
+            } else {
+                vec![]
+            },
+        )
+    });
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let msg = d.resp.cr_errmsg.clone().unwrap_or_default();
+    assert!(
+        !d.resp.success && msg.contains("file[1:2]") && msg.contains("not supported yet"),
+        "{msg}"
+    );
+    assert_eq!(scripts(&d), ["pre-dump", "query-ext-files"]);
 
     // A work_dir_fd that is not a directory of ours.
     let f = File::open("/proc/self/status").expect("open a file");

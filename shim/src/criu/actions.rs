@@ -2,6 +2,7 @@
 //! line (`--action-script`) and swrk (NOTIFY messages).
 //!
 //! Order, as CRIU: dump: pre-dump, network-lock (own net namespace only),
+//! query-ext-files (RPC only: the ack may name more external resources),
 //! post-dump (images complete, tree still frozen), network-unlock (when the
 //! tree runs on). Restore: pre-restore, setup-namespaces (root pid),
 //! post-setup-namespaces, post-restore (root pid, tree still stopped),
@@ -20,12 +21,13 @@ use tracing::{info, warn};
 use super::opts::Opts;
 
 /// One notification: script name and, where CRIU sends one, the root pid.
-/// An error aborts the operation at that point.
-pub type Notify = Arc<dyn Fn(&str, Option<i32>) -> Result<(), String> + Send + Sync>;
+/// An error aborts the operation at that point. The answer is the list of
+/// external resources the client added (query-ext-files), else empty.
+pub type Notify = Arc<dyn Fn(&str, Option<i32>) -> Result<Vec<String>, String> + Send + Sync>;
 
 /// No notifications.
 pub fn silent() -> Notify {
-    Arc::new(|_, _| Ok(()))
+    Arc::new(|_, _| Ok(Vec::new()))
 }
 
 /// CRIU's `--action-script`: each script runs with CRTOOLS_SCRIPT_ACTION,
@@ -34,6 +36,10 @@ pub fn silent() -> Notify {
 pub fn shell_scripts(paths: Vec<PathBuf>, images: PathBuf, root: Option<i32>) -> Notify {
     let root = Mutex::new(root);
     Arc::new(move |action: &str, pid: Option<i32>| {
+        // CRIU asks only RPC clients for external files.
+        if action == "query-ext-files" {
+            return Ok(Vec::new());
+        }
         let mut r = root.lock().unwrap_or_else(|e| e.into_inner());
         if pid.is_some() {
             *r = pid;
@@ -56,7 +62,7 @@ pub fn shell_scripts(paths: Vec<PathBuf>, images: PathBuf, root: Option<i32>) ->
                 ));
             }
         }
-        Ok(())
+        Ok(Vec::new())
     })
 }
 
@@ -80,16 +86,27 @@ pub fn dump(o: &Opts, pid: i32, n: Notify) -> Result<DumpStats> {
     if net {
         n("network-lock", None).map_err(|e| anyhow!(e))?;
     }
-    let mut d = o.dump_options(pid);
-    let post = n.clone();
-    d.post_dump = Some(Hook::new(move |_| post("post-dump", None)));
-    let r = engine_dump::dump(&d).with_context(|| format!("dump of pid {pid} failed"));
+    let r = query_and_dump(o, pid, &n);
     if net && (r.is_err() || o.leave_running) {
         if let Err(e) = n("network-unlock", None) {
             warn!("{e}");
         }
     }
     r
+}
+
+fn query_and_dump(o: &Opts, pid: i32, n: &Notify) -> Result<DumpStats> {
+    let added = n("query-ext-files", None).map_err(|e| anyhow!(e))?;
+    let mut o = o.clone();
+    if !added.is_empty() {
+        info!(?added, "external resources added by the client");
+        o.external.extend(added);
+        o.check_dump()?;
+    }
+    let mut d = o.dump_options(pid);
+    let post = n.clone();
+    d.post_dump = Some(Hook::new(move |_| post("post-dump", None).map(drop)));
+    engine_dump::dump(&d).with_context(|| format!("dump of pid {pid} failed"))
 }
 
 pub fn restore(o: &Opts, n: Notify) -> Result<engine_restore::Restored> {
@@ -99,7 +116,7 @@ pub fn restore(o: &Opts, n: Notify) -> Result<engine_restore::Restored> {
     let n1 = n.clone();
     r.on_forked = Some(Hook::new(move |pid| {
         n1("setup-namespaces", Some(pid))?;
-        n1("post-setup-namespaces", None)
+        n1("post-setup-namespaces", None).map(drop)
     }));
     let n2 = n.clone();
     r.before_resume = Some(Hook::new(move |pid| {
@@ -107,7 +124,7 @@ pub fn restore(o: &Opts, n: Notify) -> Result<engine_restore::Restored> {
         if own_netns(pid) {
             n2("network-unlock", None)?;
         }
-        n2("pre-resume", None)
+        n2("pre-resume", None).map(drop)
     }));
     let done = engine_restore::restore(&r).context("restore failed")?;
     // The tree runs already: a failure here is only reported.

@@ -124,13 +124,14 @@ fn send_resp(sock: &OwnedFd, resp: &CriuResp, fd: Option<BorrowedFd<'_>>) -> Res
 }
 
 /// One action-script notification and the client's ack. `pid` goes only
-/// with setup-namespaces and post-restore, as CRIU sends it.
+/// with setup-namespaces and post-restore, as CRIU sends it. The answer is
+/// what the ack's `opts.external` lists (query-ext-files).
 fn notify(
     sock: &OwnedFd,
     script: &str,
     pid: Option<i32>,
     fd: Option<BorrowedFd<'_>>,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     info!(script, ?pid, "notify");
     let resp = CriuResp {
         r#type: CriuReqType::Notify as i32,
@@ -143,7 +144,9 @@ fn notify(
     };
     send_resp(sock, &resp, fd).map_err(|e| format!("{e:#}"))?;
     match recv_req(sock) {
-        Ok(Some(r)) if r.r#type() == CriuReqType::Notify && r.notify_success() => Ok(()),
+        Ok(Some(r)) if r.r#type() == CriuReqType::Notify && r.notify_success() => {
+            Ok(r.opts.map(|o| o.external).unwrap_or_default())
+        }
         Ok(Some(_)) => Err(format!("RPC client reported script error ({script})")),
         Ok(None) => Err(format!("RPC client went away during {script}")),
         Err(e) => Err(format!("{e:#}")),
