@@ -251,3 +251,56 @@ fn runc_checkpoint_and_restore_through_swrk() {
         );
     }
 }
+
+/// containerd's `ctr task checkpoint` pauses the container first (freezer
+/// cgroup), then runs `runc checkpoint --leave-running`, then resumes: the
+/// dump must get through the frozen cgroup and leave it frozen.
+#[test]
+fn runc_checkpoint_of_a_paused_container() {
+    let Some(env) = Env::setup("runc_checkpoint_of_a_paused_container") else {
+        return;
+    };
+    let Some(mut rc) = Runc::new(&env) else {
+        return;
+    };
+    let c = rc.run(&env);
+    rc.wait_tick(2);
+    let o = output(rc.cmd().args(["pause", &c]));
+    assert!(
+        o.status.success(),
+        "runc pause: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (img, work) = (env.dir("img"), env.dir("work"));
+    let out = output(
+        rc.cmd()
+            .args(["checkpoint", "--leave-running", "--image-path"])
+            .arg(&img)
+            .arg("--work-path")
+            .arg(&work)
+            .arg(&c),
+    );
+    assert!(
+        out.status.success(),
+        "checkpoint of a paused container: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(work.join("dump.log")).unwrap_or_default()
+    );
+    assert!(img.join("inventory.img").exists());
+    let st = output(rc.cmd().args(["state", &c]));
+    let state = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        state.contains("\"paused\""),
+        "still paused after the dump: {state}"
+    );
+    let frozen = rc.tick();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rc.tick(), frozen, "a paused container must not run");
+    let o = output(rc.cmd().args(["resume", &c]));
+    assert!(
+        o.status.success(),
+        "runc resume: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    rc.wait_tick(frozen + 1);
+}

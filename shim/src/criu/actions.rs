@@ -95,6 +95,42 @@ pub fn dump(o: &Opts, pid: i32, n: Notify) -> Result<DumpStats> {
     r
 }
 
+/// A freezer cgroup we thawed, frozen again when dropped.
+struct Thawed {
+    file: PathBuf,
+    frozen: &'static str,
+}
+
+impl Drop for Thawed {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.file, self.frozen) {
+            warn!("cannot freeze {} again: {e}", self.file.display());
+        }
+    }
+}
+
+/// The tree is stopped with ptrace, which a frozen cgroup would never let
+/// happen (e.g. `runc pause` before `runc checkpoint`, as containerd does):
+/// thaw `--freeze-cgroup` for the dump and leave it as found, like CRIU.
+fn thaw_if_frozen(cg: Option<&str>) -> Result<Option<Thawed>> {
+    let Some(cg) = cg else { return Ok(None) };
+    let dir = PathBuf::from(cg);
+    let (file, thawed, frozen) = if dir.join("freezer.state").exists() {
+        (dir.join("freezer.state"), "THAWED", "FROZEN")
+    } else if dir.join("cgroup.freeze").exists() {
+        (dir.join("cgroup.freeze"), "0", "1")
+    } else {
+        return Ok(None);
+    };
+    let now = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    if now.trim() != frozen {
+        return Ok(None);
+    }
+    std::fs::write(&file, thawed).with_context(|| format!("thaw {}", file.display()))?;
+    info!(cgroup = cg, "thawed the frozen cgroup for the dump");
+    Ok(Some(Thawed { file, frozen }))
+}
+
 fn query_and_dump(o: &Opts, pid: i32, n: &Notify) -> Result<DumpStats> {
     let added = n("query-ext-files", None).map_err(|e| anyhow!(e))?;
     let mut o = o.clone();
@@ -106,6 +142,7 @@ fn query_and_dump(o: &Opts, pid: i32, n: &Notify) -> Result<DumpStats> {
     let mut d = o.dump_options(pid);
     let post = n.clone();
     d.post_dump = Some(Hook::new(move |_| post("post-dump", None).map(drop)));
+    let _thawed = thaw_if_frozen(o.freeze_cgroup.as_deref())?;
     engine_dump::dump(&d).with_context(|| format!("dump of pid {pid} failed"))
 }
 
