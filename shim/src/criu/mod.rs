@@ -510,3 +510,73 @@ impl CriuCli {
         Ok(ExitCode::from(code as u8))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> CriuCli {
+        CriuCli::try_parse_from(std::iter::once("criu").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn verbosity_forms() {
+        assert_eq!(verbosity(&parse(&["dump", "-v4"]).verbosity), 4);
+        assert_eq!(verbosity(&parse(&["dump", "--verbosity=3"]).verbosity), 3);
+        assert_eq!(verbosity(&parse(&["dump", "-v"]).verbosity), 4);
+        // zdtm's `-verbosity=0` is -v with "erbosity=0": atoi gives 0.
+        assert_eq!(verbosity(&parse(&["check", "-verbosity=0"]).verbosity), 0);
+        assert_eq!(verbosity(&parse(&["dump"]).verbosity), 2);
+    }
+
+    #[test]
+    fn optional_values_need_equals() {
+        let c = parse(&["dump", "--manage-cgroups", "--ext-unix-sk", "-t", "1"]);
+        assert_eq!(c.manage_cgroups.as_deref(), Some("soft"));
+        assert_eq!(c.ext_unix_sk.as_deref(), Some(""));
+        assert_eq!(c.tree, Some(1));
+        let c = parse(&["dump", "--manage-cgroups=full", "--ext-unix-sk=42"]);
+        assert_eq!(c.manage_cgroups.as_deref(), Some("full"));
+        assert_eq!(c.ext_unix_sk.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn runtime_options_reach_opts() {
+        let c = parse(&[
+            "restore",
+            "-D",
+            "/x",
+            "-W",
+            "/w",
+            "--pidfile",
+            "p",
+            "--inherit-fd",
+            "fd[1]:pipe:[5]",
+            "--cgroup-root",
+            "cpu:/a",
+            "--cgroup-root",
+            "/b",
+            "--empty-ns",
+            "net",
+            "--restore-sibling",
+            "-M",
+            "/k:/v",
+        ]);
+        let o = c.opts().unwrap();
+        assert_eq!(o.pidfile.as_deref(), Some(Path::new("/w/p")));
+        assert_eq!(
+            o.inherit_fd,
+            vec![InheritFd {
+                fd: 1,
+                key: "pipe:[5]".into()
+            }]
+        );
+        assert_eq!(
+            o.cg_root,
+            vec![("cpu".into(), "/a".into()), (String::new(), "/b".into())]
+        );
+        assert_eq!(o.empty_ns, libc::CLONE_NEWNET as u32);
+        assert!(o.restore_sibling && o.detach);
+        assert_eq!(o.external, vec!["mnt[/k]:/v".to_string()]);
+    }
+}

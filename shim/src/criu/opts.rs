@@ -419,3 +419,72 @@ pub fn feature(name: &str) -> Option<Result<(), String>> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherit_fd_parses_criu_syntax() {
+        let i = InheritFd::parse("fd[3]:pipe:[12345]").unwrap();
+        assert_eq!((i.fd, i.key.as_str()), (3, "pipe:[12345]"));
+        let i = InheritFd::parse("fd[0]:tmp/out.log").unwrap();
+        assert_eq!((i.fd, i.key.as_str()), (0, "tmp/out.log"));
+        for bad in ["3:pipe", "fd[x]:k", "fd[1]:", "fd[1]"] {
+            assert!(InheritFd::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cgroup_modes() {
+        assert_eq!(CgMode::parse("soft").unwrap(), CgMode::Soft);
+        assert_eq!(CgMode::parse("ignore").unwrap(), CgMode::Ignore);
+        assert!(CgMode::parse("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("Unknown cgroups mode `bogus'"));
+        assert_eq!(CgMode::from_rpc(5), CgMode::Strict);
+        assert_eq!(CgMode::from_rpc(6), CgMode::Default);
+    }
+
+    #[test]
+    fn features_are_truthful() {
+        assert!(feature("mem_dirty_track").unwrap().is_err());
+        assert!(feature("uffd-noncoop").unwrap().is_err());
+        assert!(feature("timerfd").unwrap().is_ok());
+        assert!(feature("no_such_feature").is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_option() {
+        let o = Opts {
+            track_mem: true,
+            ..Default::default()
+        };
+        assert!(o
+            .check_dump()
+            .unwrap_err()
+            .to_string()
+            .contains("--track-mem"));
+        let o = Opts {
+            external: vec!["tty[1:2]".into()],
+            ..Default::default()
+        };
+        assert!(o.check_dump().unwrap_err().to_string().contains("tty[1:2]"));
+        let o = Opts {
+            external: vec!["mnt[/a]:b".into(), "net[1]:x".into(), "unix[7]".into()],
+            ..Default::default()
+        };
+        o.check_dump().unwrap();
+        assert!(o.ext_unix());
+        let o = Opts {
+            external: vec!["net[1]:x".into()],
+            ..Default::default()
+        };
+        assert!(o
+            .check_restore()
+            .unwrap_err()
+            .to_string()
+            .contains("net[1]:x"));
+    }
+}
