@@ -6,7 +6,7 @@
 # install fails without it.
 set -euo pipefail
 
-PACKAGES=(build-essential pkg-config util-linux procps psmisc jq busybox-static)
+PACKAGES=(build-essential pkg-config util-linux procps psmisc jq busybox-static runc podman conmon)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

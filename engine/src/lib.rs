@@ -13,6 +13,7 @@ pub mod check;
 pub mod dump;
 pub mod error;
 pub mod files;
+pub mod hook;
 pub mod images;
 pub mod mem;
 pub mod restore;

@@ -32,11 +32,15 @@ fn main() -> ExitCode {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut args: Vec<_> = std::env::args_os().collect();
     let result = if invoked_as == "criu" {
         // `criu ARGS` == `stasis criu ARGS`.
-        let mut args: Vec<_> = std::env::args_os().collect();
         args[0] = "criu".into();
-        criu::CriuCli::parse_from(args).run()
+        criu::parse_or_exit(args).run()
+    } else if args.len() > 2 && args[1] == "criu" {
+        // CRIU's own option errors and usage, not clap's.
+        args.remove(0);
+        criu::parse_or_exit(args).run()
     } else {
         match Cli::parse().cmd {
             Cmd::Criu(c) => c.run(),

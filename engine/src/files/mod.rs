@@ -147,6 +147,8 @@ pub struct FileOpts {
     /// Unix sockets connected outside the tree are saved as external (and
     /// connected again on restore) instead of refused.
     pub ext_unix_sk: bool,
+    /// Pty slaves whose master is outside the tree are saved as pty ends.
+    pub orphan_pts: bool,
 }
 
 /// Collects every file object of a dump.
@@ -287,6 +289,7 @@ impl<'a> FileTable<'a> {
             Kind::Inotify => FdTypes::Inotify,
             Kind::Fanotify => FdTypes::Fanotify,
             Kind::Tty if self.tty.is_pair(st.rdev()) => FdTypes::Tty,
+            Kind::Tty if self.opts.orphan_pts && tty::is_slave(st.rdev()) => FdTypes::Tty,
             Kind::Tty if self.opts.shell_job => FdTypes::Reg,
             Kind::Pipe => FdTypes::Pipe,
             Kind::Fifo => FdTypes::Fifo,
@@ -421,6 +424,24 @@ pub struct OpenCtx<'a> {
     pub images_dir: &'a std::path::Path,
     /// memfd inode id -> restorer fd of the recreated memfd.
     pub memfd_fds: &'a HashMap<u32, i32>,
+    /// Inherited-fd key -> restorer fd standing in for that file.
+    pub inherit_fds: &'a HashMap<String, i32>,
+    /// Pty index -> restorer fd of the new master of an orphan slave.
+    pub orphan_masters: &'a HashMap<u32, i32>,
+}
+
+impl OpenCtx<'_> {
+    /// A new descriptor of the inherited fd that replaces the file `key`.
+    pub fn inherited(
+        &self,
+        key: &str,
+    ) -> Option<std::result::Result<std::os::fd::OwnedFd, String>> {
+        let fd = *self.inherit_fds.get(key)?;
+        Some(
+            crate::sys::fdctl::with_raw(fd, |b| b.try_clone_to_owned())
+                .map_err(|e| format!("inherited fd for {key}: {e}")),
+        )
+    }
 }
 
 /// Create the file objects of group `g`: (file id, fd) for each member.
@@ -441,6 +462,11 @@ pub fn create(
 /// Open one file object by itself (regular files, directories, devices).
 pub fn open_one(id: u32, cx: &OpenCtx<'_>) -> std::result::Result<std::os::fd::OwnedFd, String> {
     let f = cx.files.get(&id).ok_or_else(|| format!("no file {id}"))?;
+    if let Some(r) = &f.reg {
+        if let Some(fd) = cx.inherited(r.name.trim_start_matches('/')) {
+            return fd;
+        }
+    }
     if let Some(e) = &f.epfd {
         return epoll::open(e).map_err(|err| format!("epoll_create1: {err}"));
     }

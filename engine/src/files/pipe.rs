@@ -312,6 +312,18 @@ pub fn create_pipe(
     };
     ends.sort_by_key(|e| e.0);
     let what = format!("pipe:[{pipe_id}]");
+    // An inherited fd stands in for every end of this pipe (CRIU's
+    // --inherit-fd): its data and the other end are the caller's.
+    if !cx.inherit_fds.is_empty() && cx.inherit_fds.contains_key(&what) {
+        return ends
+            .iter()
+            .map(|(id, _)| {
+                cx.inherited(&what)
+                    .unwrap_or_else(|| Err(what.clone()))
+                    .map(|fd| (*id, fd))
+            })
+            .collect();
+    }
     let direct = ends
         .iter()
         .any(|(_, p)| p.flags as i32 & libc::O_DIRECT != 0);

@@ -52,6 +52,22 @@ pub struct RestoreOptions {
     /// Connect unix sockets whose peer was outside the dumped tree to that
     /// peer's address again (`--ext-unix-sk`); refused without it.
     pub ext_unix_sk: bool,
+    /// Fork the root as our sibling (CLONE_PARENT): the caller's parent
+    /// becomes its parent (CRIU's --restore-sibling / rst_sibling).
+    pub sibling: bool,
+    /// Run with the root's pid once the whole tree is forked (CRIU's
+    /// setup-namespaces point).
+    pub on_forked: Option<crate::hook::Hook>,
+    /// Run with the root's pid when everything is restored, just before the
+    /// tree resumes (CRIU's post-restore point).
+    pub before_resume: Option<crate::hook::Hook>,
+    /// (our fd, key): files of the images named `key` ("pipe:[INO]", or a
+    /// path without its leading '/') become that fd (CRIU's --inherit-fd).
+    pub inherit_fds: Vec<(i32, String)>,
+    /// Give a pty slave whose master was not dumped a new master, passed to
+    /// `on_orphan_pts` before the tree resumes (else such images fail).
+    pub orphan_pts_master: bool,
+    pub on_orphan_pts: Option<crate::hook::FdHook>,
 }
 
 #[derive(Debug)]
@@ -94,6 +110,10 @@ pub struct Prep {
     pub memfd_fds: HashMap<u32, i32>,
     pub shmem_fds: HashMap<u64, i32>,
     pub tty_fd: Option<i32>,
+    /// Inherited-fd key -> restorer fd (see `RestoreOptions::inherit_fds`).
+    pub inherit_fds: HashMap<String, i32>,
+    /// Pty index -> restorer fd of the new master of an orphan slave.
+    pub orphan_masters: HashMap<u32, i32>,
     /// File id -> fd number where its owner puts it for the subtree.
     pub shared: HashMap<u32, i32>,
     /// Group of file objects -> index of the task that creates it (lowest
@@ -123,7 +143,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 
     // Fork the root; it waits for us to seize it so every fork is traced.
     let root = &plan.tasks[0];
-    let root_pid = match clone3::clone3_fork(0, &[root.pid], libc::SIGCHLD) {
+    // A sibling takes our own exit signal; clone3 wants exit_signal 0 then.
+    let (clone_flags, exit_signal) = if opts.sibling {
+        (libc::CLONE_PARENT as u64, 0)
+    } else {
+        (0, libc::SIGCHLD)
+    };
+    let root_pid = match clone3::clone3_fork(clone_flags, &[root.pid], exit_signal) {
         Ok(clone3::Fork::Child) => stub::main(&plan, &prep, 0),
         Ok(clone3::Fork::Parent { pid, .. }) => pid,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -142,6 +168,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     ptrace::seize(root_pid, opts_ptrace).task_ctx(root_pid, "seize restored root")?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
     wait_stubs(&plan, &mut tree, err_r)?;
+    crate::hook::run(&opts.on_forked, root_pid)?;
     let forking = t0.elapsed();
     debug!(?forking, "tree forked");
 
@@ -199,6 +226,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     }
     // Last chance to give up cleanly: after this the tree runs.
     crate::error::check_interrupt()?;
+    if let Some(h) = &opts.on_orphan_pts {
+        let mut masters: Vec<_> = prep.orphan_masters.iter().collect();
+        masters.sort();
+        for (_, &fd) in masters {
+            crate::sys::fdctl::with_raw(fd, |b| h.call(b))?;
+        }
+    }
+    crate::hook::run(&opts.before_resume, root_pid)?;
     // Go: detach every thread together.
     for &tid in &tree.traced {
         ptrace::detach(tid, 0).task_ctx(tid, "detach")?;
@@ -353,6 +388,13 @@ fn prepare(
         let _ = sstub::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
     let base = (max_fd + 1).max(64);
+    // Inherited fds first, before staging fds could land on their numbers.
+    let mut inherited = Vec::new();
+    for (fd, key) in &opts.inherit_fds {
+        let own = crate::sys::fdctl::with_raw(*fd, |b| b.try_clone_to_owned())
+            .map_err(|e| Error::Other(format!("inherited fd {fd} ({key}): {e}")))?;
+        inherited.push((key.clone(), own));
+    }
     let mut next = base;
     let mut prep = Prep {
         base,
@@ -389,6 +431,10 @@ fn prepare(
         prep.ghost_fds.insert(id, pin(fd, next)?);
         next += 1;
     }
+    for (key, fd) in inherited {
+        prep.inherit_fds.insert(key, pin(fd, next)?);
+        next += 1;
+    }
     // memfd inodes, reopened by every fd and mapping of them.
     for (ino, fd) in files::memfd::restore_inodes(dir)? {
         prep.memfd_fds.insert(ino, pin(fd, next)?);
@@ -423,6 +469,12 @@ fn prepare(
     }
     // Terminal state, read by group_of and the stubs.
     files::tty::load(dir)?;
+    if opts.orphan_pts_master {
+        for (index, fd) in files::tty::orphan_masters(&plan.files).map_err(Error::Other)? {
+            prep.orphan_masters.insert(index, pin(fd, next)?);
+            next += 1;
+        }
+    }
     // Pipe ends and unix peers by id, built once here for every stub.
     files::memo::prepare(&plan.files);
     // Queued unix socket data, read once here rather than in every stub.

@@ -1,0 +1,492 @@
+//! The options of one dump or restore, whether they came from CRIU's command
+//! line or from a swrk `criu_opts`: checked against what the engine does
+//! and turned into its option structs.
+//!
+//! Options the engine has no equivalent for are accepted when ignoring them
+//! cannot change the result (e.g. `--freeze-cgroup`: the tree is frozen by
+//! ptrace anyway), and refused with "not supported yet" when their value
+//! matters (e.g. a restore root other than `/`: mount namespaces are not
+//! restored yet).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use stasis_engine::images::{common, ImageDir};
+use stasis_engine::{dump, restore};
+use stasis_proto::criu::{FdTypes, FileEntry};
+use stasis_proto::image::magic;
+use tracing::{debug, warn};
+
+/// CRIU's `--manage-cgroups` modes (rpc `criu_cg_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgMode {
+    Ignore,
+    None,
+    Props,
+    Soft,
+    Full,
+    Strict,
+    Default,
+}
+
+impl CgMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => CgMode::None,
+            "props" => CgMode::Props,
+            "soft" => CgMode::Soft,
+            "full" => CgMode::Full,
+            "strict" => CgMode::Strict,
+            "ignore" => CgMode::Ignore,
+            _ => bail!("Unknown cgroups mode `{s}' selected"),
+        })
+    }
+
+    pub fn from_rpc(v: i32) -> Self {
+        match v {
+            0 => CgMode::Ignore,
+            1 => CgMode::None,
+            2 => CgMode::Props,
+            3 => CgMode::Soft,
+            4 => CgMode::Full,
+            5 => CgMode::Strict,
+            _ => CgMode::Default,
+        }
+    }
+}
+
+/// `--inherit-fd fd[N]:KEY`: the file KEY of the images is our fd N.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritFd {
+    pub fd: i32,
+    pub key: String,
+}
+
+impl InheritFd {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || anyhow::anyhow!("invalid argument for --inherit-fd: {s}");
+        let rest = s.strip_prefix("fd[").ok_or_else(bad)?;
+        let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+        let fd = n.parse().map_err(|_| bad())?;
+        if key.is_empty() {
+            return Err(bad());
+        }
+        Ok(InheritFd {
+            fd,
+            key: key.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    pub pid: Option<i32>,
+    pub images_dir: PathBuf,
+    pub leave_running: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub ext_unix_sk: bool,
+    pub tcp_established: bool,
+    pub tcp_close: bool,
+    pub link_remap: bool,
+    pub evasive_devices: bool,
+    pub restore_sibling: bool,
+    pub detach: bool,
+    pub pidfile: Option<PathBuf>,
+    pub progress: bool,
+    pub root: Option<PathBuf>,
+    pub external: Vec<String>,
+    pub inherit_fd: Vec<InheritFd>,
+    /// (controller or "" for the unified hierarchy, path)
+    pub cg_root: Vec<(String, String)>,
+    pub manage_cgroups: Option<CgMode>,
+    pub freeze_cgroup: Option<String>,
+    /// CLONE_NEW* mask of namespaces to create empty on restore.
+    pub empty_ns: u32,
+    /// `ns:file` pairs to join on restore.
+    pub join_ns: Vec<String>,
+    pub timeout: Option<u32>,
+    pub pre_dump_mode: Option<String>,
+    pub orphan_pts_master: bool,
+    pub lsm_profile: Option<String>,
+    pub lsm_mount_context: Option<String>,
+    pub track_mem: bool,
+    pub parent_img: Option<String>,
+    pub lazy_pages: bool,
+    pub page_server: bool,
+    pub leave_stopped: bool,
+    pub exec_cmd: Vec<String>,
+    pub veths: Vec<String>,
+}
+
+fn not_yet(what: &str, why: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what} is not supported yet ({why})")
+}
+
+/// The kind in `kind[id]:value` of an --external entry.
+fn external_kind(e: &str) -> &str {
+    e.split_once('[').map(|(k, _)| k).unwrap_or(e)
+}
+
+const NS_KINDS: &[&str] = &[
+    "net", "pid", "ipc", "uts", "mnt_ns", "user", "cgroup", "time",
+];
+
+impl Opts {
+    /// Options both operations refuse.
+    fn check_common(&self) -> Result<()> {
+        if self.lazy_pages {
+            bail!(not_yet(
+                "lazy pages",
+                "memory is always dumped and restored in full"
+            ));
+        }
+        if self.page_server {
+            bail!(not_yet(
+                "the page server",
+                "images are always written locally"
+            ));
+        }
+        if self.leave_stopped {
+            bail!(not_yet("--leave-stopped", "the tree always resumes"));
+        }
+        if !self.veths.is_empty() {
+            bail!(not_yet(
+                "veth pairs",
+                "network namespaces are not dumped or restored"
+            ));
+        }
+        for e in &self.external {
+            match external_kind(e) {
+                "mnt" | "dev" | "unix" => {}
+                k if NS_KINDS.contains(&k) => {}
+                _ => bail!(not_yet(
+                    &format!("--external {e}"),
+                    "only mnt[], dev[], unix[] and namespaces are known"
+                )),
+            }
+        }
+        if let Some(m) = &self.pre_dump_mode {
+            if m != "splice" && m != "read" {
+                bail!("invalid argument for --pre-dump-mode: {m}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn check_dump(&self) -> Result<()> {
+        self.check_common()?;
+        if self.track_mem {
+            bail!(not_yet(
+                "--track-mem",
+                "no soft-dirty tracking here: use one full dump"
+            ));
+        }
+        if self.parent_img.is_some() {
+            bail!(not_yet(
+                "--prev-images-dir",
+                "there are no pre-dumps to build on"
+            ));
+        }
+        // Harmless on dump: namespaces and mounts are not dumped yet, so
+        // anything declared external stays external; the tree is frozen by
+        // ptrace, so a freezer cgroup adds nothing; cgroups are not saved.
+        debug!(
+            root = ?self.root,
+            external = ?self.external,
+            freeze_cgroup = ?self.freeze_cgroup,
+            manage_cgroups = ?self.manage_cgroups,
+            empty_ns = self.empty_ns,
+            timeout = ?self.timeout,
+            link_remap = self.link_remap,
+            tcp_close = self.tcp_close,
+            "dump options without engine counterpart accepted"
+        );
+        Ok(())
+    }
+
+    pub fn check_restore(&self) -> Result<()> {
+        self.check_common()?;
+        if let Some(r) = &self.root {
+            let canon = std::fs::canonicalize(r)
+                .with_context(|| format!("{}: restore root", r.display()))?;
+            if canon != Path::new("/") {
+                bail!(not_yet(
+                    &format!("restore root {}", r.display()),
+                    "mount namespaces are not restored"
+                ));
+            }
+        }
+        for e in &self.external {
+            let k = external_kind(e);
+            if NS_KINDS.contains(&k) {
+                bail!(not_yet(
+                    &format!("--external {e}"),
+                    "namespaces are not restored"
+                ));
+            }
+        }
+        if self.empty_ns != 0 {
+            bail!(not_yet(
+                &format!("empty namespaces (mask {:#x})", self.empty_ns),
+                "namespaces are not restored"
+            ));
+        }
+        if !self.join_ns.is_empty() {
+            bail!(not_yet("joining namespaces", "namespaces are not restored"));
+        }
+        if self.lsm_profile.as_deref().is_some_and(|s| !s.is_empty()) {
+            bail!(not_yet("an LSM profile", "LSM labels are not restored"));
+        }
+        if self
+            .lsm_mount_context
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        {
+            bail!(not_yet("an LSM mount context", "mounts are not restored"));
+        }
+        if !self.exec_cmd.is_empty() {
+            bail!(not_yet("--exec-cmd", "the restorer does not exec"));
+        }
+        self.check_inherit_fd()?;
+        // cg_root / manage_cgroups: cgroups are not restored; the tree
+        // stays in the restorer's cgroups, which is where runc puts us.
+        debug!(
+            cg_root = ?self.cg_root,
+            manage_cgroups = ?self.manage_cgroups,
+            evasive_devices = self.evasive_devices,
+            tcp_close = self.tcp_close,
+            "accepted: the tree stays in the restorer's cgroups; devices are reopened by path"
+        );
+        Ok(())
+    }
+
+    /// Every inherited fd must be open here; a key no file of the images
+    /// has is harmless (runc names the container's stdio pipes even when
+    /// the images hold none of them).
+    fn check_inherit_fd(&self) -> Result<()> {
+        if self.inherit_fd.is_empty() {
+            return Ok(());
+        }
+        let dir = ImageDir::open(&self.images_dir)?;
+        let files: Vec<FileEntry> = if dir.exists("files.img") {
+            dir.read_all("files.img", common(magic::FILES))?
+        } else {
+            Vec::new()
+        };
+        for i in &self.inherit_fd {
+            if !Path::new(&format!("/proc/self/fd/{}", i.fd)).exists() {
+                bail!("inherited fd {} for {} is not open", i.fd, i.key);
+            }
+            let hit = files.iter().any(|f| match f.r#type() {
+                FdTypes::Pipe => f
+                    .pipe
+                    .as_ref()
+                    .is_some_and(|p| i.key == format!("pipe:[{}]", p.pipe_id)),
+                FdTypes::Reg => f.reg.as_ref().is_some_and(|r| {
+                    r.name.trim_start_matches('/') == i.key.trim_start_matches('/')
+                }),
+                _ => false,
+            });
+            debug!(fd = i.fd, key = %i.key, used = hit, "inherit fd");
+        }
+        Ok(())
+    }
+
+    pub fn ext_unix(&self) -> bool {
+        self.ext_unix_sk || self.external.iter().any(|e| external_kind(e) == "unix")
+    }
+
+    pub fn dump_options(&self, pid: i32) -> dump::DumpOptions {
+        if self.tcp_established {
+            debug!("--tcp-established: TCP sockets are refused by the engine for now");
+        }
+        dump::DumpOptions {
+            pid,
+            images_dir: self.images_dir.clone(),
+            leave_running: self.leave_running,
+            shell_job: self.shell_job,
+            file_locks: self.file_locks,
+            progress: self.progress,
+            ext_unix_sk: self.ext_unix(),
+            post_dump: None,
+            orphan_pts_master: self.orphan_pts_master,
+        }
+    }
+
+    pub fn restore_options(&self) -> restore::RestoreOptions {
+        restore::RestoreOptions {
+            images_dir: self.images_dir.clone(),
+            detach: self.detach,
+            shell_job: self.shell_job,
+            pidfile: self.pidfile.clone(),
+            file_locks: self.file_locks,
+            progress: self.progress,
+            ext_unix_sk: self.ext_unix(),
+            sibling: self.restore_sibling,
+            on_forked: None,
+            before_resume: None,
+            inherit_fds: self
+                .inherit_fd
+                .iter()
+                .map(|i| (i.fd, i.key.trim_start_matches('/').to_string()))
+                .collect(),
+            orphan_pts_master: self.orphan_pts_master,
+            on_orphan_pts: None,
+        }
+    }
+}
+
+/// Copy `stats-dump`/`stats-restore` from the images dir into the work dir
+/// when they differ: CRIU writes stats into its work dir, where podman and
+/// zdtm look for them.
+pub fn stats_to_work_dir(images: &Path, work: &Path, name: &str) {
+    let same = match (std::fs::metadata(images), std::fs::metadata(work)) {
+        (Ok(a), Ok(b)) => {
+            use std::os::unix::fs::MetadataExt;
+            a.dev() == b.dev() && a.ino() == b.ino()
+        }
+        _ => true,
+    };
+    if same {
+        return;
+    }
+    if let Err(e) = std::fs::copy(images.join(name), work.join(name)) {
+        warn!(
+            "cannot copy {name} into the work dir {}: {e}",
+            work.display()
+        );
+    }
+}
+
+/// `criu check --feature NAME`: true when the engine (not just the kernel)
+/// can use the feature. None for a name CRIU does not know.
+pub fn feature(name: &str) -> Option<Result<(), String>> {
+    let probe = |n: &str| -> Result<(), String> {
+        match stasis_engine::check::probe()
+            .into_iter()
+            .find(|f| f.name == n)
+        {
+            Some(f) if f.ok => Ok(()),
+            Some(f) => Err(f.detail),
+            None => Err(format!("{n}: not probed")),
+        }
+    };
+    let no = |why: &str| Err(why.to_string());
+    Some(match name {
+        "clone3_set_tid" => probe("clone3_set_tid"),
+        "pidfd_store" => probe("pidfd"),
+        "get_rseq_conf" => probe("ptrace_rseq_conf"),
+        "can_map_vdso" => probe("vdso"),
+        "mnt_id"
+        | "timerfd"
+        | "fdinfo_lock"
+        | "kcmp_epoll"
+        | "sk_unix_file"
+        | "loginuid"
+        | "openat2"
+        | "breakpoints"
+        | "pagemap_scan"
+        | "pagemap_scan_guard_pages"
+        | "aio_remap"
+        | "tcp_half_closed"
+        | "ipv6_freebind"
+        | "sockopt_buf_lock"
+        | "seccomp_suspend"
+        | "net_diag_raw"
+        | "timer_cr_ids"
+        | "overlayfs_maps"
+        | "memfd_hugetlb"
+        | "move_mount_set_group" => {
+            // Kernel facilities: present on the kernels stasis supports.
+            Ok(())
+        }
+        "mem_dirty_track" => no("no soft-dirty bits and no pre-dump in stasis"),
+        "uffd" | "uffd-noncoop" => no("lazy pages are not supported by stasis"),
+        "compat_cr" => no("32-bit tasks are not supported"),
+        "seccomp_filters" => no("seccomp filters are not dumped yet"),
+        "tun"
+        | "tun_ns"
+        | "sk_ns"
+        | "nsid"
+        | "link_nsid"
+        | "newifindex"
+        | "external_net_ns"
+        | "nftables"
+        | "network_lock_nftables"
+        | "has_ipt_legacy" => no("network namespaces are not supported yet"),
+        "userns" | "cgroupns" | "timens" | "ns_pid" => no("namespaces are not supported yet"),
+        "autofs" => no("autofs mounts are not supported"),
+        "apparmor_stacking" => no("LSM labels are not supported"),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherit_fd_parses_criu_syntax() {
+        let i = InheritFd::parse("fd[3]:pipe:[12345]").unwrap();
+        assert_eq!((i.fd, i.key.as_str()), (3, "pipe:[12345]"));
+        let i = InheritFd::parse("fd[0]:tmp/out.log").unwrap();
+        assert_eq!((i.fd, i.key.as_str()), (0, "tmp/out.log"));
+        for bad in ["3:pipe", "fd[x]:k", "fd[1]:", "fd[1]"] {
+            assert!(InheritFd::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cgroup_modes() {
+        assert_eq!(CgMode::parse("soft").unwrap(), CgMode::Soft);
+        assert_eq!(CgMode::parse("ignore").unwrap(), CgMode::Ignore);
+        assert!(CgMode::parse("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("Unknown cgroups mode `bogus'"));
+        assert_eq!(CgMode::from_rpc(5), CgMode::Strict);
+        assert_eq!(CgMode::from_rpc(6), CgMode::Default);
+    }
+
+    #[test]
+    fn features_are_truthful() {
+        assert!(feature("mem_dirty_track").unwrap().is_err());
+        assert!(feature("uffd-noncoop").unwrap().is_err());
+        assert!(feature("timerfd").unwrap().is_ok());
+        assert!(feature("no_such_feature").is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_option() {
+        let o = Opts {
+            track_mem: true,
+            ..Default::default()
+        };
+        assert!(o
+            .check_dump()
+            .unwrap_err()
+            .to_string()
+            .contains("--track-mem"));
+        let o = Opts {
+            external: vec!["tty[1:2]".into()],
+            ..Default::default()
+        };
+        assert!(o.check_dump().unwrap_err().to_string().contains("tty[1:2]"));
+        let o = Opts {
+            external: vec!["mnt[/a]:b".into(), "net[1]:x".into(), "unix[7]".into()],
+            ..Default::default()
+        };
+        o.check_dump().unwrap();
+        assert!(o.ext_unix());
+        let o = Opts {
+            external: vec!["net[1]:x".into()],
+            ..Default::default()
+        };
+        assert!(o
+            .check_restore()
+            .unwrap_err()
+            .to_string()
+            .contains("net[1]:x"));
+    }
+}
