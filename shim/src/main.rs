@@ -1,8 +1,11 @@
-//! `stasis`: the command line. Started as `criu` it is the CRIU-compatible CLI.
+//! `stasis`: the command line. `stasis criu ...` (or started as `criu`) is
+//! the CRIU-compatible CLI; everything else is the runc-compatible runtime.
 #![deny(unsafe_code)]
 
 mod criu;
 mod logging;
+mod rtlog;
+mod runtime;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -37,6 +40,9 @@ fn main() -> ExitCode {
         let mut args: Vec<_> = std::env::args_os().collect();
         args[0] = "criu".into();
         criu::CriuCli::parse_from(args).run()
+    } else if std::env::args().nth(1).as_deref() != Some("criu") {
+        // runc-compatible runtime commands.
+        return runtime::main(std::env::args().collect());
     } else {
         match Cli::parse().cmd {
             Cmd::Criu(c) => c.run(),
