@@ -19,7 +19,9 @@ use crate::util::{read_trim, write_file};
 pub fn cgroup2_mount() -> Result<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").at("/proc/self/mountinfo")?;
     for l in mi.lines() {
-        let Some((pre, post)) = l.split_once(" - ") else { continue };
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
+        };
         if post.split_whitespace().next() == Some("cgroup2") {
             if let Some(mp) = pre.split_whitespace().nth(4) {
                 return Ok(PathBuf::from(unescape(mp)));
@@ -30,7 +32,10 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// This process's cgroup v2 path (`0::/path`).
@@ -76,12 +81,17 @@ impl Cgroup {
         for c in rel.components() {
             match c {
                 std::path::Component::Normal(n) => dir.push(n),
-                std::path::Component::ParentDir => bail!("cgroupsPath {}: '..' is not allowed", rel.display()),
+                std::path::Component::ParentDir => {
+                    bail!("cgroupsPath {}: '..' is not allowed", rel.display())
+                }
                 _ => {}
             }
         }
         if dir == root {
-            bail!("cgroupsPath {}: the container cannot use the root cgroup", rel.display())
+            bail!(
+                "cgroupsPath {}: the container cannot use the root cgroup",
+                rel.display()
+            )
         }
         Ok(dir)
     }
@@ -103,7 +113,10 @@ impl Cgroup {
                 Ok(()) => created.push(m),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    let cg = Cgroup { dir: dir.clone(), created };
+                    let cg = Cgroup {
+                        dir: dir.clone(),
+                        created,
+                    };
                     cg.remove();
                     return Err(e).at(&m);
                 }
@@ -187,7 +200,11 @@ impl Cgroup {
                 match std::fs::remove_dir(d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline && d == &self.dir => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && Instant::now() < deadline
+                            && d == &self.dir =>
+                    {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => {
@@ -248,7 +265,11 @@ impl Cgroup {
         }
         if let Some(p) = res.pids() {
             let l = p.limit();
-            files.push(("pids", "pids.max".into(), if l > 0 { l.to_string() } else { "max".into() }));
+            files.push((
+                "pids",
+                "pids.max".into(),
+                if l > 0 { l.to_string() } else { "max".into() },
+            ));
         }
         if let Some(b) = res.block_io() {
             if let Some(w) = b.weight() {
@@ -259,19 +280,30 @@ impl Cgroup {
         }
         if let Some(hs) = res.hugepage_limits() {
             for h in hs {
-                files.push(("hugetlb", format!("hugetlb.{}.max", h.page_size()), h.limit().to_string()));
+                files.push((
+                    "hugetlb",
+                    format!("hugetlb.{}.max", h.page_size()),
+                    h.limit().to_string(),
+                ));
             }
         }
         if let Some(u) = res.unified() {
             for (k, v) in u {
                 let ctrl = k.split('.').next().unwrap_or_default();
-                files.push((if ctrl == "cgroup" { "" } else { ctrl }, k.clone(), v.clone()));
+                files.push((
+                    if ctrl == "cgroup" { "" } else { ctrl },
+                    k.clone(),
+                    v.clone(),
+                ));
             }
         }
         let mut warnings = Vec::new();
         for (ctrl, file, val) in files {
             if !ctrl.is_empty() && !avail.contains(ctrl) {
-                let w = format!("cgroup v2 controller {ctrl} is not available in {}: {file} not set", self.dir.display());
+                let w = format!(
+                    "cgroup v2 controller {ctrl} is not available in {}: {file} not set",
+                    self.dir.display()
+                );
                 warn!("{w}");
                 warnings.push(w);
                 continue;
@@ -298,9 +330,16 @@ impl Cgroup {
                 })
                 .collect()
         };
-        let get = |v: &[(String, u64)], k: &str| v.iter().find(|(n, _)| n == k).map(|(_, x)| *x).unwrap_or(0);
+        let get = |v: &[(String, u64)], k: &str| {
+            v.iter().find(|(n, _)| n == k).map(|(_, x)| *x).unwrap_or(0)
+        };
         let cpu = kv("cpu.stat");
-        let one = |f: &str| read_trim(&self.dir.join(f)).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let one = |f: &str| {
+            read_trim(&self.dir.join(f))
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let mem = kv("memory.stat");
         serde_json::json!({
             "cpu": {

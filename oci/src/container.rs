@@ -86,9 +86,11 @@ impl Waiter {
             set.add(s);
         }
         set.add(Signal::SIGCHLD);
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).what("sigprocmask")?;
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .what("sigprocmask")?;
         nix::sys::prctl::set_child_subreaper(true).what("PR_SET_CHILD_SUBREAPER")?;
-        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).what("signalfd")?;
+        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .what("signalfd")?;
         Ok(Waiter { sfd })
     }
 
@@ -99,12 +101,17 @@ impl Waiter {
             loop {
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(p, c)) if p.as_raw() == pid => return Ok(c),
-                    Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => return Ok(128 + s as i32),
+                    Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => {
+                        return Ok(128 + s as i32)
+                    }
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => continue,
                 }
             }
-            let mut fds = [nix::poll::PollFd::new(self.sfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut fds = [nix::poll::PollFd::new(
+                self.sfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             while let Ok(Some(si)) = self.sfd.read_signal() {
                 let sig = si.ssi_signo as i32;
@@ -163,7 +170,10 @@ fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
 }
 
 fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> bool {
-    spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|v| v.iter().any(|n| n.typ() == t))
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|v| v.iter().any(|n| n.typ() == t))
 }
 
 impl Runtime {
@@ -180,7 +190,8 @@ impl Runtime {
     pub fn create(&self, o: &CreateOpts, waiter: Option<&mut Waiter>) -> Result<State> {
         let _ = waiter;
         check_id(&o.id)?;
-        let bundle = std::fs::canonicalize(&o.bundle).map_err(|e| Error::msg(format!("bundle {}: {e}", o.bundle.display())))?;
+        let bundle = std::fs::canonicalize(&o.bundle)
+            .map_err(|e| Error::msg(format!("bundle {}: {e}", o.bundle.display())))?;
         let spec = spec::load(&bundle)?;
         let rootfs = spec::rootfs(&bundle, &spec)?;
         let process = spec.process().clone().expect("validated");
@@ -202,7 +213,11 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists),
             Err(e) => return Err(e).at(&dir),
         }
-        let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pid: 0 };
+        let mut undo = Undo {
+            dir: Some(dir.clone()),
+            cgroup: None,
+            pid: 0,
+        };
         let linux = spec.linux().as_ref().expect("validated");
         let cg = Cgroup::create(linux.cgroups_path().as_deref(), &o.id)?;
         undo.cgroup = Some(cg.clone());
@@ -210,11 +225,22 @@ impl Runtime {
             cg.apply(res)?;
         }
         let fifo_path = dir.join("exec.fifo");
-        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).what(format!("mkfifo {}", fifo_path.display()))?;
-        std::fs::set_permissions(&fifo_path, std::fs::Permissions::from_mode(0o622)).at(&fifo_path)?;
-        let fifo = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(&fifo_path).at(&fifo_path)?;
+        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .what(format!("mkfifo {}", fifo_path.display()))?;
+        std::fs::set_permissions(&fifo_path, std::fs::Permissions::from_mode(0o622))
+            .at(&fifo_path)?;
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&fifo_path)
+            .at(&fifo_path)?;
         let console = o.console_socket.as_deref().map(tty::connect).transpose()?;
-        let annotations: BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+        let annotations: BTreeMap<String, String> = spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut st = State {
             id: o.id.clone(),
             pid: 0,
@@ -233,7 +259,12 @@ impl Runtime {
             cgroup: Some(&cg),
             console,
             preserve_fds: o.preserve_fds,
-            mode: Mode::Init { fifo, no_pivot: o.no_pivot, rootfs: rootfs.clone(), state_json: String::new() },
+            mode: Mode::Init {
+                fifo,
+                no_pivot: o.no_pivot,
+                rootfs: rootfs.clone(),
+                state_json: String::new(),
+            },
         };
         let pid = self.spawn(cfg, &spec, &mut st)?;
         undo.pid = pid;
@@ -250,7 +281,8 @@ impl Runtime {
     /// Fork the helper and drive the sync protocol; returns the container
     /// process's pid once it is ready.
     fn spawn(&self, mut cfg: init::Config<'_>, spec: &Spec, st: &mut State) -> Result<i32> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| Error::msg(format!("socketpair: {e}")))?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| Error::msg(format!("socketpair: {e}")))?;
         if let Mode::Init { state_json, .. } = &mut cfg.mode {
             // Filled with the real pid by the hook message; the container
             // side only needs it for createContainer/startContainer hooks,
@@ -279,7 +311,9 @@ impl Runtime {
                         init::send(&ours, "ok");
                     }
                     "pid" => {
-                        pid = arg.parse().map_err(|_| Error::msg(format!("bad pid message {line:?}")))?;
+                        pid = arg
+                            .parse()
+                            .map_err(|_| Error::msg(format!("bad pid message {line:?}")))?;
                         st.pid = pid;
                         init::send(&ours, "go");
                     }
@@ -287,7 +321,11 @@ impl Runtime {
                         let hk = spec.hooks().as_ref();
                         let state = st.hook_state("creating");
                         hooks::run_all("prestart", hk.and_then(|h| h.prestart().as_ref()), &state)?;
-                        hooks::run_all("createRuntime", hk.and_then(|h| h.create_runtime().as_ref()), &state)?;
+                        hooks::run_all(
+                            "createRuntime",
+                            hk.and_then(|h| h.create_runtime().as_ref()),
+                            &state,
+                        )?;
                         init::send(&ours, "ok");
                     }
                     "ready" => return Ok(()),
@@ -315,7 +353,11 @@ impl Runtime {
             _ => bail!("cannot start an already running container"),
         }
         let fifo = st.fifo(&self.root);
-        let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).at(&fifo)?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .at(&fifo)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut buf = [0u8; 1];
         loop {
@@ -336,7 +378,11 @@ impl Runtime {
         }
         let _ = std::fs::remove_file(&fifo);
         let hk = st.spec.hooks().as_ref();
-        if let Err(e) = hooks::run_all("poststart", hk.and_then(|h| h.poststart().as_ref()), &st.hook_state("running")) {
+        if let Err(e) = hooks::run_all(
+            "poststart",
+            hk.and_then(|h| h.poststart().as_ref()),
+            &st.hook_state("running"),
+        ) {
             warn!("{e}");
             return Err(e);
         }
@@ -352,7 +398,9 @@ impl Runtime {
             let _ = self.delete(&o.id, true);
             return Err(e);
         }
-        let Some(w) = waiter.as_mut() else { return Ok(0) };
+        let Some(w) = waiter.as_mut() else {
+            return Ok(0);
+        };
         let code = w.wait(st.pid)?;
         if !keep {
             self.delete(&o.id, true)?;
@@ -373,7 +421,9 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e).at(&self.root),
         };
-        let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
         names.sort();
         for n in names {
             match State::load(&self.root, &n) {
@@ -390,7 +440,8 @@ impl Runtime {
     pub fn kill(&self, id: &str, sig: Signal, all: bool) -> Result<()> {
         let st = self.load(id)?;
         let status = st.status(&self.root);
-        if status == Status::Stopped && !(all && st.cgroup.as_ref().is_some_and(|c| c.populated())) {
+        if status == Status::Stopped && !(all && st.cgroup.as_ref().is_some_and(|c| c.populated()))
+        {
             bail!("container not running")
         }
         if all {
@@ -446,7 +497,11 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(2));
         }
         let hk = st.spec.hooks().as_ref();
-        if let Err(e) = hooks::run_all("poststop", hk.and_then(|h| h.poststop().as_ref()), &st.hook_state("stopped")) {
+        if let Err(e) = hooks::run_all(
+            "poststop",
+            hk.and_then(|h| h.poststop().as_ref()),
+            &st.hook_state("stopped"),
+        ) {
             warn!("{e}");
         }
         let d = State::dir(&self.root, id);
@@ -459,7 +514,9 @@ impl Runtime {
             Status::Running | Status::Created => {}
             _ => bail!("container not running"),
         }
-        let Some(cg) = &st.cgroup else { bail!("container {id} has no cgroup") };
+        let Some(cg) = &st.cgroup else {
+            bail!("container {id} has no cgroup")
+        };
         cg.freeze(true)
     }
 
@@ -468,7 +525,9 @@ impl Runtime {
         if st.status(&self.root) != Status::Paused {
             bail!("container not paused")
         }
-        let Some(cg) = &st.cgroup else { bail!("container {id} has no cgroup") };
+        let Some(cg) = &st.cgroup else {
+            bail!("container {id} has no cgroup")
+        };
         cg.freeze(false)
     }
 
@@ -482,7 +541,9 @@ impl Runtime {
         if st.status(&self.root) == Status::Stopped {
             bail!("container not running")
         }
-        let Some(cg) = &st.cgroup else { bail!("container {id} has no cgroup") };
+        let Some(cg) = &st.cgroup else {
+            bail!("container {id} has no cgroup")
+        };
         cg.apply(res)
     }
 
@@ -551,8 +612,12 @@ impl Runtime {
         }
         if let Some(u) = &o.user {
             let (uid, gid) = u.split_once(':').unwrap_or((u.as_str(), "0"));
-            let uid: u32 = uid.parse().map_err(|_| Error::msg(format!("--user {u:?}: expected UID[:GID]")))?;
-            let gid: u32 = gid.parse().map_err(|_| Error::msg(format!("--user {u:?}: expected UID[:GID]")))?;
+            let uid: u32 = uid
+                .parse()
+                .map_err(|_| Error::msg(format!("--user {u:?}: expected UID[:GID]")))?;
+            let gid: u32 = gid
+                .parse()
+                .map_err(|_| Error::msg(format!("--user {u:?}: expected UID[:GID]")))?;
             let mut user = pr.user().clone();
             user.set_uid(uid);
             user.set_gid(gid);
@@ -569,15 +634,24 @@ impl Runtime {
         if !o.caps.is_empty() {
             let mut c = pr.capabilities().clone().unwrap_or_default();
             for name in &o.caps {
-                let cap: oci_spec::runtime::Capability = serde_json::from_value(serde_json::Value::String(name.clone()))
-                    .map_err(|_| Error::msg(format!("--cap {name:?}: unknown capability")))?;
+                let cap: oci_spec::runtime::Capability =
+                    serde_json::from_value(serde_json::Value::String(name.clone()))
+                        .map_err(|_| Error::msg(format!("--cap {name:?}: unknown capability")))?;
                 let add = |s: &Option<oci_spec::runtime::Capabilities>| {
                     let mut s = s.clone().unwrap_or_default();
                     s.insert(cap);
                     Some(s)
                 };
-                let (b, e, p, a) = (add(c.bounding()), add(c.effective()), add(c.permitted()), add(c.ambient()));
-                c.set_bounding(b).set_effective(e).set_permitted(p).set_ambient(a);
+                let (b, e, p, a) = (
+                    add(c.bounding()),
+                    add(c.effective()),
+                    add(c.permitted()),
+                    add(c.ambient()),
+                );
+                c.set_bounding(b)
+                    .set_effective(e)
+                    .set_permitted(p)
+                    .set_ambient(a);
             }
             pr.set_capabilities(Some(c));
         }

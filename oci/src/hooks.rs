@@ -40,7 +40,10 @@ fn run(kind: &str, h: &Hook, state: &str) -> Result<()> {
         // A hook may exit without reading its stdin.
         let _ = i.write_all(state.as_bytes());
     }
-    let deadline = h.timeout().filter(|t| *t > 0).map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let deadline = h
+        .timeout()
+        .filter(|t| *t > 0)
+        .map(|t| Instant::now() + Duration::from_secs(t as u64));
     loop {
         match child.try_wait() {
             Ok(Some(st)) if st.success() => return Ok(()),
@@ -51,7 +54,11 @@ fn run(kind: &str, h: &Hook, state: &str) -> Result<()> {
         if deadline.is_some_and(|d| Instant::now() > d) {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{kind} hook {}: timed out after {}s", path.display(), h.timeout().unwrap_or(0))
+            bail!(
+                "{kind} hook {}: timed out after {}s",
+                path.display(),
+                h.timeout().unwrap_or(0)
+            )
         }
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -32,7 +32,12 @@ static READY: AtomicBool = AtomicBool::new(false);
 
 pub enum Mode {
     /// A new container: namespaces from the spec.
-    Init { fifo: File, no_pivot: bool, rootfs: PathBuf, state_json: String },
+    Init {
+        fifo: File,
+        no_pivot: bool,
+        rootfs: PathBuf,
+        state_json: String,
+    },
     /// A process in the running container of this init pid.
     Exec { init_pid: i32 },
 }
@@ -58,7 +63,13 @@ pub fn recv(s: &UnixStream) -> Option<String> {
     let mut b = [0u8; 1];
     loop {
         match s.read(&mut b) {
-            Ok(0) => return if out.is_empty() { None } else { Some(String::from_utf8_lossy(&out).into_owned()) },
+            Ok(0) => {
+                return if out.is_empty() {
+                    None
+                } else {
+                    Some(String::from_utf8_lossy(&out).into_owned())
+                }
+            }
             Ok(_) if b[0] == b'\n' => return Some(String::from_utf8_lossy(&out).into_owned()),
             Ok(_) => out.push(b[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -78,7 +89,10 @@ fn expect(s: &UnixStream, want: &str) -> Result<()> {
 pub fn child(cfg: Config<'_>, sock: UnixStream) -> ! {
     let r = stage1(&cfg, &sock);
     if let Err(e) = r {
-        send(&sock, &format!("error {}", e.to_string().replace('\n', " ")));
+        send(
+            &sock,
+            &format!("error {}", e.to_string().replace('\n', " ")),
+        );
         sys::exit_now(1);
     }
     sys::exit_now(0)
@@ -98,7 +112,8 @@ fn ns_flag(t: LinuxNamespaceType) -> Result<CloneFlags> {
 }
 
 fn stage1(cfg: &Config<'_>, sock: &UnixStream) -> Result<()> {
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).what("sigprocmask")?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .what("sigprocmask")?;
     if let Some(cg) = cfg.cgroup {
         cg.add(std::process::id() as i32)?;
     }
@@ -122,7 +137,15 @@ fn stage1(cfg: &Config<'_>, sock: &UnixStream) -> Result<()> {
                     None => new |= f,
                 }
             }
-            join.sort_by_key(|(t, ..)| if *t == LinuxNamespaceType::User { 0 } else if *t == LinuxNamespaceType::Mount { 2 } else { 1 });
+            join.sort_by_key(|(t, ..)| {
+                if *t == LinuxNamespaceType::User {
+                    0
+                } else if *t == LinuxNamespaceType::Mount {
+                    2
+                } else {
+                    1
+                }
+            });
             for (_, f, fd, p) in &join {
                 setns(fd.as_fd(), *f).what(format!("join namespace {}", p.display()))?;
             }
@@ -130,8 +153,10 @@ fn stage1(cfg: &Config<'_>, sock: &UnixStream) -> Result<()> {
                 unshare(CloneFlags::CLONE_NEWUSER).what("unshare user namespace")?;
                 send(sock, "userns");
                 expect(sock, "ok")?;
-                nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).what("setresgid 0 in the user namespace")?;
-                nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).what("setresuid 0 in the user namespace")?;
+                nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                    .what("setresgid 0 in the user namespace")?;
+                nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                    .what("setresuid 0 in the user namespace")?;
             }
             unshare(new).what("unshare namespaces")?;
         }
@@ -139,7 +164,9 @@ fn stage1(cfg: &Config<'_>, sock: &UnixStream) -> Result<()> {
             for name in ["user", "ipc", "uts", "net", "pid", "mnt", "cgroup", "time"] {
                 let theirs = format!("/proc/{init_pid}/ns/{name}");
                 let mine = format!("/proc/self/ns/{name}");
-                let (Ok(a), Ok(b)) = (std::fs::metadata(&theirs), std::fs::metadata(&mine)) else { continue };
+                let (Ok(a), Ok(b)) = (std::fs::metadata(&theirs), std::fs::metadata(&mine)) else {
+                    continue;
+                };
                 if a.ino() == b.ino() && a.dev() == b.dev() {
                     continue;
                 }
@@ -197,7 +224,10 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<Resource> {
 fn cap_set(s: &Option<oci_spec::runtime::Capabilities>) -> Result<CapsHashSet> {
     let mut out = CapsHashSet::new();
     for c in s.iter().flatten() {
-        let n = serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let n = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         match n.parse::<Capability>() {
             Ok(cap) => {
                 out.insert(cap);
@@ -214,13 +244,21 @@ fn cap_set(s: &Option<oci_spec::runtime::Capabilities>) -> Result<CapsHashSet> {
 fn lookup(arg0: &str, env: &[String], cwd: &Path) -> Result<PathBuf> {
     let ok = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0);
     if arg0.contains('/') {
-        let p = if Path::new(arg0).is_absolute() { PathBuf::from(arg0) } else { cwd.join(arg0) };
+        let p = if Path::new(arg0).is_absolute() {
+            PathBuf::from(arg0)
+        } else {
+            cwd.join(arg0)
+        };
         if ok(&p) {
             return Ok(PathBuf::from(arg0));
         }
         bail!("exec: {arg0:?}: no such executable file")
     }
-    let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     for d in path.split(':') {
         let p = Path::new(if d.is_empty() { "." } else { d }).join(arg0);
         if ok(&p) {
@@ -239,13 +277,22 @@ fn stage2(cfg: &Config<'_>, sock: &UnixStream) -> Result<std::convert::Infallibl
     let p = cfg.process;
     let terminal = p.terminal().unwrap_or(false);
     match &cfg.mode {
-        Mode::Init { no_pivot, rootfs, state_json, .. } => {
+        Mode::Init {
+            no_pivot,
+            rootfs,
+            state_json,
+            ..
+        } => {
             let spec = cfg.spec;
             mounts::prepare(spec, rootfs, cfg.cgroup.map(|c| c.dir.as_path()))?;
             send(sock, "hooks");
             expect(sock, "ok")?;
             let hk = spec.hooks().as_ref();
-            hooks::run_all("createContainer", hk.and_then(|h| h.create_container().as_ref()), state_json)?;
+            hooks::run_all(
+                "createContainer",
+                hk.and_then(|h| h.create_container().as_ref()),
+                state_json,
+            )?;
             mounts::finish(spec, rootfs, *no_pivot)?;
             let linux = spec.linux().as_ref().expect("validated");
             let has_ns = |t| linux.namespaces().iter().flatten().any(|n| n.typ() == t);
@@ -256,7 +303,8 @@ fn stage2(cfg: &Config<'_>, sock: &UnixStream) -> Result<std::convert::Infallibl
             }
             if let Some(d) = spec.domainname() {
                 if has_ns(LinuxNamespaceType::Uts) {
-                    std::fs::write("/proc/sys/kernel/domainname", d).at("/proc/sys/kernel/domainname")?;
+                    std::fs::write("/proc/sys/kernel/domainname", d)
+                        .at("/proc/sys/kernel/domainname")?;
                 }
             }
             for (k, v) in linux.sysctl().iter().flatten() {
@@ -270,16 +318,23 @@ fn stage2(cfg: &Config<'_>, sock: &UnixStream) -> Result<std::convert::Infallibl
         Mode::Exec { .. } => {}
     }
     if terminal {
-        let Some(c) = &cfg.console else { bail!("process.terminal is set but there is no console socket") };
-        let size = p.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let Some(c) = &cfg.console else {
+            bail!("process.terminal is set but there is no console socket")
+        };
+        let size = p
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
         tty::setup(c, size)?;
     }
     for r in p.rlimits().iter().flatten() {
-        let Some(res) = rlimit_resource(r.typ()) else { bail!("rlimit {:?}: unknown type", r.typ()) };
+        let Some(res) = rlimit_resource(r.typ()) else {
+            bail!("rlimit {:?}: unknown type", r.typ())
+        };
         setrlimit(res, r.soft(), r.hard()).what(format!("setrlimit {:?}", r.typ()))?;
     }
     if let Some(adj) = p.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).at("/proc/self/oom_score_adj")?;
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .at("/proc/self/oom_score_adj")?;
     }
     let env: Vec<String> = p.env().clone().unwrap_or_default();
     let args = p.args().clone().unwrap_or_default();
@@ -300,14 +355,24 @@ fn stage2(cfg: &Config<'_>, sock: &UnixStream) -> Result<std::convert::Infallibl
     send(sock, "ready");
     READY.store(true, Ordering::SeqCst);
 
-    if let Mode::Init { fifo, state_json, .. } = &cfg.mode {
+    if let Mode::Init {
+        fifo, state_json, ..
+    } = &cfg.mode
+    {
         // Blocks until `start` opens the other end.
         let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-        let mut w = std::fs::OpenOptions::new().write(true).open(&path).at("exec fifo")?;
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .at("exec fifo")?;
         w.write_all(b"0").at("exec fifo")?;
         drop(w);
         let hk = cfg.spec.hooks().as_ref();
-        hooks::run_all("startContainer", hk.and_then(|h| h.start_container().as_ref()), state_json)?;
+        hooks::run_all(
+            "startContainer",
+            hk.and_then(|h| h.start_container().as_ref()),
+            state_json,
+        )?;
     }
     let nnp = p.no_new_privileges().unwrap_or(false);
     if let (Some(f), false) = (&filter, nnp) {
@@ -318,12 +383,18 @@ fn stage2(cfg: &Config<'_>, sock: &UnixStream) -> Result<std::convert::Infallibl
     // capabilities kept, then the exact sets.
     for c in caps::all() {
         if !bounding.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, c).map_err(|e| Error::msg(format!("drop {c} from the bounding set: {e}")))?;
+            caps::drop(None, CapSet::Bounding, c)
+                .map_err(|e| Error::msg(format!("drop {c} from the bounding set: {e}")))?;
         }
     }
     let u = p.user();
     nix::sys::prctl::set_keepcaps(true).what("PR_SET_KEEPCAPS")?;
-    let groups: Vec<Gid> = u.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = u
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
         // A user namespace with setgroups denied: only an empty list fails.
         if !groups.is_empty() {
@@ -365,10 +436,15 @@ fn stage2(cfg: &Config<'_>, sock: &UnixStream) -> Result<std::convert::Infallibl
 /// asked to keep with --preserve-fds.
 fn close_extra_fds(first: i32) -> Result<()> {
     let rd = std::fs::read_dir("/proc/self/fd").at("/proc/self/fd")?;
-    let fds: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let fds: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
     for fd in fds {
         if fd >= first {
-            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
         }
     }
     Ok(())
@@ -378,7 +454,10 @@ fn close_extra_fds(first: i32) -> Result<()> {
 pub fn write_id_maps(spec: &Spec, pid: Pid) -> Result<()> {
     let linux = spec.linux().as_ref().expect("validated");
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        m.iter().flatten().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect::<String>()
+        m.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
     };
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let w = |f: &str, s: String| std::fs::write(dir.join(f), s).at(dir.join(f));

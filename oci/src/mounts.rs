@@ -79,16 +79,36 @@ fn parse_opts(o: &[String]) -> Opts {
             }
             "rbind" => {
                 r.bind = true;
-                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty())
+                (
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    MsFlags::empty(),
+                    MsFlags::empty(),
+                )
             }
             "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
             "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
             "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
             "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
             // runc-only extensions this runtime does not implement.
             "tmpcopyup" | "idmap" | "ridmap" | "nosymfollow" => continue,
             other => {
@@ -133,20 +153,47 @@ fn do_mount(rootfs: &Path, m: &Mount, cgroup_dir: Option<&Path>) -> Result<()> {
     if typ == "bind" || o.bind {
         let file = std::fs::metadata(&src).map(|md| !md.is_dir()).at(&src)?;
         mountpoint(&dest, file)?;
-        mount(Some(&src), &dest, None::<&str>, MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC), None::<&str>).what(what("bind mount"))?;
+        mount(
+            Some(&src),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | (o.flags & MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .what(what("bind mount"))?;
         let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
-            mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
-                .what(what("remount"))?;
+            mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                None::<&str>,
+            )
+            .what(what("remount"))?;
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         // A cgroup v2 runtime: the container sees its own cgroup (read-only
         // when asked), bound from the host's hierarchy.
         mkdirs(&dest)?;
         let Some(cg) = cgroup_dir else { return Ok(()) };
-        mount(Some(cg), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>).what(what("bind cgroup"))?;
+        mount(
+            Some(cg),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .what(what("bind cgroup"))?;
         let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>).what(what("remount"))?;
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+            None::<&str>,
+        )
+        .what(what("remount"))?;
     } else {
         mkdirs(&dest)?;
         let data = o.data.join(",");
@@ -155,45 +202,93 @@ fn do_mount(rootfs: &Path, m: &Mount, cgroup_dir: Option<&Path>) -> Result<()> {
             &dest,
             Some(typ.as_str()),
             o.flags & !MsFlags::MS_REMOUNT,
-            if data.is_empty() { None } else { Some(data.as_str()) },
+            if data.is_empty() {
+                None
+            } else {
+                Some(data.as_str())
+            },
         );
         match r {
             // sysfs needs a network namespace of our own; runc binds the
             // host's /sys (read-only) instead.
             Err(nix::errno::Errno::EPERM) if typ == "sysfs" => {
-                mount(Some("/sys"), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).what(what("bind /sys"))?;
+                mount(
+                    Some("/sys"),
+                    &dest,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .what(what("bind /sys"))?;
                 let ro = o.flags & MsFlags::MS_RDONLY;
-                let _ = mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_REC | ro, None::<&str>);
+                let _ = mount(
+                    None::<&str>,
+                    &dest,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_REC | ro,
+                    None::<&str>,
+                );
             }
             r => r.what(what(&format!("mount {typ}")))?,
         }
     }
     if !o.prop.is_empty() {
-        mount(None::<&str>, &dest, None::<&str>, o.prop, None::<&str>).what(what("set propagation of"))?;
+        mount(None::<&str>, &dest, None::<&str>, o.prop, None::<&str>)
+            .what(what("set propagation of"))?;
     }
     Ok(())
 }
 
 fn default_devices() -> Vec<(&'static str, u64, u64)> {
-    vec![("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    vec![
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ]
 }
 
-fn make_device(rootfs: &Path, path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, uid: u32, gid: u32) -> Result<()> {
+fn make_device(
+    rootfs: &Path,
+    path: &Path,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<()> {
     let dest = join(rootfs, path);
     if let Some(d) = dest.parent() {
         mkdirs(d)?;
     }
     let _ = std::fs::remove_file(&dest);
-    match mknod(&dest, kind, Mode::from_bits_truncate(mode & 0o7777), makedev(major, minor)) {
+    match mknod(
+        &dest,
+        kind,
+        Mode::from_bits_truncate(mode & 0o7777),
+        makedev(major, minor),
+    ) {
         Ok(()) => {
             // mknod honours the umask; the spec's mode is exact.
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode & 0o7777)).at(&dest)?;
-            nix::unistd::chown(&dest, Some(uid.into()), Some(gid.into())).what(format!("chown {}", dest.display()))?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode & 0o7777))
+                .at(&dest)?;
+            nix::unistd::chown(&dest, Some(uid.into()), Some(gid.into()))
+                .what(format!("chown {}", dest.display()))?;
         }
         Err(nix::errno::Errno::EPERM) => {
             // In a user namespace: bind the host's node instead.
             std::fs::File::create(&dest).at(&dest)?;
-            mount(Some(path), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>).what(format!("bind device {}", path.display()))?;
+            mount(
+                Some(path),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .what(format!("bind device {}", path.display()))?;
         }
         Err(e) => return Err(e).what(format!("mknod {}", dest.display())),
     }
@@ -213,7 +308,11 @@ fn devices(rootfs: &Path, spec_devs: &[LinuxDevice]) -> Result<()> {
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
-            other => bail!("device {}: type {} cannot be created", d.path().display(), other.as_str()),
+            other => bail!(
+                "device {}: type {} cannot be created",
+                d.path().display(),
+                other.as_str()
+            ),
         };
         make_device(
             rootfs,
@@ -266,13 +365,36 @@ pub fn prepare(spec: &Spec, rootfs: &Path, cgroup_dir: Option<&Path>) -> Result<
     let linux = spec.linux().as_ref().expect("validated");
     let prop = propagation(linux.rootfs_propagation().as_deref())?;
     // Nothing we mount may leak back to the host.
-    let base = if prop.contains(MsFlags::MS_SHARED) { MsFlags::MS_SLAVE | MsFlags::MS_REC } else { prop };
-    mount(None::<&str>, "/", None::<&str>, base | MsFlags::MS_REC, None::<&str>).what("make / a slave mount")?;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .what(format!("bind mount rootfs {}", rootfs.display()))?;
+    let base = if prop.contains(MsFlags::MS_SHARED) {
+        MsFlags::MS_SLAVE | MsFlags::MS_REC
+    } else {
+        prop
+    };
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        base | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .what("make / a slave mount")?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .what(format!("bind mount rootfs {}", rootfs.display()))?;
     let mut dev_bound = false;
     for m in spec.mounts().iter().flatten() {
-        if m.destination() == Path::new("/dev") && (m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")) {
+        if m.destination() == Path::new("/dev")
+            && (m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind"))
+        {
             dev_bound = true;
         }
         do_mount(rootfs, m, cgroup_dir)?;
@@ -288,7 +410,14 @@ pub fn finish(spec: &Spec, rootfs: &Path, no_pivot: bool) -> Result<()> {
     let linux = spec.linux().as_ref().expect("validated");
     if no_pivot {
         nix::unistd::chdir(rootfs).what(format!("chdir {}", rootfs.display()))?;
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).what("move the rootfs to /")?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .what("move the rootfs to /")?;
         nix::unistd::chroot(".").what("chroot")?;
     } else {
         pivot(rootfs)?;
@@ -296,7 +425,14 @@ pub fn finish(spec: &Spec, rootfs: &Path, no_pivot: bool) -> Result<()> {
     nix::unistd::chdir("/").what("chdir /")?;
     if let Some(p) = linux.rootfs_propagation().as_deref() {
         if p.contains("shared") {
-            mount(None::<&str>, "/", None::<&str>, propagation(Some(p))?, None::<&str>).what("set rootfs propagation")?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                propagation(Some(p))?,
+                None::<&str>,
+            )
+            .what("set rootfs propagation")?;
         }
     }
     for p in linux.masked_paths().iter().flatten() {
@@ -305,9 +441,20 @@ pub fn finish(spec: &Spec, rootfs: &Path, no_pivot: bool) -> Result<()> {
     for p in linux.readonly_paths().iter().flatten() {
         readonly(Path::new(p))?;
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .what("remount the rootfs read-only")?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .what("remount the rootfs read-only")?;
     }
     Ok(())
 }
@@ -319,7 +466,14 @@ fn pivot(rootfs: &Path) -> Result<()> {
     nix::unistd::pivot_root(".", ".").what(format!("pivot_root {}", rootfs.display()))?;
     use std::os::fd::AsRawFd;
     nix::unistd::fchdir(old.as_raw_fd()).what("fchdir old root")?;
-    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>).what("make the old root a slave")?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .what("make the old root a slave")?;
     umount2(".", MntFlags::MNT_DETACH).what("detach the old root")?;
     Ok(())
 }
@@ -327,8 +481,22 @@ fn pivot(rootfs: &Path) -> Result<()> {
 fn mask(p: &Path) -> Result<()> {
     match std::fs::metadata(p) {
         Err(_) => Ok(()),
-        Ok(m) if m.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>).what(format!("mask {}", p.display())),
-        Ok(_) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).what(format!("mask {}", p.display())),
+        Ok(m) if m.is_dir() => mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .what(format!("mask {}", p.display())),
+        Ok(_) => mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .what(format!("mask {}", p.display())),
     }
 }
 
@@ -336,8 +504,21 @@ fn readonly(p: &Path) -> Result<()> {
     if !p.exists() {
         return Ok(());
     }
-    mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).what(format!("bind {}", p.display()))?;
-    let r = mount(None::<&str>, p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC, None::<&str>);
+    mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .what(format!("bind {}", p.display()))?;
+    let r = mount(
+        None::<&str>,
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        None::<&str>,
+    );
     if let Err(e) = r {
         warn!("read-only path {}: {e}", p.display());
     }

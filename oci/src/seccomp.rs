@@ -1,12 +1,17 @@
 //! The spec's seccomp profile through libseccomp.
 
-use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction};
 
 use crate::error::{bail, Error, Result};
 
 fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction> {
@@ -71,7 +76,9 @@ pub fn build(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
         }
         for n in sc.names() {
             // Names this libseccomp does not know are skipped, as runc does.
-            let Ok(nr) = ScmpSyscall::from_name(n) else { continue };
+            let Ok(nr) = ScmpSyscall::from_name(n) else {
+                continue;
+            };
             let r = if conds.is_empty() {
                 f.add_rule(act, nr)
             } else {

@@ -100,7 +100,11 @@ impl State {
 
     /// The OCI state document (runc's field order and spelling).
     pub fn oci(&self, status: Status, owner: &str) -> serde_json::Value {
-        let pid = if status == Status::Stopped { 0 } else { self.pid };
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.pid
+        };
         let mut v = serde_json::json!({
             "ociVersion": OCI_VERSION,
             "id": self.id,

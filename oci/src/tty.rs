@@ -26,7 +26,8 @@ pub fn connect(path: &Path) -> Result<UnixStream> {
 /// Open a pty in this (container) mount namespace, send its master over
 /// `sock`, make the slave our controlling terminal and stdio.
 pub fn setup(sock: &UnixStream, size: Option<(u16, u16)>) -> Result<()> {
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).what("open /dev/ptmx")?;
+    let master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).what("open /dev/ptmx")?;
     grantpt(&master).what("grantpt")?;
     unlockpt(&master).what("unlockpt")?;
     let name = ptsname_r(&master).what("ptsname")?;
@@ -43,7 +44,8 @@ pub fn setup(sock: &UnixStream, size: Option<(u16, u16)>) -> Result<()> {
     let fds = [master.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let iov = [IoSlice::new(name.as_bytes())];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).what("send the pty master to the console socket")?;
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .what("send the pty master to the console socket")?;
     drop(master);
     nix::unistd::setsid().what("setsid")?;
     sys::set_ctty(slave.as_fd()).what("TIOCSCTTY")?;

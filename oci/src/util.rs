@@ -70,7 +70,11 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).map_err(|_| crate::Error::msg(format!("unknown signal {s:?}")));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     match name.parse::<Signal>() {
         Ok(sig) => Ok(sig),
         Err(_) => bail!("unknown signal {s:?}"),

@@ -51,7 +51,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, ev: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        ev: &Event<'_>,
+    ) -> fmt::Result {
         let mut m = Msg(String::new());
         ev.record(&mut m);
         let level = match *ev.metadata().level() {
@@ -72,8 +77,12 @@ where
 /// Returns true when logs go to a file (errors must then also be printed
 /// on stderr, as runc does).
 pub fn init(file: Option<&Path>, json: bool, debug: bool) -> Result<bool> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).event_format(Logrus { json });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .event_format(Logrus { json });
     match file {
         Some(p) if p != Path::new("/dev/stderr") => {
             let f = OpenOptions::new()

@@ -15,7 +15,12 @@ use stasis_oci::{util, CreateOpts, ExecOpts, Runtime};
 use crate::rtlog;
 
 #[derive(Parser, Debug)]
-#[command(name = "stasis", version, about = "Checkpoint/restore for Linux processes and containers; a runc-compatible OCI runtime", args_override_self = true)]
+#[command(
+    name = "stasis",
+    version,
+    about = "Checkpoint/restore for Linux processes and containers; a runc-compatible OCI runtime",
+    args_override_self = true
+)]
 pub struct RtCli {
     /// Root directory for the containers' state.
     #[arg(long, global = true, default_value = "/run/stasis")]
@@ -36,7 +41,7 @@ pub struct RtCli {
     #[arg(long, global = true)]
     criu: Option<String>,
     /// Accepted for runc compatibility (true, false or auto).
-    #[arg(long, global = true)]
+    #[arg(long = "rootless", id = "global_rootless")]
     rootless: Option<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -339,7 +344,11 @@ pub fn normalise(args: Vec<String>) -> std::result::Result<Vec<String>, String> 
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (body.to_string(), None),
         };
-        let known = sub.iter().flatten().chain(globals.iter()).find(|f| f.name == name);
+        let known = sub
+            .iter()
+            .flatten()
+            .chain(globals.iter())
+            .find(|f| f.name == name);
         let Some(f) = known.filter(|_| name.len() > 1) else {
             out.push(a);
             continue;
@@ -371,9 +380,18 @@ fn parse_bytes(s: &str) -> Result<i64> {
         return Ok(-1);
     }
     let (num, mult) = match t.to_ascii_lowercase().trim_end_matches('b').chars().last() {
-        Some('k') => (&t[..t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()], 1i64 << 10),
-        Some('m') => (&t[..t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()], 1 << 20),
-        Some('g') => (&t[..t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()], 1 << 30),
+        Some('k') => (
+            &t[..t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()],
+            1i64 << 10,
+        ),
+        Some('m') => (
+            &t[..t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()],
+            1 << 20,
+        ),
+        Some('g') => (
+            &t[..t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()],
+            1 << 30,
+        ),
         _ => (t, 1),
     };
     let n: i64 = num.parse().map_err(|_| anyhow!("invalid size {s:?}"))?;
@@ -381,7 +399,10 @@ fn parse_bytes(s: &str) -> Result<i64> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (n, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = n.parse().map_err(|_| anyhow!("invalid duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -528,7 +549,8 @@ fn run(cli: RtCli) -> Result<i32> {
     let rt = Runtime::new(&cli.root);
     match cli.cmd {
         Cmd::Create(c) => {
-            rt.create(&create_opts(&c, false), None).context(err_ctx("create"))?;
+            rt.create(&create_opts(&c, false), None)
+                .context(err_ctx("create"))?;
         }
         Cmd::Run(r) => {
             let o = create_opts(&r.c, !r.detach);
@@ -549,40 +571,78 @@ fn run(cli: RtCli) -> Result<i32> {
                     println!("{}", s.id);
                 }
             } else if format == "json" {
-                let v: Vec<_> = l.iter().map(|(s, st)| s.oci(*st, &util::user_name(s.owner))).collect();
+                let v: Vec<_> = l
+                    .iter()
+                    .map(|(s, st)| s.oci(*st, &util::user_name(s.owner)))
+                    .collect();
                 if v.is_empty() {
                     println!("null");
                 } else {
                     println!("{}", serde_json::to_string(&v)?);
                 }
             } else if format == "table" {
-                let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from).to_vec()];
+                let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+                    .map(String::from)
+                    .to_vec()];
                 for (s, st) in &l {
-                    let pid = if *st == stasis_oci::Status::Stopped { 0 } else { s.pid };
-                    rows.push(vec![s.id.clone(), pid.to_string(), st.to_string(), s.bundle.display().to_string(), s.created.clone(), util::user_name(s.owner)]);
+                    let pid = if *st == stasis_oci::Status::Stopped {
+                        0
+                    } else {
+                        s.pid
+                    };
+                    rows.push(vec![
+                        s.id.clone(),
+                        pid.to_string(),
+                        st.to_string(),
+                        s.bundle.display().to_string(),
+                        s.created.clone(),
+                        util::user_name(s.owner),
+                    ]);
                 }
                 print!("{}", tabwrite(&rows));
             } else {
                 bail!("invalid format option")
             }
         }
-        Cmd::Ps { format, id, ps_args } => {
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
             let pids = rt.pids(&id)?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string(&pids)?),
                 "table" => {
-                    let a = if ps_args.is_empty() { vec!["-ef".to_string()] } else { ps_args };
-                    let out = std::process::Command::new("ps").args(&a).output().context("ps")?;
+                    let a = if ps_args.is_empty() {
+                        vec!["-ef".to_string()]
+                    } else {
+                        ps_args
+                    };
+                    let out = std::process::Command::new("ps")
+                        .args(&a)
+                        .output()
+                        .context("ps")?;
                     if !out.status.success() {
-                        bail!("ps {}: {}", a.join(" "), String::from_utf8_lossy(&out.stderr).trim())
+                        bail!(
+                            "ps {}: {}",
+                            a.join(" "),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        )
                     }
                     let text = String::from_utf8_lossy(&out.stdout);
                     let mut lines = text.lines();
                     let header = lines.next().unwrap_or_default();
-                    let col = header.split_whitespace().position(|c| c == "PID").ok_or_else(|| anyhow!("couldn't find PID field in ps output"))?;
+                    let col = header
+                        .split_whitespace()
+                        .position(|c| c == "PID")
+                        .ok_or_else(|| anyhow!("couldn't find PID field in ps output"))?;
                     println!("{header}");
                     for l in lines {
-                        if let Some(p) = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok()) {
+                        if let Some(p) = l
+                            .split_whitespace()
+                            .nth(col)
+                            .and_then(|p| p.parse::<i32>().ok())
+                        {
                             if pids.contains(&p) {
                                 println!("{l}");
                             }
@@ -613,7 +673,11 @@ fn run(cli: RtCli) -> Result<i32> {
         }
         Cmd::Pause { id } => rt.pause(&id)?,
         Cmd::Resume { id } => rt.resume(&id)?,
-        Cmd::Events { stats, interval, id } => {
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
             let iv = parse_duration(&interval)?;
             loop {
                 let v = match rt.stats(&id) {
@@ -752,13 +816,46 @@ mod tests {
     #[test]
     fn go_style_flags() {
         assert_eq!(
-            n(&["stasis", "-root", "/r", "restore", "-no-subreaper", "--detach=true", "--leave-running=false", "c1"]).unwrap(),
-            ["stasis", "--root=/r", "restore", "--no-subreaper", "--detach", "c1"]
+            n(&[
+                "stasis",
+                "-root",
+                "/r",
+                "restore",
+                "-no-subreaper",
+                "--detach=true",
+                "--leave-running=false",
+                "c1"
+            ])
+            .unwrap(),
+            [
+                "stasis",
+                "--root=/r",
+                "restore",
+                "--no-subreaper",
+                "--detach",
+                "c1"
+            ]
         );
-        assert_eq!(n(&["stasis", "restore", "--lsm-mount-context"]).unwrap_err(), "flag needs an argument: -lsm-mount-context");
+        assert_eq!(
+            n(&["stasis", "restore", "--lsm-mount-context"]).unwrap_err(),
+            "flag needs an argument: -lsm-mount-context"
+        );
         // Arguments after the container id belong to the process.
-        assert_eq!(n(&["stasis", "exec", "-t", "c1", "ls", "-tty"]).unwrap(), ["stasis", "exec", "-t", "c1", "ls", "-tty"]);
-        assert!(RtCli::try_parse_from(n(&["stasis", "checkpoint", "--leave-running", "--leave-running", "c1"]).unwrap()).is_ok());
+        assert_eq!(
+            n(&["stasis", "exec", "-t", "c1", "ls", "-tty"]).unwrap(),
+            ["stasis", "exec", "-t", "c1", "ls", "-tty"]
+        );
+        assert!(RtCli::try_parse_from(
+            n(&[
+                "stasis",
+                "checkpoint",
+                "--leave-running",
+                "--leave-running",
+                "c1"
+            ])
+            .unwrap()
+        )
+        .is_ok());
     }
 
     #[test]
