@@ -6,7 +6,8 @@
 # install fails without it.
 set -euo pipefail
 
-PACKAGES=(build-essential pkg-config util-linux procps psmisc jq busybox-static runc podman conmon)
+PACKAGES=(build-essential pkg-config util-linux procps psmisc jq busybox-static libseccomp-dev
+    runc containerd podman conmon umoci containernetworking-plugins golang-github-containers-common)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

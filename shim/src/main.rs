@@ -1,8 +1,11 @@
-//! `stasis`: the command line. Started as `criu` it is the CRIU-compatible CLI.
+//! `stasis`: the command line. `stasis criu ...` (or started as `criu`) is
+//! the CRIU-compatible CLI; everything else is the runc-compatible runtime.
 #![deny(unsafe_code)]
 
 mod criu;
 mod logging;
+mod rtlog;
+mod runtime;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -41,6 +44,9 @@ fn main() -> ExitCode {
         // CRIU's own option errors and usage, not clap's.
         args.remove(0);
         criu::parse_or_exit(args).run()
+    } else if args.get(1).map(|a| a != "criu").unwrap_or(true) {
+        // runc-compatible runtime commands.
+        return runtime::main(std::env::args().collect());
     } else {
         match Cli::parse().cmd {
             Cmd::Criu(c) => c.run(),

@@ -324,7 +324,7 @@ fn fill(
     let bar = Progress::new(progress, total, format!("restore pid {pid}"));
     if let [part] = &split[..] {
         // Small: no thread start and hand-off (costly on a busy machine).
-        write_part(pid, src, part, 0, &bar, uffd)?;
+        write_part(pid, src, part, 0, &bar, uffd, skip)?;
         bar.finish();
         return Ok(total / PAGE_SIZE);
     }

@@ -1,0 +1,818 @@
+//! `stasis` as a runc-compatible OCI runtime, on a busybox-static bundle the
+//! tests build: lifecycle, run, exec (plain and with a terminal through a
+//! console socket), pause/resume, signals and exit codes, bad input; then
+//! under podman (`--runtime`) and containerd (`ctr run --runc-binary`).
+//! Every container is removed at the end of its test, cgroups included.
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stasis_integration::harness::{say, Env, StasisRun};
+
+const CG2: &str = "/sys/fs/cgroup/unified";
+
+/// A bundle whose rootfs is busybox-static; `args` is the process.
+fn bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
+    let b = env.dir(name);
+    let rootfs = b.join("rootfs");
+    for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("copy /bin/busybox (busybox-static)");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for a in String::from_utf8_lossy(&list.stdout).lines() {
+        if a != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
+        }
+    }
+    let r = env.stasis(&["spec", "--bundle", b.to_str().unwrap()]);
+    r.expect_success("stasis spec");
+    let args_json = format!(
+        "[{}]",
+        args.iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    jq(
+        &b.join("config.json"),
+        &format!(".process.terminal=false | .root.readonly=false | .process.args={args_json}"),
+    );
+    b
+}
+
+fn jq(file: &Path, filter: &str) {
+    let out = Command::new("jq")
+        .arg(filter)
+        .arg(file)
+        .output()
+        .expect("jq");
+    assert!(
+        out.status.success(),
+        "jq {filter}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(file, out.stdout).unwrap();
+}
+
+const TICKER: &[&str] = &[
+    "sh",
+    "-c",
+    "i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.2; done",
+];
+
+struct Rt<'a> {
+    env: &'a Env,
+    root: PathBuf,
+}
+
+impl<'a> Rt<'a> {
+    fn new(env: &'a Env) -> Rt<'a> {
+        Rt {
+            env,
+            root: env.path("state"),
+        }
+    }
+    fn run(&self, args: &[&str]) -> StasisRun {
+        let mut a = vec!["--root", self.root.to_str().unwrap()];
+        a.extend_from_slice(args);
+        self.env.stasis(&a)
+    }
+    fn ok(&self, args: &[&str]) -> StasisRun {
+        let r = self.run(args);
+        r.expect_success(&format!("stasis {}", args.join(" ")));
+        r
+    }
+    fn status(&self, id: &str) -> String {
+        let r = self.ok(&["state", id]);
+        let l = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("\"status\""))
+            .unwrap_or_default()
+            .to_string();
+        l.split('"').nth(3).unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Rt<'_> {
+    fn drop(&mut self) {
+        // Whatever a failed test left: kill and delete it.
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.run(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+fn tick(b: &Path) -> u64 {
+    std::fs::read_to_string(b.join("rootfs/tmp/tick"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn uniq(name: &str) -> String {
+    format!("stasis-it-{name}-{}", std::process::id())
+}
+
+fn no_leftovers(id: &str, pid: i32) {
+    assert!(
+        !Path::new(CG2).join(id).exists(),
+        "cgroup {CG2}/{id} left behind"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(id),
+        "a mount naming {id} is left: {mounts}"
+    );
+    if pid > 0 {
+        // Processes exec'd into the container re-parent to this test (a
+        // subreaper); their zombies hold the pid namespace's init until
+        // reaped.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            while let Ok(st) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                if st == nix::sys::wait::WaitStatus::StillAlive {
+                    break;
+                }
+            }
+            if std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+        assert!(!alive, "container process {pid} still runs");
+    }
+}
+
+#[test]
+fn runtime_lifecycle() {
+    let Some(env) = Env::setup("runtime_lifecycle") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let b = bundle(&env, "b", TICKER);
+    let id = uniq("life");
+    let pidf = env.path("init.pid");
+    rt.ok(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pidf.to_str().unwrap(),
+        &id,
+    ]);
+    let pid: i32 = std::fs::read_to_string(&pidf)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(rt.status(&id), "created");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tick(&b), 0, "the program ran before start");
+    let l = rt.ok(&["list"]);
+    assert!(
+        l.stdout.starts_with("ID ") && l.stdout.contains(&id) && l.stdout.contains("created"),
+        "{}",
+        l.stdout
+    );
+    rt.ok(&["start", &id]);
+    assert_eq!(rt.status(&id), "running");
+    wait_until("the counter", Duration::from_secs(10), || tick(&b) >= 2);
+    let ps = rt.ok(&["ps", "--format", "json", &id]);
+    assert!(
+        ps.stdout.contains(&pid.to_string()),
+        "ps -f json {}: {}",
+        pid,
+        ps.stdout
+    );
+    let ps = rt.ok(&["ps", &id]);
+    assert!(
+        ps.stdout.contains("PID") && ps.stdout.contains("tick"),
+        "{}",
+        ps.stdout
+    );
+    let lj = rt.ok(&["list", "-f", "json"]);
+    assert!(
+        lj.stdout.contains(&format!("\"id\":\"{id}\""))
+            && lj.stdout.contains("\"status\":\"running\""),
+        "{}",
+        lj.stdout
+    );
+    assert_eq!(rt.ok(&["list", "-q"]).stdout.trim(), id);
+    // A running container cannot be deleted without --force.
+    let d = rt.run(&["delete", &id]);
+    assert!(
+        !d.success() && d.stderr.contains("not stopped"),
+        "{}",
+        d.describe()
+    );
+    // sh as pid 1 ignores SIGTERM; SIGKILL stops it.
+    rt.ok(&["kill", &id, "TERM"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rt.status(&id), "running");
+    rt.ok(&["kill", &id, "KILL"]);
+    wait_until("stopped", Duration::from_secs(10), || {
+        rt.status(&id) == "stopped"
+    });
+    let k = rt.run(&["kill", &id, "KILL"]);
+    assert!(
+        !k.success() && k.stderr.contains("container not running"),
+        "{}",
+        k.describe()
+    );
+    rt.ok(&["delete", &id]);
+    let s = rt.run(&["state", &id]);
+    assert!(
+        !s.success() && s.stderr.contains("container does not exist"),
+        "{}",
+        s.describe()
+    );
+    no_leftovers(&id, pid);
+}
+
+#[test]
+fn runtime_run_detached_and_exec() {
+    let Some(env) = Env::setup("runtime_run_detached_and_exec") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let b = bundle(&env, "b", TICKER);
+    let id = uniq("exec");
+    rt.ok(&["run", "-d", "--bundle", b.to_str().unwrap(), &id]);
+    assert_eq!(rt.status(&id), "running");
+    let r = rt.run(&[
+        "exec",
+        "--env",
+        "X=hello",
+        "--cwd",
+        "/tmp",
+        &id,
+        "sh",
+        "-c",
+        "echo $X $(pwd) $(hostname); cat /proc/1/cmdline; exit 7",
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(7),
+        "exit code of exec: {}",
+        r.describe()
+    );
+    assert!(r.stdout.contains("hello /tmp runc"), "{}", r.describe());
+    assert!(
+        r.stdout.contains("while true"),
+        "exec does not see the container's pid 1: {}",
+        r.describe()
+    );
+    // Detached, with a pid file; the process is in the container's cgroup.
+    let pf = env.path("exec.pid");
+    rt.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pf.to_str().unwrap(),
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let epid: i32 = std::fs::read_to_string(&pf)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pids = rt.ok(&["ps", "-f", "json", &id]).stdout;
+    assert!(
+        pids.contains(&epid.to_string()),
+        "exec -d pid {epid} not in {pids}"
+    );
+    // With a terminal: the master arrives on our console socket.
+    let sock = env.path("console.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let root = rt.root.to_str().unwrap().to_string();
+    let child = env.spawn_stasis(&[
+        "--root",
+        &root,
+        "exec",
+        "--tty",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "tty; echo tty-ok; exit 3",
+    ]);
+    let mut conn = None;
+    wait_until(
+        "the console socket connection",
+        Duration::from_secs(20),
+        || {
+            conn = l.accept().ok().map(|c| c.0);
+            conn.is_some()
+        },
+    );
+    let master = recv_fd(conn.as_ref().unwrap());
+    let mut out = String::new();
+    let mut f = master;
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    while !out.contains("tty-ok") && t.elapsed() < Duration::from_secs(20) {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let r = child.wait(Duration::from_secs(30));
+    assert!(
+        out.contains("/dev/pts/") && out.contains("tty-ok"),
+        "terminal output {out:?}; {}",
+        r.describe()
+    );
+    assert_eq!(r.status.code(), Some(3), "{}", r.describe());
+    let pid: i32 = rt
+        .ok(&["ps", "-f", "json", &id])
+        .stdout
+        .trim_matches(|c| c == '[' || c == ']' || c == '\n')
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    rt.ok(&["delete", "--force", &id]);
+    no_leftovers(&id, pid);
+    no_leftovers(&id, epid);
+}
+
+/// The fd sent with SCM_RIGHTS (runc's console protocol).
+fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::fs::File {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    s.set_nonblocking(false).unwrap();
+    let mut name = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+        .expect("recvmsg on the console socket");
+    for c in msg.cmsgs().expect("cmsgs") {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+            return unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd on the console socket")
+}
+
+#[test]
+fn runtime_pause_resume() {
+    let Some(env) = Env::setup("runtime_pause_resume") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let b = bundle(&env, "b", TICKER);
+    let id = uniq("pause");
+    rt.ok(&["run", "-d", "--bundle", b.to_str().unwrap(), &id]);
+    wait_until("the counter", Duration::from_secs(10), || tick(&b) >= 2);
+    rt.ok(&["pause", &id]);
+    assert_eq!(rt.status(&id), "paused");
+    let e = rt.run(&["exec", &id, "true"]);
+    assert!(
+        !e.success() && e.stderr.contains("paused"),
+        "{}",
+        e.describe()
+    );
+    let a = tick(&b);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(tick(&b), a, "the counter moved while paused");
+    rt.ok(&["resume", &id]);
+    assert_eq!(rt.status(&id), "running");
+    wait_until("the counter to continue", Duration::from_secs(10), || {
+        tick(&b) >= a + 2
+    });
+    let r = rt.run(&["resume", &id]);
+    assert!(
+        !r.success() && r.stderr.contains("not paused"),
+        "{}",
+        r.describe()
+    );
+    let st = rt.ok(&["events", "--stats", &id]);
+    assert!(
+        st.stdout.contains("\"type\":\"stats\"") && st.stdout.contains("\"pids\""),
+        "{}",
+        st.stdout
+    );
+    // kill --all through cgroup.kill, also while paused.
+    rt.ok(&["pause", &id]);
+    rt.ok(&["kill", "--all", &id, "KILL"]);
+    wait_until("stopped", Duration::from_secs(10), || {
+        rt.status(&id) == "stopped"
+    });
+    rt.ok(&["delete", &id]);
+    no_leftovers(&id, 0);
+}
+
+#[test]
+fn runtime_exit_codes_and_signals() {
+    let Some(env) = Env::setup("runtime_exit_codes_and_signals") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let b = bundle(&env, "b", &["sh", "-c", "exit 3"]);
+    let id = uniq("exit");
+    let r = rt.run(&["run", "--bundle", b.to_str().unwrap(), &id]);
+    assert_eq!(r.status.code(), Some(3), "{}", r.describe());
+    assert!(
+        rt.run(&["state", &id]).stderr.contains("does not exist"),
+        "run did not delete the container"
+    );
+    no_leftovers(&id, 0);
+    // A signal to `stasis run` goes to the container's process.
+    let b2 = bundle(
+        &env,
+        "b2",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo up >/tmp/up; while true; do sleep 0.1; done",
+        ],
+    );
+    let id2 = uniq("sig");
+    let root = rt.root.to_str().unwrap().to_string();
+    let child = env.spawn_stasis(&[
+        "--root",
+        &root,
+        "run",
+        "--bundle",
+        b2.to_str().unwrap(),
+        &id2,
+    ]);
+    wait_until("the container", Duration::from_secs(20), || {
+        b2.join("rootfs/tmp/up").exists()
+    });
+    let pid = child.child.id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = child.wait(Duration::from_secs(30));
+    assert_eq!(r.status.code(), Some(42), "{}", r.describe());
+    // Killed by a signal: 128 + N.
+    let b3 = bundle(
+        &env,
+        "b3",
+        &[
+            "sh",
+            "-c",
+            "echo up >/tmp/up; while true; do sleep 0.1; done",
+        ],
+    );
+    let id3 = uniq("kill");
+    let child = env.spawn_stasis(&[
+        "--root",
+        &root,
+        "run",
+        "--bundle",
+        b3.to_str().unwrap(),
+        &id3,
+    ]);
+    wait_until("the container", Duration::from_secs(20), || {
+        b3.join("rootfs/tmp/up").exists()
+    });
+    rt.ok(&["kill", &id3, "KILL"]);
+    let r = child.wait(Duration::from_secs(30));
+    assert_eq!(r.status.code(), Some(137), "{}", r.describe());
+    no_leftovers(&id2, 0);
+    no_leftovers(&id3, 0);
+}
+
+#[test]
+fn runtime_bad_input() {
+    let Some(env) = Env::setup("runtime_bad_input") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let b = bundle(&env, "b", TICKER);
+    let bs = b.to_str().unwrap();
+    let id = uniq("bad");
+    let expect_fail = |args: &[&str], words: &[&str]| {
+        let r = rt.run(args);
+        assert!(!r.success(), "should fail: {}", r.describe());
+        for w in words {
+            assert!(
+                r.stderr.contains(w),
+                "error should mention {w:?}: {}",
+                r.describe()
+            );
+        }
+        assert!(
+            r.stderr.lines().count() <= 2,
+            "one clear line expected: {}",
+            r.describe()
+        );
+        no_leftovers(&id, 0);
+        assert!(!rt.root.join(&id).exists(), "state dir left for {id}");
+    };
+    // Invalid config: the field is named.
+    let cfg = b.join("config.json");
+    let good = std::fs::read(&cfg).unwrap();
+    jq(&cfg, ".process.args = \"sh\"");
+    expect_fail(&["create", "--bundle", bs, &id], &["process.args"]);
+    jq(&cfg, ".linux.namespaces[0].type = \"bogus\"");
+    std::fs::write(&cfg, &good).unwrap();
+    jq(&cfg, ".linux.namespaces[0].type = \"bogus\"");
+    expect_fail(
+        &["create", "--bundle", bs, &id],
+        &["linux.namespaces[0].type"],
+    );
+    std::fs::write(&cfg, &good).unwrap();
+    // Missing rootfs.
+    jq(&cfg, ".root.path = \"nope\"");
+    expect_fail(&["create", "--bundle", bs, &id], &["rootfs", "nope"]);
+    std::fs::write(&cfg, &good).unwrap();
+    // A program that does not exist: create fails, nothing is left.
+    jq(&cfg, ".process.args = [\"/bin/no-such-program\"]");
+    expect_fail(&["create", "--bundle", bs, &id], &["no-such-program"]);
+    std::fs::write(&cfg, &good).unwrap();
+    // Unknown id.
+    for cmd in ["state", "start", "kill", "delete", "pause", "resume", "ps"] {
+        expect_fail(&[cmd, &id], &["container does not exist"]);
+    }
+    rt.ok(&["delete", "--force", &id]);
+    // Duplicate id.
+    rt.ok(&["create", "--bundle", bs, &id]);
+    let r = rt.run(&["create", "--bundle", bs, &id]);
+    assert!(
+        !r.success() && r.stderr.contains("already exists"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        rt.status(&id),
+        "created",
+        "the first container must survive"
+    );
+    rt.ok(&["delete", &id]);
+    no_leftovers(&id, 0);
+    // --systemd-cgroup is refused clearly.
+    let r = rt.run(&["--systemd-cgroup", "create", "--bundle", bs, &id]);
+    assert!(
+        !r.success() && r.stderr.contains("systemd-cgroup"),
+        "{}",
+        r.describe()
+    );
+    // Probes podman makes.
+    rt.ok(&["checkpoint", "--help"]);
+    let r = rt.run(&["restore", "--lsm-mount-context"]);
+    assert!(
+        !r.success() && r.stderr.contains("flag needs an argument"),
+        "{}",
+        r.describe()
+    );
+    let r = rt.run(&["checkpoint", "--leave-running", "--leave-running", &id]);
+    assert!(
+        !r.success() && r.stderr.contains("not supported yet"),
+        "{}",
+        r.describe()
+    );
+}
+
+// ---- podman and containerd ----
+
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sh(what: &str, script: &str) -> String {
+    let out = Command::new("timeout")
+        .args(["120", "sh", "-ec", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    let so = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): stdout {so} stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    so
+}
+
+/// A local OCI image of the busybox rootfs, as a tar (umoci).
+fn oci_image(env: &Env, b: &Path) -> PathBuf {
+    let d = env.dir("img");
+    let tar = d.join("busybox-oci.tar");
+    sh(
+        "umoci image",
+        &format!(
+            "cd {d}; umoci init --layout oci-layout; umoci new --image oci-layout:busybox; umoci unpack --image oci-layout:busybox bb;
+             cp -a {b}/rootfs/. bb/rootfs/; umoci repack --image oci-layout:busybox bb;
+             umoci config --image oci-layout:busybox --config.cmd sh --config.cmd -c --config.cmd 'i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.2; done' --config.env PATH=/bin --architecture amd64 --os linux;
+             umoci gc --layout oci-layout; tar -C oci-layout -cf {tar} oci-layout index.json blobs",
+            d = d.display(),
+            b = b.display(),
+            tar = tar.display()
+        ),
+    );
+    tar
+}
+
+fn skip_without(test: &str, bins: &[&str]) -> bool {
+    for b in bins {
+        if !have(b) {
+            if std::env::var_os("STASIS_TESTS_REQUIRED").is_some() {
+                panic!("{test}: {b} is not installed (hack/setup.sh installs it)");
+            }
+            say(&format!("{test}: skipped: {b} not installed"));
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn runtime_under_podman() {
+    let Some(env) = Env::setup("runtime_under_podman") else {
+        return;
+    };
+    if skip_without("runtime_under_podman", &["podman", "umoci", "conmon"]) {
+        return;
+    }
+    let b = bundle(&env, "b", TICKER);
+    let tar = oci_image(&env, &b);
+    let p = env.dir("podman");
+    let pp = p.display();
+    std::fs::write(
+        p.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\nnetns = \"none\"\n\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\ntmp_dir = \"{pp}/tmp\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{pp}/root\"\nrunroot = \"{pp}/runroot\"\n"
+        ),
+    )
+    .unwrap();
+    let name = uniq("pod");
+    let stasis = env.bin.display().to_string();
+    let pre = format!(
+        "export CONTAINERS_CONF={pp}/containers.conf CONTAINERS_STORAGE_CONF={pp}/storage.conf; P='podman --runtime {stasis} --runtime-flag root={pp}/rt'"
+    );
+    let cleanup = || {
+        let _ = Command::new("timeout")
+            .args(["60", "sh", "-c", &format!("{pre}; $P rm -af -t 1; $P rmi -af; rm -rf {pp}/root {pp}/runroot 2>/dev/null || true; find {CG2}/libpod_parent -depth -type d -exec rmdir {{}} \\; 2>/dev/null; true")])
+            .output();
+    };
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _g = Guard(cleanup);
+    sh(
+        "podman load",
+        &format!("{pre}; $P load -i {}", tar.display()),
+    );
+    let t = Instant::now();
+    sh(
+        "podman run -d",
+        &format!("{pre}; $P run -d --name {name} localhost/busybox:latest"),
+    );
+    say(&format!("podman run -d with stasis: {:?}", t.elapsed()));
+    let out = sh(
+        "podman exec",
+        &format!("{pre}; sleep 1; $P exec {name} sh -c 'cat /tmp/tick; echo exec-ok'"),
+    );
+    assert!(out.contains("exec-ok"), "{out}");
+    let st = sh(
+        "podman inspect",
+        &format!("{pre}; $P inspect -f '{{{{.State.Status}}}}' {name}"),
+    );
+    assert_eq!(st.trim(), "running");
+    let state = sh("stasis list", &format!("{stasis} --root {pp}/rt list -q"));
+    assert!(
+        !state.trim().is_empty(),
+        "the container is not in stasis's state dir"
+    );
+    sh("podman stop", &format!("{pre}; $P stop -t 1 {name}"));
+    let st = sh(
+        "podman inspect",
+        &format!("{pre}; $P inspect -f '{{{{.State.Status}}}}' {name}"),
+    );
+    assert!(st.trim() == "exited" || st.trim() == "stopped", "{st}");
+    sh("podman rm", &format!("{pre}; $P rm {name}"));
+    let left = sh("stasis list", &format!("{stasis} --root {pp}/rt list -q"));
+    assert!(left.trim().is_empty(), "state left after podman rm: {left}");
+}
+
+#[test]
+fn runtime_under_containerd() {
+    let Some(env) = Env::setup("runtime_under_containerd") else {
+        return;
+    };
+    if skip_without("runtime_under_containerd", &["containerd", "ctr", "umoci"]) {
+        return;
+    }
+    let b = bundle(&env, "b", TICKER);
+    let tar = oci_image(&env, &b);
+    let d = env.dir("ctrd");
+    let dd = d.display();
+    std::fs::write(
+        d.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{dd}/root\"\nstate = \"{dd}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n[grpc]\n  address = \"{dd}/containerd.sock\"\n\n[ttrpc]\n  address = \"{dd}/containerd.sock.ttrpc\"\n\n[debug]\n  address = \"{dd}/debug.sock\"\n\n[metrics]\n  address = \"\"\n\n[plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"{dd}/opt\"\n"
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new("containerd")
+        .arg("--config")
+        .arg(d.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.join("containerd.log")).unwrap())
+        .stderr(std::fs::File::create(d.join("containerd.err")).unwrap())
+        .spawn()
+        .expect("start containerd");
+    let ns = uniq("ns");
+    let id = uniq("ctr");
+    let stasis = env.bin.display().to_string();
+    let c = format!("ctr --address {dd}/containerd.sock -n {ns}");
+    struct Guard<'a>(&'a mut std::process::Child, String, String, String);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            let (c, id, ns) = (&self.1, &self.2, &self.3);
+            let _ = Command::new("timeout")
+                .args(["60", "sh", "-c", &format!("{c} task kill -s KILL {id}; sleep 0.5; {c} task rm -f {id}; {c} c rm {id}; {c} images rm localhost/busybox:busybox; rm -rf /run/containerd/runc/{ns}; find {CG2}/{ns} -depth -type d -exec rmdir {{}} \\; 2>/dev/null; true")])
+                .output();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _g = Guard(&mut daemon, c.clone(), id.clone(), ns.clone());
+    wait_until("containerd's socket", Duration::from_secs(30), || {
+        d.join("containerd.sock").exists()
+    });
+    sh(
+        "ctr import",
+        &format!(
+            "{c} images import --base-name localhost/busybox {}",
+            tar.display()
+        ),
+    );
+    sh("ctr run -d", &format!("{c} run -d --runc-binary {stasis} localhost/busybox:busybox {id} </dev/null >/dev/null 2>&1"));
+    let tasks = sh("ctr task ls", &format!("sleep 1; {c} task ls"));
+    assert!(tasks.contains(&id) && tasks.contains("RUNNING"), "{tasks}");
+    let out = sh(
+        "ctr task exec",
+        &format!("{c} task exec --exec-id e1 {id} sh -c 'cat /tmp/tick; echo exec-ok'"),
+    );
+    assert!(out.contains("exec-ok"), "{out}");
+    let state = sh(
+        "stasis state",
+        &format!("{stasis} --root /run/containerd/runc/{ns} state {id}"),
+    );
+    assert!(state.contains("\"running\""), "{state}");
+    sh(
+        "ctr task pause/resume",
+        &format!("{c} task pause {id}; {c} task ls | grep -q PAUSED; {c} task resume {id}"),
+    );
+    sh(
+        "ctr task kill",
+        &format!("{c} task kill -s KILL {id}; sleep 1; {c} task rm {id}; {c} c rm {id}"),
+    );
+    assert!(
+        !Path::new(CG2).join(&ns).join(&id).exists(),
+        "cgroup left behind"
+    );
+}

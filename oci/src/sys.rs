@@ -1,0 +1,42 @@
+//! The few calls that need `unsafe`: fork, the controlling-terminal ioctl
+//! and the immediate exit of a forked child.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+pub use nix::unistd::ForkResult;
+
+/// fork(2). Callers are single-threaded (the `stasis` CLI never starts
+/// threads), so the child may allocate and do anything before it execs.
+pub fn fork() -> nix::Result<ForkResult> {
+    // SAFETY: the runtime process is single-threaded, so no lock can be held
+    // by another thread at the time of the fork.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Leave a forked child at once: no atexit handlers, no stdio flush of the
+/// parent's buffers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Make `fd` (a terminal) the controlling terminal of this session.
+pub fn set_ctty(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, no memory is passed.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// Set the terminal size of `fd`.
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize that lives on our stack.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    nix::errno::Errno::result(r).map(drop)
+}
