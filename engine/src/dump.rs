@@ -11,6 +11,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use stasis_proto::criu::{
@@ -22,7 +24,7 @@ use stasis_proto::image::magic;
 use tracing::{debug, info};
 
 use crate::error::{Error, Result, TaskCtx};
-use crate::files::{FileOpts, FileTable};
+use crate::files::{tables, FileOpts, FileTable};
 use crate::images::{common, ImageDir};
 use crate::mem::pages::{self, PageStats};
 use crate::mem::vma::{self, Contents, Vma};
@@ -77,18 +79,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let frozen_at = Instant::now();
     info!(pid = opts.pid, tasks = tree.tasks.len(), "tree seized");
 
+    let files = Mutex::new(FileTable::new(
+        &dir,
+        FileOpts {
+            shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+            ext_unix_sk: opts.ext_unix_sk,
+            orphan_pts: opts.orphan_pts_master,
+        },
+    ));
     let mut d = Dumper {
         dir: &dir,
         opts,
-        files: FileTable::new(
-            &dir,
-            FileOpts {
-                shell_job: opts.shell_job,
-                file_locks: opts.file_locks,
-                ext_unix_sk: opts.ext_unix_sk,
-                orphan_pts: opts.orphan_pts_master,
-            },
-        ),
+        files: &files,
         ns_ids: HashMap::new(),
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
@@ -100,19 +103,49 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .filter(|t| !matches!(t.state, TaskState::Zombie { .. }))
         .map(|t| t.pid)
         .collect();
-    d.files.prepare_tree(&live)?;
-    // inventory.root_ids are the dumper's own, as CRIU writes them: its
-    // restore takes a root task whose ids match them for a CLONE_* sibling
-    // ("Image corruption on kIDs data"). The dumper is object id 1, tasks
-    // 2.. (fdinfo-2.img is the root's, as CRIU names it).
-    let root_ids = Some(d.ids(std::process::id() as i32, 1)?);
-    for (i, task) in tree.tasks.iter().enumerate() {
-        crate::error::check_interrupt()?;
-        d.dump_task(&tree, task, i as u32 + 2)?;
-    }
+    d.files().prepare_tree(&live)?;
+    // Fd tables (files id = task index + 2) on a second thread, see
+    // files::tables.
+    let fd_tasks: Vec<(i32, u32)> = (2..)
+        .zip(&tree.tasks)
+        .filter(|(_, t)| !matches!(t.state, TaskState::Zombie { .. }))
+        .map(|(id, t)| (t.pid, id))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let root_ids = std::thread::scope(|s| -> Result<_> {
+        let tables = s.spawn(|| tables::dump_tables(&files, &fd_tasks, &stop));
+        let mut run = || -> Result<_> {
+            // inventory.root_ids are the dumper's own, as CRIU writes them:
+            // its restore takes a root task whose ids match them for a
+            // CLONE_* sibling ("Image corruption on kIDs data"). The dumper
+            // is object id 1, tasks 2.. (fdinfo-2.img is the root's, as
+            // CRIU names it).
+            let root_ids = Some(d.ids(std::process::id() as i32, 1)?);
+            for (i, task) in tree.tasks.iter().enumerate() {
+                crate::error::check_interrupt()?;
+                d.dump_task(&tree, task, i as u32 + 2)?;
+            }
+            Ok(root_ids)
+        };
+        let r = run();
+        if r.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let t = tables
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other("fd table thread panicked".into())));
+        let root_ids = r?;
+        t?;
+        Ok(root_ids)
+    })?;
     d.write_pstree(&tree)?;
-    let Dumper { files, pages, .. } = d;
-    files.write()?;
+    let Dumper { pages, .. } = d;
+    // The table is still borrowed by `d`'s type: take it out of its mutex.
+    let table = std::mem::replace(
+        &mut *tables::lock(&files),
+        FileTable::new(&dir, FileOpts::default()),
+    );
+    table.write()?;
     let st = DumpStats {
         freezing_time: frozen_at - t0,
         frozen_time: frozen_at.elapsed(),
@@ -156,7 +189,7 @@ fn uptime_us() -> Option<u64> {
 struct Dumper<'a> {
     dir: &'a ImageDir,
     opts: &'a DumpOptions,
-    files: FileTable<'a>,
+    files: &'a Mutex<FileTable<'a>>,
     /// Namespace inode -> small id, as CRIU numbers namespaces.
     ns_ids: HashMap<u64, u32>,
     shmem_done: HashSet<u64>,
@@ -176,7 +209,11 @@ struct ThreadExtra {
 impl<'a> Dumper<'a> {
     fn pages_id(&mut self) -> u32 {
         // One counter for every pages image (memfds take ids too).
-        self.files.new_pages_id()
+        self.files().new_pages_id()
+    }
+
+    fn files(&self) -> MutexGuard<'a, FileTable<'a>> {
+        tables::lock(self.files)
     }
 
     fn ns_id(&mut self, ino: u64) -> u32 {
@@ -285,7 +322,7 @@ impl<'a> Dumper<'a> {
                     v.end()
                 ));
                 let path = v.path.clone().unwrap_or_default();
-                let fid = self.files.path_file(
+                let fid = self.files().path_file(
                     pid,
                     &path,
                     v.deleted,
@@ -414,28 +451,18 @@ impl<'a> Dumper<'a> {
         self.dir
             .write_one(&format!("ids-{pid}.img"), common(magic::IDS), &ids)?;
 
-        // Files: fds, cwd, root, exe.
-        let mut fdinfos = Vec::new();
-        for fd in self.files.fd_numbers(pid)? {
-            fdinfos.push(self.files.dump_fd(pid, fd)?);
-        }
-        self.files.fds_done(pid);
-        self.dir.write_all(
-            &format!("fdinfo-{}.img", ids.files_id),
-            common(magic::FDINFO),
-            &fdinfos,
-        )?;
+        // Files: cwd, root, exe (the fd table is dumped by files::tables).
         let dirflags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
         let cwd = link(pid, "cwd")?;
         let root = link(pid, "root")?;
-        let cwd_id = self.files.path_file(
+        let cwd_id = self.files().path_file(
             pid,
             &cwd.0,
             cwd.1,
             dirflags,
             format!("/proc/{pid}/cwd").into(),
         )?;
-        let root_id = self.files.path_file(
+        let root_id = self.files().path_file(
             pid,
             &root.0,
             root.1,
@@ -452,7 +479,7 @@ impl<'a> Dumper<'a> {
             },
         )?;
         let exe = link(pid, "exe")?;
-        let exe_file_id = self.files.path_file(
+        let exe_file_id = self.files().path_file(
             pid,
             &exe.0,
             exe.1,
@@ -493,7 +520,7 @@ impl<'a> Dumper<'a> {
                 self.pages.add(&st);
             }
         }
-        debug!(pid, vmas = vmas.len(), fds = fdinfos.len(), "task dumped");
+        debug!(pid, vmas = vmas.len(), "task dumped");
         Ok(ids)
     }
 }

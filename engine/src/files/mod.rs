@@ -19,6 +19,7 @@ pub mod pipe;
 pub mod reg;
 mod shared;
 pub mod signalfd;
+pub mod tables;
 pub mod timerfd;
 pub mod tty;
 pub mod unix;

@@ -125,18 +125,16 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     // The fd table: every fd at its number, with its fd flags.
     for fi in &t.fds {
         let staged = prep.shared[&fi.id];
-        ctx(nix::unistd::dup2(staged, fi.fd as i32), || {
-            format!("dup2 fd {}", fi.fd)
-        })?;
+        // dup3 sets the fd flag in the same call (staged fds are above
+        // every fd number, so never equal to it).
         let fl = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
-            nix::fcntl::FdFlag::FD_CLOEXEC
+            nix::fcntl::OFlag::O_CLOEXEC
         } else {
-            nix::fcntl::FdFlag::empty()
+            nix::fcntl::OFlag::empty()
         };
-        ctx(
-            nix::fcntl::fcntl(fi.fd as i32, nix::fcntl::FcntlArg::F_SETFD(fl)),
-            || format!("set flags of fd {}", fi.fd),
-        )?;
+        ctx(nix::unistd::dup3(staged, fi.fd as i32, fl), || {
+            format!("dup3 fd {}", fi.fd)
+        })?;
     }
     // What needs the whole table: epoll targets, flock/OFD locks.
     files::after_fds(plan, idx, &cx)?;
