@@ -57,6 +57,9 @@ pub struct DumpOptions {
     /// Run once the images are complete, the tree still frozen (CRIU's
     /// post-dump); an error lets the tree run on and fails the dump.
     pub post_dump: Option<crate::hook::Hook>,
+    /// Save a pty slave whose master is outside the tree as a pty end; on
+    /// restore it gets a new master (CRIU's orphan_pts_master).
+    pub orphan_pts_master: bool,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -83,6 +86,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
                 shell_job: opts.shell_job,
                 file_locks: opts.file_locks,
                 ext_unix_sk: opts.ext_unix_sk,
+                orphan_pts: opts.orphan_pts_master,
             },
         ),
         ns_ids: HashMap::new(),

@@ -32,3 +32,28 @@ pub fn run(h: &Option<Hook>, pid: i32) -> crate::Result<()> {
         None => Ok(()),
     }
 }
+
+/// A callback given a descriptor to pass on (CRIU's orphan-pts-master: the
+/// new master of a pty whose master was outside the dumped tree).
+#[derive(Clone)]
+pub struct FdHook(Arc<FdFn>);
+
+type FdFn = dyn Fn(std::os::fd::BorrowedFd<'_>) -> Result<(), String> + Send + Sync;
+
+impl FdHook {
+    pub fn new(
+        f: impl Fn(std::os::fd::BorrowedFd<'_>) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        FdHook(Arc::new(f))
+    }
+
+    pub fn call(&self, fd: std::os::fd::BorrowedFd<'_>) -> crate::Result<()> {
+        (self.0)(fd).map_err(crate::Error::Other)
+    }
+}
+
+impl fmt::Debug for FdHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FdHook")
+    }
+}

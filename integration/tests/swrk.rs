@@ -28,6 +28,8 @@ struct Swrk {
 /// an fd came with it) in order, then the final response.
 struct Reply {
     notes: Vec<(String, Option<i32>, bool)>,
+    /// The fds that came with notifications, in order.
+    fds: Vec<OwnedFd>,
     resp: CriuResp,
 }
 
@@ -118,14 +120,16 @@ impl Swrk {
     fn call_ext(&self, req: &CriuReq, ack: impl Fn(&str) -> (bool, Vec<String>)) -> Reply {
         self.send(req);
         let mut notes = Vec::new();
+        let mut fds = Vec::new();
         loop {
             let (resp, fd) = self.recv();
             if resp.r#type() != CriuReqType::Notify {
-                return Reply { notes, resp };
+                return Reply { notes, fds, resp };
             }
             let n = resp.notify.clone().unwrap_or_default();
             let script = n.script.clone().unwrap_or_default();
             notes.push((script.clone(), n.pid, fd.is_some()));
+            fds.extend(fd);
             let (ok, external) = ack(&script);
             self.send(&CriuReq {
                 r#type: CriuReqType::Notify as i32,
@@ -711,7 +715,7 @@ fn read_counts(fd: &OwnedFd, acc: &mut String) -> Option<u64> {
     complete
         .lines()
         .last()
-        .and_then(|l| l.strip_prefix("count "))
+        .and_then(|l| l.trim_end_matches('\r').strip_prefix("count "))
         .and_then(|n| n.parse().ok())
 }
 
@@ -836,4 +840,130 @@ fn criu_cli_inherit_fd_replaces_a_pipe() {
         first > last && first <= last + 2,
         "the count goes on: dumped at {last}, then {first}..{got}"
     );
+}
+
+/// runc's terminal containers: the tree's stdout is a pty slave whose
+/// master is outside the tree. Dumped with orphan_pts_master, restored with
+/// a new pty whose master comes to the client with the orphan-pts-master
+/// notification (SCM_RIGHTS), before post-restore.
+#[test]
+fn swrk_orphan_pts_master_passes_the_new_master() {
+    let Some(env) = Env::setup("swrk_orphan_pts_master_passes_the_new_master") else {
+        return;
+    };
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let master = pty.master;
+    nix::fcntl::fcntl(
+        master.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("nonblock");
+    let state = env.dir("state");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wl-counter"));
+    cmd.arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(pty.slave))
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start wl-counter on a pty");
+    drop(cmd);
+    let pid = child.id() as i32;
+    let mut acc = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_counts(&master, &mut acc).unwrap_or(0) < 3 {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no counts on the pty: {acc:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let img_path = env.dir("images");
+    let images = File::open(&img_path).expect("open images dir");
+    let s = Swrk::start(&env, 3);
+    let mut o = runc_like_opts(&images, &images);
+    o.pid = Some(pid);
+    let d = s.call(&req(CriuReqType::Dump, Some(o), false), |_| true);
+    let dlog = fs::read_to_string(img_path.join("dump.log")).unwrap_or_default();
+    if !d.resp.success {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("dump: {:?}\n{dlog}", d.resp.cr_errmsg);
+    }
+    s.expect_exit();
+    let _ = child.wait();
+    let last = read_counts(&master, &mut acc).expect("counts before the dump");
+    drop(master);
+
+    let s = Swrk::start(&env, 3);
+    let mut o = runc_like_opts(&images, &images);
+    o.rst_sibling = Some(true);
+    let r = s.call(&req(CriuReqType::Restore, Some(o), false), |_| true);
+    assert!(
+        r.resp.success,
+        "restore: {:?}\n{}",
+        r.resp.cr_errmsg,
+        fs::read_to_string(img_path.join("restore.log")).unwrap_or_default()
+    );
+    s.expect_exit();
+    let rpid = r.resp.restore.map(|x| x.pid).unwrap_or(-1);
+    let kill = || {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(rpid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stasis_integration::harness::try_reap(rpid).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let order = scripts(&r);
+    let with_fd: Vec<&str> = r
+        .notes
+        .iter()
+        .filter(|(_, _, fd)| *fd)
+        .map(|(s, _, _)| s.as_str())
+        .collect();
+    if order
+        != [
+            "pre-restore",
+            "setup-namespaces",
+            "post-setup-namespaces",
+            "orphan-pts-master",
+            "post-restore",
+            "pre-resume",
+            "post-resume",
+        ]
+        || with_fd != ["orphan-pts-master"]
+        || r.fds.len() != 1
+    {
+        kill();
+        panic!("notifications {:?}", r.notes);
+    }
+    let new_master = r.fds.into_iter().next().expect("the master");
+    nix::fcntl::fcntl(
+        new_master.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("nonblock");
+    let mut acc2 = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        if let Some(n) = read_counts(&new_master, &mut acc2).filter(|&n| n > last + 2) {
+            break n;
+        }
+        if Instant::now() > deadline {
+            kill();
+            panic!("nothing new on the passed master: {acc2:?} (dumped at {last})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill();
+    println!("counted on: {last} -> {got}");
 }

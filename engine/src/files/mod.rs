@@ -146,6 +146,8 @@ pub struct FileOpts {
     /// Unix sockets connected outside the tree are saved as external (and
     /// connected again on restore) instead of refused.
     pub ext_unix_sk: bool,
+    /// Pty slaves whose master is outside the tree are saved as pty ends.
+    pub orphan_pts: bool,
 }
 
 /// Collects every file object of a dump.
@@ -263,6 +265,7 @@ impl<'a> FileTable<'a> {
             Kind::Inotify => FdTypes::Inotify,
             Kind::Fanotify => FdTypes::Fanotify,
             Kind::Tty if self.tty.is_pair(st.rdev()) => FdTypes::Tty,
+            Kind::Tty if self.opts.orphan_pts && tty::is_slave(st.rdev()) => FdTypes::Tty,
             Kind::Tty if self.opts.shell_job => FdTypes::Reg,
             Kind::Pipe => FdTypes::Pipe,
             Kind::Fifo => FdTypes::Fifo,
@@ -399,6 +402,8 @@ pub struct OpenCtx<'a> {
     pub memfd_fds: &'a HashMap<u32, i32>,
     /// Inherited-fd key -> restorer fd standing in for that file.
     pub inherit_fds: &'a HashMap<String, i32>,
+    /// Pty index -> restorer fd of the new master of an orphan slave.
+    pub orphan_masters: &'a HashMap<u32, i32>,
 }
 
 impl OpenCtx<'_> {

@@ -64,6 +64,10 @@ pub struct RestoreOptions {
     /// (our fd, key): files of the images named `key` ("pipe:[INO]", or a
     /// path without its leading '/') become that fd (CRIU's --inherit-fd).
     pub inherit_fds: Vec<(i32, String)>,
+    /// Give a pty slave whose master was not dumped a new master, passed to
+    /// `on_orphan_pts` before the tree resumes (else such images fail).
+    pub orphan_pts_master: bool,
+    pub on_orphan_pts: Option<crate::hook::FdHook>,
 }
 
 #[derive(Debug)]
@@ -108,6 +112,8 @@ pub struct Prep {
     pub tty_fd: Option<i32>,
     /// Inherited-fd key -> restorer fd (see `RestoreOptions::inherit_fds`).
     pub inherit_fds: HashMap<String, i32>,
+    /// Pty index -> restorer fd of the new master of an orphan slave.
+    pub orphan_masters: HashMap<u32, i32>,
     /// File id -> fd number where its owner puts it for the subtree.
     pub shared: HashMap<u32, i32>,
     /// Group of file objects -> index of the task that creates it (lowest
@@ -220,6 +226,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     }
     // Last chance to give up cleanly: after this the tree runs.
     crate::error::check_interrupt()?;
+    if let Some(h) = &opts.on_orphan_pts {
+        let mut masters: Vec<_> = prep.orphan_masters.iter().collect();
+        masters.sort();
+        for (_, &fd) in masters {
+            crate::sys::fdctl::with_raw(fd, |b| h.call(b))?;
+        }
+    }
     crate::hook::run(&opts.before_resume, root_pid)?;
     // Go: detach every thread together.
     for &tid in &tree.traced {
@@ -456,6 +469,12 @@ fn prepare(
     }
     // Terminal state, read by group_of and the stubs.
     files::tty::load(dir)?;
+    if opts.orphan_pts_master {
+        for (index, fd) in files::tty::orphan_masters(&plan.files).map_err(Error::Other)? {
+            prep.orphan_masters.insert(index, pin(fd, next)?);
+            next += 1;
+        }
+    }
     // Pipe ends and unix peers by id, built once here for every stub.
     files::memo::prepare(&plan.files);
     // Queued unix socket data, read once here rather than in every stub.

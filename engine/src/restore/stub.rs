@@ -56,6 +56,7 @@ fn open_ctx<'a>(plan: &'a Plan, prep: &'a Prep) -> files::OpenCtx<'a> {
         ghost_fds: &prep.ghost_fds,
         memfd_fds: &prep.memfd_fds,
         inherit_fds: &prep.inherit_fds,
+        orphan_masters: &prep.orphan_masters,
         tty_fd: prep.tty_fd,
         images_dir: &prep.images_dir,
     }

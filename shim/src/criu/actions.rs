@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
-use stasis_engine::hook::Hook;
+use stasis_engine::hook::{FdHook, Hook};
 use stasis_engine::{dump as engine_dump, restore as engine_restore, DumpStats};
 use tracing::{info, warn};
 
@@ -146,10 +146,13 @@ fn query_and_dump(o: &Opts, pid: i32, n: &Notify) -> Result<DumpStats> {
     engine_dump::dump(&d).with_context(|| format!("dump of pid {pid} failed"))
 }
 
-pub fn restore(o: &Opts, n: Notify) -> Result<engine_restore::Restored> {
+/// `orphan`: where the new master of each orphan pty slave goes (swrk
+/// sends it to the client with an orphan-pts-master notification).
+pub fn restore(o: &Opts, n: Notify, orphan: Option<FdHook>) -> Result<engine_restore::Restored> {
     o.check_restore()?;
     n("pre-restore", None).map_err(|e| anyhow!(e))?;
     let mut r = o.restore_options();
+    r.on_orphan_pts = orphan;
     let n1 = n.clone();
     r.on_forked = Some(Hook::new(move |pid| {
         n1("setup-namespaces", Some(pid))?;

@@ -497,7 +497,7 @@ impl CriuCli {
         self.init_log("restore.log")?;
         let o = self.opts()?;
         let n = self.scripts(&o, None);
-        let done = actions::restore(&o, n)?;
+        let done = actions::restore(&o, n, None)?;
         opts::stats_to_work_dir(&o.images_dir, &self.work_dir(), "stats-restore");
         if self.display_stats {
             println!("{}", done.stats);

@@ -255,9 +255,8 @@ impl Opts {
             cg_root = ?self.cg_root,
             manage_cgroups = ?self.manage_cgroups,
             evasive_devices = self.evasive_devices,
-            orphan_pts_master = self.orphan_pts_master,
             tcp_close = self.tcp_close,
-            "accepted: the tree stays in the restorer's cgroups; no device or orphan pty to handle"
+            "accepted: the tree stays in the restorer's cgroups; devices are reopened by path"
         );
         Ok(())
     }
@@ -311,6 +310,7 @@ impl Opts {
             progress: self.progress,
             ext_unix_sk: self.ext_unix(),
             post_dump: None,
+            orphan_pts_master: self.orphan_pts_master,
         }
     }
 
@@ -331,6 +331,8 @@ impl Opts {
                 .iter()
                 .map(|i| (i.fd, i.key.trim_start_matches('/').to_string()))
                 .collect(),
+            orphan_pts_master: self.orphan_pts_master,
+            on_orphan_pts: None,
         }
     }
 }

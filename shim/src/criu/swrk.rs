@@ -20,6 +20,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags};
 use prost::Message;
 use stasis_engine::check;
+use stasis_engine::hook::FdHook;
 use stasis_proto::criu::{
     CriuDumpResp, CriuFeatures, CriuNotify, CriuOpts, CriuReq, CriuReqType, CriuResp,
     CriuRestoreResp, CriuVersion,
@@ -460,7 +461,13 @@ impl Server {
         let (images, work) = self.dirs(&o, "restore.log")?;
         let opts = Self::opts(&o, &images.path);
         info!(images = %images.path.display(), sibling = opts.restore_sibling, "swrk restore");
-        let done = actions::restore(&opts, self.notifier(o.notify_scripts()))?;
+        // The new master of an orphan pty slave goes to the client, with
+        // the fd attached (runc hands it to its console socket).
+        let orphan = opts.orphan_pts_master.then(|| {
+            let sock = self.sock.clone();
+            FdHook::new(move |fd| notify(&sock, "orphan-pts-master", None, Some(fd)).map(drop))
+        });
+        let done = actions::restore(&opts, self.notifier(o.notify_scripts()), orphan)?;
         opts::stats_to_work_dir(&images.path, &work.path, "stats-restore");
         info!(pid = done.root_pid, "{}", done.stats);
         Ok(CriuResp {
