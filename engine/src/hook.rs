@@ -36,7 +36,9 @@ pub fn run(h: &Option<Hook>, pid: i32) -> crate::Result<()> {
 /// A callback given a descriptor to pass on (CRIU's orphan-pts-master: the
 /// new master of a pty whose master was outside the dumped tree).
 #[derive(Clone)]
-pub struct FdHook(Arc<dyn Fn(std::os::fd::BorrowedFd<'_>) -> Result<(), String> + Send + Sync>);
+pub struct FdHook(Arc<FdFn>);
+
+type FdFn = dyn Fn(std::os::fd::BorrowedFd<'_>) -> Result<(), String> + Send + Sync;
 
 impl FdHook {
     pub fn new(

@@ -370,6 +370,77 @@ pub fn set_ctty(
     Ok(())
 }
 
+/// The slaves of the images whose pty has no master there: a new master for
+/// each (restorer side, before the stubs fork), with the slave's termios and
+/// window size.
+pub fn orphan_masters(files: &HashMap<u32, FileEntry>) -> R<Vec<(u32, OwnedFd)>> {
+    let mut slaves: BTreeMap<u32, &TtyInfoEntry> = BTreeMap::new();
+    let mut with_master = HashSet::new();
+    for f in files.values() {
+        let Some(i) = f.tty.as_ref().and_then(|tf| info(tf.tty_info_id)) else {
+            continue;
+        };
+        let Some(index) = i.pty.as_ref().map(|p| p.index) else {
+            continue;
+        };
+        if is_master_rdev(i.rdev as u64) {
+            with_master.insert(index);
+        } else {
+            slaves.entry(index).or_insert(i);
+        }
+    }
+    let mut out = Vec::new();
+    for (index, si) in slaves {
+        if with_master.contains(&index) {
+            continue;
+        }
+        let m = super::reg::open_flags(
+            Path::new("/dev/ptmx"),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            0,
+        )
+        .map_err(|e| format!("pty {index}: open /dev/ptmx for an orphan slave: {e}"))?;
+        fdctl::ioctl_set_int(m.as_fd(), libc::TIOCSPTLCK, 0)
+            .map_err(|e| format!("pty {index}: unlock: {e}"))?;
+        if let Some(w) = si.winsize.as_ref() {
+            let ws = libc::winsize {
+                ws_row: w.ws_row as u16,
+                ws_col: w.ws_col as u16,
+                ws_xpixel: w.ws_xpixel as u16,
+                ws_ypixel: w.ws_ypixel as u16,
+            };
+            fdctl::set_winsize(m.as_fd(), &ws).map_err(|e| format!("TIOCSWINSZ: {e}"))?;
+        }
+        out.push((index, m));
+    }
+    Ok(out)
+}
+
+/// Open the slaves of orphan pty `index` through its new master `m` (a
+/// restorer fd inherited by the stub).
+fn orphan_slaves(
+    index: u32,
+    m: i32,
+    slaves: &BTreeMap<u32, (&TtyFileEntry, &TtyInfoEntry)>,
+) -> R<Vec<(u32, OwnedFd)>> {
+    let mut out = Vec::new();
+    for (i, (&sid, &(sf, si))) in slaves.iter().enumerate() {
+        let acc = sf.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK);
+        let s = fdctl::with_raw(m, |mb| {
+            fdctl::open_peer(mb, acc | libc::O_NOCTTY | libc::O_CLOEXEC)
+        })
+        .map_err(|e| format!("pty {index}: TIOCGPTPEER on the new master: {e}"))?;
+        if i == 0 {
+            if let Some(t) = &si.termios {
+                fdctl::tcsets(s.as_fd(), &termios_of(t))
+                    .map_err(|e| format!("pty {index}: slave termios: {e}"))?;
+            }
+        }
+        out.push((sid, s));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
