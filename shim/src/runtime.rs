@@ -750,7 +750,7 @@ fn create_opts(c: &CreateArgs, foreground: bool) -> CreateOpts {
 }
 
 fn apply_update_flags(res: &mut LinuxResources, u: &UpdateArgs) -> Result<()> {
-    let mut mem = res.memory().clone().unwrap_or_default();
+    let mut mem = (*res.memory()).unwrap_or_default();
     let mut mem_set = res.memory().is_some();
     if let Some(m) = &u.memory {
         mem.set_limit(Some(parse_bytes(m)?));
