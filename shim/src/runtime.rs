@@ -823,7 +823,7 @@ mod tests {
                 "restore",
                 "-no-subreaper",
                 "--detach=true",
-                "--leave-running=false",
+                "--no-pivot=false",
                 "c1"
             ])
             .unwrap(),
