@@ -688,8 +688,11 @@ fn run(cli: RtCli) -> Result<i32> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                println!("{v}");
-                std::io::stdout().flush()?;
+                // A reader that went away (`| head`) ends the stream.
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{v}").and_then(|_| out.flush()).is_err() {
+                    break;
+                }
                 if stats {
                     break;
                 }
