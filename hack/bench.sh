@@ -12,7 +12,10 @@
 #    median of 3 runs. The restore starts once every killed process is gone
 #    (init may take a second to reap 100 orphans: not restore work).
 #
-# `hack/bench.sh fdtree` (or mem, small) runs only that part.
+# 5. `stasis run -d` of a busybox container until its process runs, against
+#    `runc run -d` in the same run (median of 5 each).
+#
+# `hack/bench.sh fdtree` (or mem, small, runtime) runs only that part.
 #
 # Times are wall-clock around the whole `stasis` command (process start
 # included), taken by target/release/timeit. When `--display-stats` prints CRIU-style
@@ -218,6 +221,41 @@ if want fdtree; then
         "$d_med ms = $d_pp ms/process" "-" "-" "<= 1 ms/process" "$(meets "$d_pp" "<=" 1)"
     row "restore $fdtree_n procs x $fdtree_m fds (median of ${#restores[@]}, self-check ok $nok)" \
         "$r_med ms = $r_pp ms/process" "-" "-" "<= 1 ms/process" "$(meets "$r_pp" "<=" 1)"
+fi
+
+# OCI runtime: `run -d` of a busybox-static container (returns once the
+# container's process runs), stasis and runc alternately on the same bundle,
+# median of 5 each. Teardown (kill + delete) is not timed.
+if want runtime; then
+    if command -v runc >/dev/null && [[ -x /bin/busybox ]]; then
+        b=$work/bundle
+        mkdir -p "$b"/rootfs/{bin,dev,etc,proc,sys,tmp,root}
+        cp /bin/busybox "$b/rootfs/bin/busybox"
+        for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -sf busybox "$b/rootfs/bin/$a"; done
+        "$STASIS" spec --bundle "$b"
+        jq '.process.terminal=false | .process.args=["sleep","1000"]' "$b/config.json" >"$b/c.json"
+        mv "$b/c.json" "$b/config.json"
+        s_runs=() r_runs=()
+        for i in 1 2 3 4 5; do
+            for rt in stasis runc; do
+                if [[ $rt == stasis ]]; then bin=$STASIS; else bin=runc; fi
+                root=$work/rt-$rt
+                id=bench-$rt-$i-$$
+                if "$T/timeit" "$work/t" "$bin" --root "$root" run -d --bundle "$b" "$id" </dev/null >"$work/run-$rt.out" 2>&1; then
+                    if [[ $rt == stasis ]]; then s_runs+=("$(<"$work/t")"); else r_runs+=("$(<"$work/t")"); fi
+                else
+                    note "$rt run -d failed: $(tail -n 1 "$work/run-$rt.out")"
+                fi
+                "$bin" --root "$root" delete --force "$id" >/dev/null 2>&1 || true
+            done
+        done
+        s_med=$(printf '%s\n' "${s_runs[@]}" | median)
+        r_med=$(printf '%s\n' "${r_runs[@]}" | median)
+        row "stasis run -d to running (median of ${#s_runs[@]})" "$s_med ms (runc run -d: $r_med ms)" "-" "-" \
+            "<= runc" "$(meets "$s_med" "<=" "$r_med")"
+    else
+        note "runtime: runc or busybox-static missing, skipped"
+    fi
 fi
 
 echo

@@ -153,7 +153,9 @@ fn no_leftovers(id: &str, pid: i32) {
         // reaped.
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(5) {
-            while let Ok(st) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            while let Ok(st) =
+                nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            {
                 if st == nix::sys::wait::WaitStatus::StillAlive {
                     break;
                 }

@@ -411,7 +411,7 @@ impl Runtime {
     pub fn state_json(&self, id: &str) -> Result<String> {
         let st = self.load(id)?;
         let v = st.oci(st.status(&self.root), "");
-        Ok(serde_json::to_string_pretty(&v).map_err(Error::msg)?)
+        serde_json::to_string_pretty(&v).map_err(Error::msg)
     }
 
     pub fn list(&self) -> Result<Vec<(State, Status)>> {

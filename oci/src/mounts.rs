@@ -250,6 +250,7 @@ fn default_devices() -> Vec<(&'static str, u64, u64)> {
     ]
 }
 
+#[allow(clippy::too_many_arguments)] // one device node's full description
 fn make_device(
     rootfs: &Path,
     path: &Path,

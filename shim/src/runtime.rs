@@ -688,8 +688,11 @@ fn run(cli: RtCli) -> Result<i32> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                println!("{v}");
-                std::io::stdout().flush()?;
+                // A reader that went away (`| head`) ends the stream.
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{v}").and_then(|_| out.flush()).is_err() {
+                    break;
+                }
                 if stats {
                     break;
                 }
@@ -750,7 +753,7 @@ fn create_opts(c: &CreateArgs, foreground: bool) -> CreateOpts {
 }
 
 fn apply_update_flags(res: &mut LinuxResources, u: &UpdateArgs) -> Result<()> {
-    let mut mem = res.memory().clone().unwrap_or_default();
+    let mut mem = (*res.memory()).unwrap_or_default();
     let mut mem_set = res.memory().is_some();
     if let Some(m) = &u.memory {
         mem.set_limit(Some(parse_bytes(m)?));
@@ -823,7 +826,7 @@ mod tests {
                 "restore",
                 "-no-subreaper",
                 "--detach=true",
-                "--leave-running=false",
+                "--no-pivot=false",
                 "c1"
             ])
             .unwrap(),
