@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use stasis_proto::criu::{
     CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
-    PstreeEntry, RemapFilePathEntry,
+    PstreeEntry, RemapFilePathEntry, TaskKobjIdsEntry,
 };
 use stasis_proto::image::{magic, Header};
 
@@ -213,11 +213,15 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
             let pm_name = format!("pagemap-{pid}.img");
             let pm = read_pagemap(dir, &pm_name)?;
             check_runs(&pm_name, &pm, &mm)?;
-            let files_id = t.cores[0]
-                .ids
-                .as_ref()
-                .map(|i| i.files_id)
-                .unwrap_or(pid as u32);
+            // CRIU keeps the ids in ids-PID.img only; stasis also in the core.
+            let files_id = match t.cores[0].ids.as_ref() {
+                Some(i) => i.files_id,
+                None => {
+                    let ids: TaskKobjIdsEntry =
+                        dir.read_one(&format!("ids-{pid}.img"), common(magic::IDS))?;
+                    ids.files_id
+                }
+            };
             t.fds = dir.read_all(&format!("fdinfo-{files_id}.img"), common(magic::FDINFO))?;
             t.fs = Some(dir.read_one(&format!("fs-{pid}.img"), common(magic::FS))?);
             t.mm = Some(mm);
