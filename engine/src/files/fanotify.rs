@@ -17,7 +17,7 @@ use stasis_proto::criu::{
 };
 use tracing::debug;
 
-use super::inotify::{fh_bytes, fh_entry, open_handle};
+use super::inotify::{fh_bytes, fh_entry, handle_path, open_handle};
 use super::{FdCtx, FileTable};
 use crate::error::Result;
 use crate::proc::{self, FanotifyTarget, FdinfoKind};
@@ -65,15 +65,17 @@ pub fn dump_fd(_t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
                         "fanotify mark on inode {ino:#x}: its filesystem gives no file handle"
                     ))
                 })?;
-                open_handle(*sdev, fh.handle_type, &fh.bytes).map_err(|e| {
+                let obj = open_handle(*sdev, fh.handle_type, &fh.bytes).map_err(|e| {
                     cx.err(format!(
                         "fanotify mark on inode {ino:#x}: cannot reopen the marked object: {e}"
                     ))
                 })?;
+                let mut f_handle = fh_entry(fh);
+                f_handle.path = handle_path(&obj);
                 e.s_dev = *sdev;
                 e.ie = Some(FanotifyInodeMarkEntry {
                     i_ino: *ino,
-                    f_handle: fh_entry(fh),
+                    f_handle,
                 });
             }
             FanotifyTarget::Mount { mnt_id } => {

@@ -96,6 +96,15 @@ pub fn open_handle(
     })
 }
 
+/// The path of an object reopened by its handle, for `fh_entry.path`:
+/// CRIU's restore opens watched objects by that path (it fails with
+/// "Unable to open (null)" without it). None for deleted objects.
+pub fn handle_path(fd: &OwnedFd) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let s = link.to_str()?;
+    (s.starts_with('/') && !s.ends_with(" (deleted)")).then(|| s.to_string())
+}
+
 fn wd_entry(id: u32, w: &InotifyWatch, fh: &FileHandle) -> InotifyWdEntry {
     InotifyWdEntry {
         id,
@@ -124,13 +133,15 @@ pub fn dump_fd(_t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
         })?;
         // The handle must lead back to the inode, or restore could not add
         // the watch: check now (a watched file may have been deleted).
-        open_handle(w.sdev, fh.handle_type, &fh.bytes).map_err(|e| {
+        let obj = open_handle(w.sdev, fh.handle_type, &fh.bytes).map_err(|e| {
             cx.err(format!(
                 "inotify watch {} on inode {:#x}: cannot reopen the watched object: {e}",
                 w.wd, w.ino
             ))
         })?;
-        wds.push(wd_entry(cx.id, w, fh));
+        let mut wd = wd_entry(cx.id, w, fh);
+        wd.f_handle.path = handle_path(&obj);
+        wds.push(wd);
     }
     debug!(pid = cx.pid, fd = cx.fd, watches = wds.len(), "inotify");
     Ok(FileEntry {
@@ -211,5 +222,18 @@ mod tests {
         let mut bad = e.clone();
         bad.bytes = 200;
         assert!(fh_bytes(&bad).is_err());
+    }
+
+    #[test]
+    fn handle_path_names_live_objects_only() {
+        let dir = std::env::temp_dir().join(format!("stasis-hp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x");
+        std::fs::write(&f, b"x").unwrap();
+        let fd: OwnedFd = std::fs::File::open(&f).unwrap().into();
+        assert_eq!(handle_path(&fd).as_deref(), f.to_str());
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(handle_path(&fd), None);
+        std::fs::remove_dir(&dir).unwrap();
     }
 }

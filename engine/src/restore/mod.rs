@@ -939,7 +939,12 @@ fn finish_task(
         }
         let inj = r.injector(tid)?;
         inj.set_saved_regs(regs);
-        inj.set_saved_sigmask(tc.blk_sigset.unwrap_or(0));
+        // CRIU keeps the leader's mask in the task core only.
+        let mask = tc
+            .blk_sigset
+            .or_else(|| c.tc.as_ref().map(|t| t.blk_sigset))
+            .unwrap_or(0);
+        inj.set_saved_sigmask(mask);
     }
     Ok(())
 }

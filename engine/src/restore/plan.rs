@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use stasis_proto::criu::{
     CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
-    PstreeEntry, RemapFilePathEntry,
+    PstreeEntry, RemapFilePathEntry, TaskKobjIdsEntry,
 };
 use stasis_proto::image::{magic, Header};
 
@@ -14,7 +14,7 @@ use crate::dump::{TASK_ALIVE, TASK_DEAD, TASK_STOPPED};
 use crate::error::{Error, Result};
 use crate::files::{FILES_IMG, REMAP_IMG};
 use crate::images::{common, ImageDir, INVENTORY};
-use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VSYSCALL, VMA_AREA_VVAR};
+use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_SHARED};
 use crate::mem::{PAGE_SIZE, PE_PRESENT};
 
 /// Highest user address on x86_64 with 4-level paging.
@@ -213,11 +213,15 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
             let pm_name = format!("pagemap-{pid}.img");
             let pm = read_pagemap(dir, &pm_name)?;
             check_runs(&pm_name, &pm, &mm)?;
-            let files_id = t.cores[0]
-                .ids
-                .as_ref()
-                .map(|i| i.files_id)
-                .unwrap_or(pid as u32);
+            // CRIU keeps the ids in ids-PID.img only; stasis also in the core.
+            let files_id = match t.cores[0].ids.as_ref() {
+                Some(i) => i.files_id,
+                None => {
+                    let ids: TaskKobjIdsEntry =
+                        dir.read_one(&format!("ids-{pid}.img"), common(magic::IDS))?;
+                    ids.files_id
+                }
+            };
             t.fds = dir.read_all(&format!("fdinfo-{files_id}.img"), common(magic::FDINFO))?;
             t.fs = Some(dir.read_one(&format!("fs-{pid}.img"), common(magic::FS))?);
             t.mm = Some(mm);
@@ -234,6 +238,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     while let Some(f) = r.read_entry::<FileEntry>()? {
         files.insert(f.id, f);
     }
+    writable_mapping_files(&mut tasks, &mut files);
     let mut ghosts = HashMap::new();
     if dir.exists(REMAP_IMG) {
         for r in dir.read_all::<RemapFilePathEntry>(REMAP_IMG, common(magic::REMAP_FPATH))? {
@@ -297,6 +302,55 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     })
 }
 
+/// CRIU maps a shared writable file mapping through a file entry that may
+/// be read-only (a memfd's, flags 0) and opens it with the VMA's `fdflags`
+/// instead; stasis gives such mappings their own O_RDWR entry. For CRIU
+/// images, give each such mapping a writable copy of its entry (a new id),
+/// leaving the entry of any descriptor using the original untouched.
+fn writable_mapping_files(tasks: &mut [TaskPlan], files: &mut HashMap<u32, FileEntry>) {
+    let mut next = files.keys().copied().max().unwrap_or(0) + 1;
+    let mut copies: HashMap<u32, u32> = HashMap::new();
+    for t in tasks.iter_mut() {
+        let Some(mm) = t.mm.as_mut() else { continue };
+        for v in mm.vmas.iter_mut() {
+            let rw = v.fdflags.unwrap_or(0) as i32 & libc::O_ACCMODE;
+            if v.status & VMA_FILE_SHARED == 0 || rw == libc::O_RDONLY {
+                continue;
+            }
+            let id = v.shmid as u32;
+            let Some(f) = files.get(&id).cloned() else {
+                continue;
+            };
+            let flags = f
+                .reg
+                .as_ref()
+                .map(|r| r.flags)
+                .or(f.memfd.as_ref().map(|m| m.flags));
+            match flags {
+                Some(fl) if fl as i32 & libc::O_ACCMODE == libc::O_RDONLY => {}
+                _ => continue,
+            }
+            let new = *copies.entry(id).or_insert_with(|| {
+                let mut c = f;
+                let n = next;
+                next += 1;
+                c.id = n;
+                if let Some(r) = c.reg.as_mut() {
+                    r.id = n;
+                    r.flags = (r.flags & !(libc::O_ACCMODE as u32)) | rw as u32;
+                }
+                if let Some(m) = c.memfd.as_mut() {
+                    m.id = n;
+                    m.flags = (m.flags & !(libc::O_ACCMODE as u32)) | rw as u32;
+                }
+                files.insert(n, c);
+                n
+            });
+            v.shmid = new as u64;
+        }
+    }
+}
+
 /// VMAs must be page aligned, inside user space, sorted and disjoint.
 fn check_vmas(name: &str, mm: &MmEntry) -> Result<()> {
     let mut last_end = 0u64;
@@ -347,4 +401,66 @@ fn check_runs(name: &str, pm: &Pagemap, mm: &MmEntry) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stasis_proto::criu::{MemfdFileEntry, VmaEntry};
+
+    /// A CRIU image maps a memfd shared and writable through its read-only
+    /// entry (flags 0, vma fdflags O_RDWR): the mapping gets a writable copy,
+    /// the descriptor's entry stays read-only.
+    #[test]
+    fn criu_shared_mapping_gets_writable_entry() {
+        let vma = |shmid, fdflags| VmaEntry {
+            start: 0x1000,
+            end: 0x2000,
+            shmid,
+            flags: libc::MAP_SHARED as u32,
+            status: 1 | VMA_FILE_SHARED,
+            fd: -1,
+            fdflags: Some(fdflags),
+            ..Default::default()
+        };
+        let mut t = TaskPlan {
+            pid: 1,
+            ppid: 0,
+            pgid: 1,
+            sid: 1,
+            threads: vec![1],
+            state: 1,
+            exit_code: 0,
+            parent: None,
+            children: vec![],
+            cores: vec![],
+            mm: Some(MmEntry {
+                vmas: vec![vma(2, libc::O_RDWR as u32), vma(2, 0)],
+                ..Default::default()
+            }),
+            pagemap: None,
+            fds: vec![],
+            fs: None,
+        };
+        let mut files = HashMap::new();
+        files.insert(
+            2,
+            FileEntry {
+                id: 2,
+                memfd: Some(MemfdFileEntry {
+                    id: 2,
+                    inode_id: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        writable_mapping_files(std::slice::from_mut(&mut t), &mut files);
+        let vmas = &t.mm.as_ref().unwrap().vmas;
+        assert_eq!(vmas[0].shmid, 3);
+        assert_eq!(vmas[1].shmid, 2);
+        assert_eq!(files[&2].memfd.as_ref().unwrap().flags, 0);
+        let m = files[&3].memfd.as_ref().unwrap();
+        assert_eq!((m.id, m.inode_id, m.flags), (3, 1, libc::O_RDWR as u32));
+    }
 }
