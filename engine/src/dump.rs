@@ -83,6 +83,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             },
         ),
         ns_ids: HashMap::new(),
+        pids: Default::default(),
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
         stolen: tree.stolen.clone(),
@@ -94,6 +95,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .map(|t| t.pid)
         .collect();
     d.files.prepare_tree(&live)?;
+    // Namespaces: refuse what we cannot restore before writing anything.
+    let tree_ns = crate::ns::collect(&dir, &live)?;
+    let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
+    d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     let mut root_ids = None;
     for (i, task) in tree.tasks.iter().enumerate() {
         crate::error::check_interrupt()?;
@@ -103,6 +108,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         }
     }
     d.write_pstree(&tree)?;
+    if let Some(ids) = &root_ids {
+        crate::ns::dump(&dir, &tree_ns, opts.pid, ids)?;
+    }
+    // CRIU's inventory holds the dumper's ids: the kinds where the root's
+    // differ are the namespaces the tree owns.
+    let dumper_ids = crate::ns::dumper_ids(&tree_ns, |ino| d.ns_id(ino));
     let Dumper { files, pages, .. } = d;
     files.write()?;
     let st = DumpStats {
@@ -119,7 +130,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     dir.commit_inventory(&InventoryEntry {
         img_version: 2,
         fdinfo_per_id: Some(true),
-        root_ids,
+        root_ids: root_ids.map(|_| dumper_ids),
         ns_per_id: Some(true),
         lsmtype: Some(Lsmtype::NoLsm as i32),
         dump_uptime: uptime_us(),
@@ -147,6 +158,8 @@ struct Dumper<'a> {
     files: FileTable<'a>,
     /// Namespace inode -> small id, as CRIU numbers namespaces.
     ns_ids: HashMap<u64, u32>,
+    /// Pids as the root's pid namespace sees them (file names, pstree).
+    pids: crate::ns::pid::PidMap,
     shmem_done: HashSet<u64>,
     pages: PageStats,
     stolen: Vec<crate::task::seize::StolenSignal>,
@@ -204,13 +217,7 @@ impl<'a> Dumper<'a> {
             .tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| PstreeEntry {
-                pid: t.pid as u32,
-                ppid: if i == 0 { 0 } else { t.ppid as u32 },
-                pgid: t.pgid as u32,
-                sid: t.sid as u32,
-                threads: t.threads.iter().map(|&x| x as u32).collect(),
-            })
+            .map(|(i, t)| self.pids.entry(&host_task(t), i == 0))
             .collect();
         self.dir
             .write_all("pstree.img", common(magic::PSTREE), &entries)
@@ -383,11 +390,15 @@ impl<'a> Dumper<'a> {
                 });
                 core.ids = Some(ids);
             }
-            self.dir
-                .write_one(&format!("core-{tid}.img"), common(magic::CORE), &core)?;
+            self.dir.write_one(
+                &format!("core-{}.img", self.pids.vpid(tid)),
+                common(magic::CORE),
+                &core,
+            )?;
         }
+        let vpid = self.pids.vpid(pid);
         self.dir
-            .write_one(&format!("ids-{pid}.img"), common(magic::IDS), &ids)?;
+            .write_one(&format!("ids-{vpid}.img"), common(magic::IDS), &ids)?;
 
         // Files: fds, cwd, root, exe.
         let mut fdinfos = Vec::new();
@@ -417,7 +428,7 @@ impl<'a> Dumper<'a> {
             format!("/proc/{pid}/root").into(),
         )?;
         self.dir.write_one(
-            &format!("fs-{pid}.img"),
+            &format!("fs-{vpid}.img"),
             common(magic::FS),
             &FsEntry {
                 cwd_id,
@@ -456,9 +467,9 @@ impl<'a> Dumper<'a> {
             thp_disabled: Some(thp_disabled),
         };
         self.dir
-            .write_one(&format!("mm-{pid}.img"), common(magic::MM), &mm)?;
+            .write_one(&format!("mm-{vpid}.img"), common(magic::MM), &mm)?;
         let pages_id = self.pages_id();
-        let st = pages::dump_private(self.dir, pid, &vmas, pages_id, self.opts.progress)?;
+        let st = pages::dump_private_as(self.dir, pid, vpid, &vmas, pages_id, self.opts.progress)?;
         self.pages.add(&st);
         for v in vmas.iter().filter(|v| v.contents == Contents::Shmem) {
             if self.shmem_done.insert(v.entry.shmid) {
@@ -586,9 +597,22 @@ impl<'a> Dumper<'a> {
             ids: Some(ids),
             ..Default::default()
         };
-        self.dir
-            .write_one(&format!("core-{pid}.img"), common(magic::CORE), &core)?;
+        self.dir.write_one(
+            &format!("core-{}.img", self.pids.vpid(pid)),
+            common(magic::CORE),
+            &core,
+        )?;
         Ok(ids)
+    }
+}
+
+fn host_task(t: &Task) -> crate::ns::pid::HostTask<'_> {
+    crate::ns::pid::HostTask {
+        pid: t.pid,
+        ppid: t.ppid,
+        pgid: t.pgid,
+        sid: t.sid,
+        threads: &t.threads,
     }
 }
 

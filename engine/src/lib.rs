@@ -15,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod images;
 pub mod mem;
+pub mod ns;
 pub mod restore;
 pub mod stats;
 pub mod task;

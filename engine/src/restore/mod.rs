@@ -123,7 +123,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 
     // Fork the root; it waits for us to seize it so every fork is traced.
     let root = &plan.tasks[0];
-    let root_pid = match clone3::clone3_fork(0, &[root.pid], libc::SIGCHLD) {
+    // The root is forked into the tree's own namespaces (pid 1 of its pid
+    // namespace); it fills them first thing (`ns::setup_root`).
+    let ns_guard = crate::ns::RestorerNs::enter(&plan.ns)?;
+    let root_flags = crate::ns::clone_flags(&plan.ns) | crate::ns::pid::clone_flags(None, root);
+    let forked = clone3::clone3_fork(root_flags, &crate::ns::pid::set_tid(root), libc::SIGCHLD);
+    // The child keeps the namespaces it was born with.
+    match &forked {
+        Ok(clone3::Fork::Child) => std::mem::forget(ns_guard),
+        _ => drop(ns_guard),
+    }
+    let root_pid = match forked {
         Ok(clone3::Fork::Child) => stub::main(&plan, &prep, 0),
         Ok(clone3::Fork::Parent { pid, .. }) => pid,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -184,7 +194,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
                 t.pid,
                 "setpgid",
                 libc::SYS_setpgid,
-                [0, t.pgid as u64, 0, 0, 0, 0],
+                [0, crate::ns::pid::local_pgid(t) as u64, 0, 0, 0, 0],
             )?;
         }
     }
@@ -672,7 +682,7 @@ fn puppet(
 
     // Threads, each with its own TID, by clone3 run in the leader.
     let data = tp.scratch + SCRATCH_DATA;
-    for &tid in &t.threads[1..] {
+    for (k, &tid) in t.threads.iter().enumerate().skip(1) {
         let flags = (libc::CLONE_VM
             | libc::CLONE_FS
             | libc::CLONE_FILES
@@ -680,20 +690,24 @@ fn puppet(
             | libc::CLONE_THREAD
             | libc::CLONE_SYSVSEM) as u64;
         let set_tid_at = data + 256;
+        // Every pid namespace level gets the dumped tid (innermost first);
+        // clone3 returns the innermost one.
+        let levels = crate::ns::pid::thread_set_tid(t, k);
         let mut args = [0u64; 11];
         args[0] = flags;
         args[8] = set_tid_at;
-        args[9] = 1;
+        args[9] = levels.len() as u64;
         let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
         r.write(data, &bytes)?;
-        r.write(set_tid_at, &tid.to_ne_bytes())?;
+        let tids: Vec<u8> = levels.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        r.write(set_tid_at, &tids)?;
         let got = r.call(
             pid,
             "clone3 thread",
             libc::SYS_clone3,
             [data, 88, 0, 0, 0, 0],
         )? as i32;
-        if got != tid {
+        if got != levels[0] {
             return Err(Error::Other(format!(
                 "pid {pid}: thread {tid} came back as {got}"
             )));
@@ -785,20 +799,35 @@ fn puppet(
         // Pending signals, queued by the leader (only it may queue kernel
         // si_codes to itself and its threads).
         if let Some(q) = &tc.signals_p {
+            // Run inside the task: its own view of the pids.
+            let (lp, lt) = (
+                crate::ns::pid::local_pid(t),
+                crate::ns::pid::local_tid(t, k),
+            );
             for s in &q.signals {
-                queue_signal(&mut r, pid, Some(tid), &s.siginfo, data)?;
+                queue_signal(&mut r, pid, lp, Some(lt), &s.siginfo, data)?;
             }
         }
     }
     if let Some(q) = t.cores[0].tc.as_ref().and_then(|tc| tc.signals_s.as_ref()) {
+        let lp = crate::ns::pid::local_pid(t);
         for s in &q.signals {
-            queue_signal(&mut r, pid, None, &s.siginfo, data)?;
+            queue_signal(&mut r, pid, lp, None, &s.siginfo, data)?;
         }
     }
     Ok((r, pages))
 }
 
-fn queue_signal(r: &mut Remote, pid: i32, tid: Option<i32>, info: &[u8], at: u64) -> Result<()> {
+/// Queue a signal from inside task `pid`; `local`/`tid` are the ids the
+/// task sees.
+fn queue_signal(
+    r: &mut Remote,
+    pid: i32,
+    local: i32,
+    tid: Option<i32>,
+    info: &[u8],
+    at: u64,
+) -> Result<()> {
     if info.len() != 128 {
         return Err(Error::bad_image(
             format!("core-{pid}.img"),
@@ -812,13 +841,13 @@ fn queue_signal(r: &mut Remote, pid: i32, tid: Option<i32>, info: &[u8], at: u64
             pid,
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
-            [pid as u64, t as u64, sig, at, 0, 0],
+            [local as u64, t as u64, sig, at, 0, 0],
         )?,
         None => r.call(
             pid,
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
-            [pid as u64, sig, at, 0, 0, 0],
+            [local as u64, sig, at, 0, 0, 0],
         )?,
     };
     Ok(())
