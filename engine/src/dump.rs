@@ -54,6 +54,10 @@ pub struct DumpOptions {
     /// Unix sockets connected outside the tree are saved as external
     /// (`--ext-unix-sk`) instead of refused.
     pub ext_unix_sk: bool,
+    /// `--external` entries (`mnt[PATH]:KEY` marks a mount external).
+    pub external: Vec<String>,
+    /// Freeze this cgroup while seizing (`--freeze-cgroup`).
+    pub freeze_cgroup: Option<PathBuf>,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -66,8 +70,20 @@ const SC_TIMERS: u64 = 24576;
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
     check_target(opts.pid)?;
+    crate::ns::mnt::set_dump_externals(&opts.external)?;
     let t0 = Instant::now();
+    // A frozen cgroup holds still while we seize it; injected syscalls do
+    // not run in a frozen cgroup, so it is thawed once all are seized (and
+    // on any error, by the guard's drop).
+    let mut freezer = opts
+        .freeze_cgroup
+        .as_deref()
+        .map(|p| crate::cgroup::Freezer::freeze(p, std::time::Duration::from_secs(10)))
+        .transpose()?;
     let tree = SeizedTree::seize(opts.pid)?;
+    if let Some(f) = freezer.as_mut() {
+        f.thaw()?;
+    }
     let frozen_at = Instant::now();
     info!(pid = opts.pid, tasks = tree.tasks.len(), "tree seized");
 
@@ -83,6 +99,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             },
         ),
         ns_ids: HashMap::new(),
+        cg_sets: Default::default(),
         pids: Default::default(),
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
@@ -95,6 +112,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .map(|t| t.pid)
         .collect();
     d.files.prepare_tree(&live)?;
+    d.cg_sets = crate::cgroup::dump(&dir, &live)?;
     // Namespaces: refuse what we cannot restore before writing anything.
     let tree_ns = crate::ns::collect(&dir, &live)?;
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
@@ -158,6 +176,8 @@ struct Dumper<'a> {
     files: FileTable<'a>,
     /// Namespace inode -> small id, as CRIU numbers namespaces.
     ns_ids: HashMap<u64, u32>,
+    /// Each task's cgroup set in cgroup.img.
+    cg_sets: crate::cgroup::CgSets,
     /// Pids as the root's pid namespace sees them (file names, pstree).
     pids: crate::ns::pid::PidMap,
     shmem_done: HashSet<u64>,
@@ -378,6 +398,7 @@ impl<'a> Dumper<'a> {
                         ptrace::peek_siginfo(pid, true).task_ctx(pid, "peek shared signals")?,
                     ),
                     loginuid: proc::read_loginuid(pid).ok(),
+                    cg_set: self.cg_sets.of.get(&pid).copied(),
                     oom_score_adj: proc::read_oom_score_adj(pid).ok(),
                     sigactions: sigactions.clone(),
                     child_subreaper: Some(subreaper),

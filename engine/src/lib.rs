@@ -9,6 +9,7 @@ pub mod sys;
 pub mod proc;
 pub mod progress;
 
+pub mod cgroup;
 pub mod check;
 pub mod dump;
 pub mod error;

@@ -13,6 +13,8 @@
 //! Until step 5 succeeds a guard kills every task created: a failed restore
 //! leaves nothing behind.
 
+pub mod inherit;
+pub mod join;
 pub mod plan;
 pub mod stub;
 
@@ -52,6 +54,19 @@ pub struct RestoreOptions {
     /// Connect unix sockets whose peer was outside the dumped tree to that
     /// peer's address again (`--ext-unix-sk`); refused without it.
     pub ext_unix_sk: bool,
+    /// `--root`: the directory that becomes the root of the rebuilt mount
+    /// namespace.
+    pub root: Option<PathBuf>,
+    /// `--external` entries (`mnt[KEY]:VALUE` binds VALUE at mount KEY).
+    pub external: Vec<String>,
+    /// `--manage-cgroups[=MODE]`; `None` when not given.
+    pub manage_cgroups: Option<crate::cgroup::CgMode>,
+    /// `--cgroup-root [CTRL:]PATH`.
+    pub cgroup_root: Vec<String>,
+    /// `--inherit-fd fd[N]:KEY`: the file with image key KEY is our fd N.
+    pub inherit_fd: Vec<(i32, String)>,
+    /// `--join-ns NS:PATH`: namespaces to enter instead of creating.
+    pub join_ns: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -102,19 +117,39 @@ pub struct Prep {
     pub owner: Vec<(Group, usize)>,
     pub tasks: Vec<TaskPrep>,
     pub images_dir: PathBuf,
+    /// Namespaces the root enters first (`--join-ns`): kind, our fd.
+    pub join_ns: Vec<(crate::proc::NsKind, i32)>,
 }
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
-    let plan = plan::read(&dir)?;
+    let mut plan = plan::read(&dir)?;
+    // Kept until the end: the mount yard is removed on drop.
+    let _mnt_yard = crate::ns::mnt::configure(&mut plan.ns, opts.root.as_deref(), &opts.external)?;
+    // Kept open until the root is forked.
+    let joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
+    let plan = plan;
+    let mut cg_target = crate::cgroup::prepare(
+        &dir,
+        plan.tasks[0]
+            .cores
+            .first()
+            .and_then(|c| c.tc.as_ref())
+            .and_then(|tc| tc.cg_set),
+        opts.manage_cgroups.unwrap_or_default(),
+        opts.manage_cgroups.is_some(),
+        &opts.cgroup_root,
+    )?;
     files::unix::check_restore(&plan, opts.ext_unix_sk)?;
     check_pids_free(&plan)?;
     files::epoll::check_plan(&plan).map_err(Error::Other)?;
     files::locks::check_plan(&plan, opts.file_locks)?;
     crate::task::timers::check_plan(&plan)?;
     let mut keep_fds: Vec<OwnedFd> = Vec::new();
-    let prep = prepare(&dir, &plan, opts, &mut keep_fds)?;
+    let mut prep = prepare(&dir, &plan, opts, &mut keep_fds)?;
+    prep.join_ns = join::raw(&joined);
+    let prep = prep;
     let mut tree = Tree::default();
     let (err_r, sync_w) = (
         prep_err_reader(&mut keep_fds),
@@ -125,6 +160,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let root = &plan.tasks[0];
     // The root is forked into the tree's own namespaces (pid 1 of its pid
     // namespace); it fills them first thing (`ns::setup_root`).
+    // Born in its cgroup: we step in for the fork and out again.
+    if let Some(c) = cg_target.as_mut() {
+        c.enter()?;
+    }
     let ns_guard = crate::ns::RestorerNs::enter(&plan.ns)?;
     let root_flags = crate::ns::clone_flags(&plan.ns) | crate::ns::pid::clone_flags(None, root);
     let forked = clone3::clone3_fork(root_flags, &crate::ns::pid::set_tid(root), libc::SIGCHLD);
@@ -132,6 +171,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     match &forked {
         Ok(clone3::Fork::Child) => std::mem::forget(ns_guard),
         _ => drop(ns_guard),
+    }
+    if let (Some(c), Ok(clone3::Fork::Parent { .. })) = (cg_target.as_mut(), &forked) {
+        c.leave();
     }
     let root_pid = match forked {
         Ok(clone3::Fork::Child) => stub::main(&plan, &prep, 0),
@@ -457,6 +499,7 @@ fn prepare(
     for (g, h) in holders {
         prep.owner.push((g, lca(plan, &h)));
     }
+    inherit::apply(plan, &mut prep, &opts.inherit_fd)?;
     prep.local_base = next;
     // Per task: its own mapped files, exe and pages image; and a scratch spot.
     let own = proc::read_maps(std::process::id() as i32)?;

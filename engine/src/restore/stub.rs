@@ -86,6 +86,7 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         ctx(stub::read_fd(prep.sync_fd, &mut b), || {
             "wait for the restorer".into()
         })?;
+        super::join::enter(&prep.join_ns)?;
         // Fresh namespaces are filled before anything else is created.
         crate::ns::setup_root(&plan.ns)?;
     }
@@ -112,13 +113,23 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     files::tty::set_ctty(plan, idx, &prep.shared)?;
     for &c in &t.children {
         let child = &plan.tasks[c];
-        match clone3::clone3_fork(
-            crate::ns::pid::clone_flags(Some(t), child),
-            &crate::ns::pid::set_tid(child),
-            libc::SIGCHLD,
-        ) {
+        let flags = crate::ns::pid::clone_flags(Some(t), child);
+        let newpid = flags & libc::CLONE_NEWPID as u64 != 0;
+        match clone3::CloneArgs::new()
+            .flags(flags)
+            .set_tid(&crate::ns::pid::set_tid(child))
+            .exit_signal(libc::SIGCHLD)
+            .pidfd(newpid)
+            .fork()
+        {
             Ok(clone3::Fork::Child) => main(plan, prep, c),
-            Ok(clone3::Fork::Parent { .. }) => {}
+            Ok(clone3::Fork::Parent { pidfd, .. }) => {
+                // We had unshared the child's pid namespace: our later
+                // children go there too (pid_for_children).
+                if let Some(fd) = pidfd {
+                    crate::ns::pid::enter_for_children(&fd)?;
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 return Err(format!("cannot create pid {}: it is in use", child.pid))
             }

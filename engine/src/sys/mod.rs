@@ -20,6 +20,7 @@ pub mod ipc;
 pub mod kcmp;
 pub mod misc;
 pub mod mman;
+pub mod mount;
 pub mod netdev;
 pub mod notify;
 pub mod pagemap;

@@ -65,6 +65,46 @@ pub struct CriuCli {
     /// Show a progress bar on a terminal (default when stderr is a terminal).
     #[arg(long = "no-progress")]
     no_progress: bool,
+    /// Restore: the directory that becomes the root of the rebuilt mount
+    /// namespace (`/` for a tree whose mounts came from the host's root).
+    #[arg(short = 'r', long = "root", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// External resources: `mnt[PATH]:KEY` on dump marks the mount at PATH
+    /// as the caller's; `mnt[KEY]:DIR` on restore binds DIR there.
+    #[arg(long = "external", alias = "ext-mount-map", value_name = "RES")]
+    external: Vec<String>,
+    /// Freeze this cgroup (v2 or v1 freezer) while seizing the tree.
+    #[arg(long = "freeze-cgroup", value_name = "PATH")]
+    freeze_cgroup: Option<PathBuf>,
+    /// Restore cgroups: none, props, soft (default), full, strict, ignore.
+    #[arg(long = "manage-cgroups", num_args = 0..=1, default_missing_value = "soft", value_name = "MODE")]
+    manage_cgroups: Option<String>,
+    /// Alias of --manage-cgroups=MODE.
+    #[arg(long = "manage-cgroups-mode", value_name = "MODE")]
+    manage_cgroups_mode: Option<String>,
+    /// Restore: `[CTRL:]PATH` replaces the root task's cgroup.
+    #[arg(long = "cgroup-root", value_name = "[CTRL:]PATH")]
+    cgroup_root: Vec<String>,
+    /// Restore: `NS:PATH` (net, uts, ipc, pid, mnt, time, user, cgroup)
+    /// joins an existing namespace instead of creating one.
+    #[arg(short = 'J', long = "join-ns", value_name = "NS:PATH")]
+    join_ns: Vec<String>,
+    /// Restore: `fd[N]:KEY` gives the file with image key KEY (e.g.
+    /// `pipe:[1234]` or a path) our fd N.
+    #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
+    inherit_fd: Vec<String>,
+}
+
+/// `fd[N]:KEY` (CRIU's form).
+fn parse_inherit_fd(s: &str) -> Result<(i32, String)> {
+    let bad = || anyhow!("--inherit-fd {s:?}: expected fd[N]:KEY");
+    let rest = s.strip_prefix("fd[").ok_or_else(bad)?;
+    let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+    let n: i32 = n.parse().map_err(|_| bad())?;
+    if key.is_empty() {
+        return Err(bad());
+    }
+    Ok((n, key.to_string()))
 }
 
 impl CriuCli {
@@ -145,6 +185,8 @@ impl CriuCli {
             file_locks: self.file_locks,
             progress: self.progress(),
             ext_unix_sk: self.ext_unix_sk,
+            external: self.external.clone(),
+            freeze_cgroup: self.freeze_cgroup.clone(),
         };
         let st = dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
         if self.display_stats {
@@ -164,6 +206,21 @@ impl CriuCli {
             file_locks: self.file_locks,
             progress: self.progress(),
             ext_unix_sk: self.ext_unix_sk,
+            root: self.root.clone(),
+            external: self.external.clone(),
+            manage_cgroups: self
+                .manage_cgroups_mode
+                .as_deref()
+                .or(self.manage_cgroups.as_deref())
+                .map(|m| m.parse().map_err(|e: String| anyhow!(e)))
+                .transpose()?,
+            cgroup_root: self.cgroup_root.clone(),
+            inherit_fd: self
+                .inherit_fd
+                .iter()
+                .map(|s| parse_inherit_fd(s))
+                .collect::<Result<_>>()?,
+            join_ns: self.join_ns.clone(),
         };
         let done = restore::restore(&opts).context("restore failed")?;
         if self.display_stats {
