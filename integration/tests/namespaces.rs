@@ -23,12 +23,13 @@ use stasis_integration::harness::{
 };
 use stasis_integration::workload::{ready_name, result_name, write_atomic, CHECK};
 
-const ROLES: [&str; 3] = ["root", "c1", "c2"];
+const ROLES: [&str; 4] = ["root", "c1", "c2", "g"];
 
 /// The `unshare` launcher and the namespace init it forked (host pid);
 /// dropping it kills the init (and with it the whole pid namespace).
 struct NsTree {
     dir: std::path::PathBuf,
+    roles: &'static [&'static str],
     unshare: Option<Child>,
     init: i32,
 }
@@ -53,12 +54,14 @@ impl NsTree {
         }
         let child = cmd.spawn().expect("run unshare (util-linux)");
         let upid = child.id() as i32;
+        let nested = args.contains(&"nested");
         let mut t = NsTree {
+            roles: if nested { &ROLES } else { &ROLES[..3] },
             dir,
             unshare: Some(child),
             init: 0,
         };
-        for role in ROLES {
+        for role in t.roles {
             if let Err(e) = wait_for_file(&t.dir.join(ready_name(role)), RESULT_TIMEOUT) {
                 panic!("wl-ns not ready: {e}\n{}", t.diag());
             }
@@ -75,7 +78,7 @@ impl NsTree {
 
     fn diag(&self) -> String {
         let mut s = format!("state dir {}\n", self.dir.display());
-        for role in ROLES {
+        for role in self.roles {
             let r = fs::read_to_string(self.dir.join(result_name(role))).unwrap_or_default();
             s.push_str(&format!("result.{role}: {}\n", r.trim()));
         }
@@ -90,7 +93,7 @@ impl NsTree {
         write_atomic(&self.dir.join(CHECK), "").unwrap();
         let deadline = Instant::now() + RESULT_TIMEOUT;
         let mut bad = Vec::new();
-        for role in ROLES {
+        for role in self.roles {
             let f = self.dir.join(result_name(role));
             let left = deadline.saturating_duration_since(Instant::now());
             match wait_for_file(&f, left) {
@@ -113,7 +116,7 @@ impl NsTree {
 
     fn reset(&self) {
         let _ = fs::remove_file(self.dir.join(CHECK));
-        for role in ROLES {
+        for role in self.roles {
             let _ = fs::remove_file(self.dir.join(result_name(role)));
         }
     }
@@ -236,6 +239,16 @@ fn pid_ipc_uts_leave_running() {
 }
 
 #[test]
+fn nested_pid_dump_restore() {
+    dump_restore("nested_pid_dump_restore", PID_IPC_UTS, &["nested"]);
+}
+
+#[test]
+fn nested_pid_leave_running() {
+    leave_running("nested_pid_leave_running", PID_IPC_UTS, &["nested"]);
+}
+
+#[test]
 fn all_ns_dump_restore() {
     dump_restore("all_ns_dump_restore", ALL, &["net"]);
 }
@@ -243,4 +256,102 @@ fn all_ns_dump_restore() {
 #[test]
 fn all_ns_leave_running() {
     leave_running("all_ns_leave_running", ALL, &["net"]);
+}
+
+/// Starts `argv` in its own session; returns the child and its pid.
+fn spawn(env: &Env, argv: &[&str]) -> Child {
+    let out = fs::File::create(env.path("refused.out")).unwrap();
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe and touches no shared memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn")
+}
+
+/// Waits until `pid`'s `ns/<kind>` link differs from ours (the launcher
+/// has unshared and exec'd).
+fn wait_ns_differs(pid: i32, kind: &str) {
+    let mine = fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .ok()
+        .as_ref()
+        == Some(&mine)
+    {
+        assert!(Instant::now() < deadline, "{pid} never left our {kind} ns");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A tree in a user namespace of its own is refused by pid and kind, and
+/// keeps running.
+#[test]
+fn user_ns_refused() {
+    let Some(env) = Env::setup("user_ns_refused") else {
+        return;
+    };
+    let mut c = spawn(
+        &env,
+        &["unshare", "--user", "--map-root-user", "sleep", "100"],
+    );
+    let pid = c.id() as i32;
+    wait_ns_differs(pid, "user");
+    let img = env.dir("images");
+    let run = env.dump(pid, &img, &[]);
+    let _ = c.try_wait();
+    run.expect_clear_failure("dump in a user ns", &["user namespace"]);
+    assert!(run.stderr.contains(&pid.to_string()), "{}", run.describe());
+    assert!(c.try_wait().unwrap().is_none(), "the target died");
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// A child in a UTS namespace other than the root's is refused, naming the
+/// child and the kind; the tree keeps running.
+#[test]
+fn nested_uts_refused() {
+    let Some(env) = Env::setup("nested_uts_refused") else {
+        return;
+    };
+    let mut c = spawn(&env, &["sh", "-c", "unshare --uts sleep 100 & wait"]);
+    let pid = c.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let child = loop {
+        let kids =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(k) = kids
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<i32>().ok())
+        {
+            break k;
+        }
+        assert!(Instant::now() < deadline, "sh has no child");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    wait_ns_differs(child, "uts");
+    let img = env.dir("images");
+    let run = env.dump(pid, &img, &[]);
+    run.expect_clear_failure("dump with a nested uts ns", &["uts namespace"]);
+    assert!(
+        run.stderr.contains(&child.to_string()),
+        "{}",
+        run.describe()
+    );
+    assert!(c.try_wait().unwrap().is_none(), "the target died");
+    // SAFETY: kill takes plain integers; both are ours.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    reap_zombie_children(&[]);
 }

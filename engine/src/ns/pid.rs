@@ -313,6 +313,13 @@ pub fn clone_flags(parent: Option<&TaskPlan>, child: &TaskPlan) -> u64 {
     }
 }
 
+/// Make the pid namespace of the process behind `pidfd` our
+/// `pid_for_children` (as after `unshare(CLONE_NEWPID)`).
+pub fn enter_for_children(pidfd: &impl std::os::fd::AsFd) -> std::result::Result<(), String> {
+    nix::sched::setns(pidfd, nix::sched::CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("setns into a child's pid namespace: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,9 @@
 //! every IPC object (same ids, keys, modes, owners, contents, values, every
 //! message, read with MSG_COPY so a second check sees them again), the
 //! sysctls, loopback up (with `net`), and that the clocks did not go back.
-//! Roles: `root`, `c1`, `c2`.
+//! With `nested`, c2 unshares a pid namespace and forks `g`, pid 1 of that
+//! nested namespace, which verifies its pids too.
+//! Roles: `root`, `c1`, `c2` (and `g`).
 
 use stasis_integration::workload::{fork, wait_child, Ctx, Verdict};
 use std::time::Duration;
@@ -242,6 +244,32 @@ fn set_lo_up() -> Result<(), String> {
     }
 }
 
+/// Unshare a pid namespace and fork its init, role `g`; returns its pid
+/// (as the caller sees it).
+fn nested_init(ctx: &mut Ctx) -> i32 {
+    // SAFETY: unshare takes a flag; affects only our future children.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        ctx.setup_failed("c2", &err("unshare(CLONE_NEWPID)"));
+    }
+    match fork() {
+        Ok(0) => {
+            let mut v = Verdict::new();
+            ctx.write_ready("g");
+            ctx.wait_for_check(|| {});
+            v.eq("pid in the nested namespace", std::process::id(), 1);
+            v.eq("ppid (outside)", nix::unistd::getppid().as_raw(), 0);
+            v.eq(
+                "hostname",
+                read("/proc/sys/kernel/hostname"),
+                HOST.to_string(),
+            );
+            ctx.finish("g", v);
+        }
+        Ok(pid) => pid,
+        Err(e) => ctx.setup_failed("c2", &format!("fork: {e}")),
+    }
+}
+
 fn read(p: &str) -> String {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -252,6 +280,7 @@ fn read(p: &str) -> String {
 fn main() {
     let mut ctx = Ctx::from_args("wl-ns STATEDIR [net]");
     let net = ctx.args.iter().any(|a| a == "net");
+    let nested = ctx.args.iter().any(|a| a == "nested");
     if std::process::id() != 1 {
         ctx.setup_failed("root", "not pid 1: start me with unshare --pid --fork");
     }
@@ -283,6 +312,11 @@ fn main() {
         match fork() {
             Ok(0) => {
                 let mut v = Verdict::new();
+                let g = if nested && k == 1 {
+                    Some(nested_init(&mut ctx))
+                } else {
+                    None
+                };
                 ctx.write_ready(role);
                 let mono = now(libc::CLOCK_MONOTONIC);
                 ctx.wait_for_check(|| {});
@@ -297,6 +331,15 @@ fn main() {
                     "CLOCK_MONOTONIC went back".into()
                 });
                 check_ipc(&objs, &mut v);
+                if let Some(g) = g {
+                    let l = |n: &str| std::fs::read_link(format!("/proc/self/ns/{n}")).ok();
+                    v.check(l("pid_for_children") != l("pid"), || {
+                        "pid_for_children is not the nested namespace".into()
+                    });
+                    if let Err(e) = wait_child(g, Duration::from_secs(20)) {
+                        v.fail(format!("nested init: {e}"));
+                    }
+                }
                 ctx.finish(role, v);
             }
             Ok(pid) => kids.push(pid),
