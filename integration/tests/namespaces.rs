@@ -1,5 +1,6 @@
 //! Trees in namespaces of their own: `wl-ns` as pid 1 of fresh pid, IPC
-//! and UTS namespaces (plus time with clock offsets, net, cgroup), dumped by
+//! and UTS namespaces (plus time with clock offsets, net, cgroup, a mount
+//! namespace with its own /proc, a nested pid namespace), dumped by
 //! the host pid of the namespace's init and restored; the workload verifies
 //! everything from inside (pids, hostname, SysV objects and their ids, IPC
 //! sysctls, loopback, clocks not going back).
@@ -8,6 +9,9 @@
 //! - `*_dump_restore`: dump (kills the tree), restore, verify;
 //! - `*_leave_running`: dump with `-R`, the original verifies and exits
 //!   (its pids and IPC ids must be free again), restore, verify again.
+//!
+//! Also: a user namespace, and a child in another UTS namespace than the
+//! root's, are refused with one clear line and the target keeps running.
 //!
 //! Root only (skipped otherwise); run with `--test-threads=1`.
 
@@ -142,9 +146,9 @@ impl NsTree {
         reap_zombie_children(&[]);
     }
 
-    fn restore(&mut self, env: &Env, img: &Path) {
+    fn restore(&mut self, env: &Env, img: &Path, extra: &[&str]) {
         let pidfile = env.path("restore.pid");
-        let run = env.restore(img, &pidfile, &[]);
+        let run = env.restore(img, &pidfile, extra);
         run.expect_success("restore");
         let pid = read_pidfile(&pidfile).unwrap();
         assert_eq!(pid, self.init, "restored init has another host pid");
@@ -189,18 +193,18 @@ impl Drop for NsTree {
     }
 }
 
-fn dump_restore(name: &str, flags: &[&str], args: &[&str]) {
+fn dump_restore(name: &str, flags: &[&str], args: &[&str], restore: &[&str]) {
     let Some(env) = Env::setup(name) else { return };
     let mut t = NsTree::start(&env, flags, args);
     let img = env.dir("images");
     env.dump(t.init, &img, &[]).expect_success("dump");
     t.wait_original(false);
-    t.restore(&env, &img);
+    t.restore(&env, &img, restore);
     t.check("after restore");
     t.wait_restored();
 }
 
-fn leave_running(name: &str, flags: &[&str], args: &[&str]) {
+fn leave_running(name: &str, flags: &[&str], args: &[&str], restore: &[&str]) {
     let Some(env) = Env::setup(name) else { return };
     let mut t = NsTree::start(&env, flags, args);
     let img = env.dir("images");
@@ -208,7 +212,7 @@ fn leave_running(name: &str, flags: &[&str], args: &[&str]) {
     t.check("original after dump -R");
     t.wait_original(true);
     t.reset();
-    t.restore(&env, &img);
+    t.restore(&env, &img, restore);
     t.check("after restore");
     t.wait_restored();
 }
@@ -230,32 +234,70 @@ const ALL: &[&str] = &[
 
 #[test]
 fn pid_ipc_uts_dump_restore() {
-    dump_restore("pid_ipc_uts_dump_restore", PID_IPC_UTS, &[]);
+    dump_restore("pid_ipc_uts_dump_restore", PID_IPC_UTS, &[], &[]);
 }
 
 #[test]
 fn pid_ipc_uts_leave_running() {
-    leave_running("pid_ipc_uts_leave_running", PID_IPC_UTS, &[]);
+    leave_running("pid_ipc_uts_leave_running", PID_IPC_UTS, &[], &[]);
+}
+
+/// The launcher: a private mount table with its own /proc too
+/// (restored with `--root /`: its mounts come from the host's root).
+const WITH_MOUNTS: &[&str] = &[
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--mount",
+    "--ipc",
+    "--uts",
+    "--net",
+    "--cgroup",
+    "--time",
+    "--monotonic",
+    "86400",
+    "--boottime",
+    "172800",
+];
+
+#[test]
+fn with_mounts_dump_restore() {
+    dump_restore(
+        "with_mounts_dump_restore",
+        WITH_MOUNTS,
+        &["net", "nested"],
+        &["--root", "/"],
+    );
+}
+
+#[test]
+fn with_mounts_leave_running() {
+    leave_running(
+        "with_mounts_leave_running",
+        WITH_MOUNTS,
+        &["net", "nested"],
+        &["--root", "/"],
+    );
 }
 
 #[test]
 fn nested_pid_dump_restore() {
-    dump_restore("nested_pid_dump_restore", PID_IPC_UTS, &["nested"]);
+    dump_restore("nested_pid_dump_restore", PID_IPC_UTS, &["nested"], &[]);
 }
 
 #[test]
 fn nested_pid_leave_running() {
-    leave_running("nested_pid_leave_running", PID_IPC_UTS, &["nested"]);
+    leave_running("nested_pid_leave_running", PID_IPC_UTS, &["nested"], &[]);
 }
 
 #[test]
 fn all_ns_dump_restore() {
-    dump_restore("all_ns_dump_restore", ALL, &["net"]);
+    dump_restore("all_ns_dump_restore", ALL, &["net"], &[]);
 }
 
 #[test]
 fn all_ns_leave_running() {
-    leave_running("all_ns_leave_running", ALL, &["net"]);
+    leave_running("all_ns_leave_running", ALL, &["net"], &[]);
 }
 
 /// Starts `argv` in its own session; returns the child and its pid.
