@@ -95,7 +95,8 @@ impl Tree {
     fn wait_launcher(&mut self) {
         if let Some(mut c) = self.launcher.take() {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while c.try_wait().unwrap().is_none() {
+            // Err: already reaped (we are a subreaper that reaps zombies).
+            while matches!(c.try_wait(), Ok(None)) {
                 if Instant::now() > deadline {
                     let _ = c.kill();
                     let _ = c.wait();
@@ -330,7 +331,18 @@ done
 
 #[test]
 fn container_pivot_root_frozen_cgroup() {
-    let Some(env) = Env::setup("container_pivot_root_frozen_cgroup") else {
+    container("container_pivot_root_frozen_cgroup", false);
+}
+
+/// The same with `-R`: the frozen container runs on after the dump (its
+/// cgroup thawed), is then killed, and its image restored.
+#[test]
+fn container_pivot_root_leave_running() {
+    container("container_pivot_root_leave_running", true);
+}
+
+fn container(name: &str, leave_running: bool) {
+    let Some(env) = Env::setup(name) else {
         return;
     };
     if !Path::new("/bin/busybox").exists() {
@@ -360,21 +372,50 @@ fn container_pivot_root_frozen_cgroup() {
 
     let img = env.dir("images");
     let cgs = cg.0.to_str().unwrap();
+    // A dump failing after the freeze: the error names the mount, the
+    // cgroup is thawed and the container runs on.
     env.dump(
         t.init,
-        &img,
-        &[
-            "--freeze-cgroup",
-            cgs,
-            "--external",
-            "mnt[/dev/null]:devnull",
-        ],
+        &env.dir("bad-images"),
+        &["--freeze-cgroup", cgs, "--external", "mnt[/nowhere]:x"],
     )
-    .expect_success("dump --freeze-cgroup");
+    .expect_clear_failure("dump with a bad --external", &["/nowhere"]);
+    let ev = fs::read_to_string(cg.0.join("cgroup.events")).unwrap();
+    assert!(
+        ev.contains("frozen 0"),
+        "cgroup left frozen by a failed dump: {ev}"
+    );
+    let (n0, _) = read_tick(&rootfs.join("tick")).unwrap();
+    wait_tick(&rootfs.join("tick"), n0 + 1, "after a failed dump");
+
+    let mut args = vec![
+        "--freeze-cgroup",
+        cgs,
+        "--external",
+        "mnt[/dev/null]:devnull",
+    ];
+    if leave_running {
+        args.push("-R");
+    }
+    let (before, _) = read_tick(&rootfs.join("tick")).unwrap();
+    env.dump(t.init, &img, &args)
+        .expect_success("dump --freeze-cgroup");
     let ev = fs::read_to_string(cg.0.join("cgroup.events")).unwrap();
     assert!(ev.contains("frozen 0"), "cgroup left frozen: {ev}");
+    if leave_running {
+        let (n, _) = read_tick(&rootfs.join("tick")).unwrap();
+        wait_tick(&rootfs.join("tick"), n + 1, "original after dump -R");
+        cg.kill_all();
+    }
     t.wait_launcher();
-    let (last, _) = read_tick(&rootfs.join("tick")).unwrap();
+    let last = if leave_running {
+        // The copy holds the original's later ticks: the restored counter
+        // resumes from the dump, after `before`.
+        let _ = fs::remove_file(rootfs.join("tick"));
+        before
+    } else {
+        read_tick(&rootfs.join("tick")).unwrap().0
+    };
 
     // A fresh copy of the rootfs, and the cgroup gone: restore re-creates it.
     let rootfs2 = env.path("rootfs2");
@@ -531,7 +572,7 @@ fn join_ns_uts() {
     let mut t = {
         let mut cmd = Command::new("sh");
         cmd.args(["-c"]).arg(format!(
-            "while :; do hostname > {0}.new; mv {0}.new {0}; sleep 0.05; done",
+            "while :; do read h < /proc/sys/kernel/hostname; echo $h > {0}.new; mv {0}.new {0}; sleep 0.2; done",
             out.display()
         ));
         cmd.stdout(Stdio::null());

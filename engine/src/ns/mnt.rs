@@ -425,7 +425,9 @@ pub fn configure(p: &mut NsPlan, root: Option<&Path>, external: &[String]) -> Re
     let Some(m) = p.mnt.as_mut() else {
         return Ok(None);
     };
-    m.root = root.map(Path::to_path_buf);
+    m.root = root
+        .map(|r| std::fs::canonicalize(r).map_err(|e| Error::io(r, e)))
+        .transpose()?;
     for s in external {
         if let Some((k, v)) = parse_external(s)? {
             let v = v.ok_or_else(|| {
