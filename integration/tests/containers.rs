@@ -427,10 +427,27 @@ fn container(name: &str, leave_running: bool) {
         .unwrap();
     assert!(st.success(), "cp -a rootfs");
     cg.kill_all();
-    fs::remove_dir(&cg.0).unwrap();
-
     let pidfile = env.path("restore.pid");
     let r2 = rootfs2.to_str().unwrap();
+    let cgname = cg.0.file_name().unwrap().to_str().unwrap().to_string();
+    let ext = ["--external", "mnt[devnull]:/dev/null"];
+    // The caller's mount must be given back.
+    env.restore(&img, &pidfile, &["--root", r2])
+        .expect_clear_failure("restore without --external", &["devnull"]);
+    // strict wants to make the cgroup itself; none wants it made already.
+    env.restore(
+        &img,
+        &pidfile,
+        &["--root", r2, "--manage-cgroups=strict", ext[0], ext[1]],
+    )
+    .expect_clear_failure("restore strict into an existing cgroup", &[&cgname]);
+    fs::remove_dir(&cg.0).unwrap();
+    env.restore(
+        &img,
+        &pidfile,
+        &["--root", r2, "--manage-cgroups=none", ext[0], ext[1]],
+    )
+    .expect_clear_failure("restore none without the cgroup", &[&cgname]);
     env.restore(
         &img,
         &pidfile,
