@@ -40,10 +40,22 @@ struct NsTree {
 
 impl NsTree {
     fn start(env: &Env, unshare_flags: &[&str], args: &[&str]) -> NsTree {
+        let nested = args.contains(&"nested");
+        let roles: &'static [&'static str] = if nested { &ROLES } else { &ROLES[..3] };
+        NsTree::start_bin(env, unshare_flags, env!("CARGO_BIN_EXE_wl-ns"), args, roles)
+    }
+
+    fn start_bin(
+        env: &Env,
+        unshare_flags: &[&str],
+        bin: &str,
+        args: &[&str],
+        roles: &'static [&'static str],
+    ) -> NsTree {
         let dir = env.dir("wl-ns");
         let mut cmd = Command::new("unshare");
         cmd.args(unshare_flags)
-            .arg(env!("CARGO_BIN_EXE_wl-ns"))
+            .arg(bin)
             .arg(&dir)
             .args(args)
             .stdin(Stdio::null())
@@ -58,9 +70,8 @@ impl NsTree {
         }
         let child = cmd.spawn().expect("run unshare (util-linux)");
         let upid = child.id() as i32;
-        let nested = args.contains(&"nested");
         let mut t = NsTree {
-            roles: if nested { &ROLES } else { &ROLES[..3] },
+            roles,
             dir,
             unshare: Some(child),
             init: 0,
@@ -396,4 +407,27 @@ fn nested_uts_refused() {
     let _ = c.kill();
     let _ = c.wait();
     reap_zombie_children(&[]);
+}
+
+/// POSIX timers (one aimed at a thread by SIGEV_THREAD_ID) in a process
+/// that is pid 1 of its own pid namespace: the thread is named by the id the
+/// task sees, not the host's.
+#[test]
+fn timers_in_pid_ns_dump_restore() {
+    let Some(env) = Env::setup("timers_in_pid_ns_dump_restore") else {
+        return;
+    };
+    let mut t = NsTree::start_bin(
+        &env,
+        &["--pid", "--fork"],
+        env!("CARGO_BIN_EXE_wl-timers"),
+        &[],
+        &["root"],
+    );
+    let img = env.dir("images");
+    env.dump(t.init, &img, &[]).expect_success("dump");
+    t.wait_original(false);
+    t.restore(&env, &img, &[]);
+    t.check("after restore");
+    t.wait_restored();
 }
