@@ -15,7 +15,11 @@
 # 5. `stasis run -d` of a busybox container until its process runs, against
 #    `runc run -d` in the same run (median of 5 each).
 #
-# `hack/bench.sh fdtree` (or mem, small, runtime) runs only that part.
+# 6. container: a 100-process busybox container (pivot_root, own mount/pid/
+#    uts/ipc namespaces, own cgroup2 cgroup): freeze-to-frozen latency of
+#    --freeze-cgroup, dump and restore (--root) times.
+#
+# `hack/bench.sh fdtree` (or mem, small, runtime, container) runs only that part.
 #
 # Times are wall-clock around the whole `stasis` command (process start
 # included), taken by target/release/timeit. When `--display-stats` prints CRIU-style
@@ -256,6 +260,83 @@ if want runtime; then
     else
         note "runtime: runc or busybox-static missing, skipped"
     fi
+fi
+
+# container: a busybox rootfs entered with pivot_root by ct-init in new
+# mount/pid/uts/ipc namespaces, 100 processes, in a cgroup2 cgroup made here
+# (removed after): freeze-to-frozen latency of --freeze-cgroup, and the
+# dump (kill mode) and restore (--root into a copy of the rootfs) times of
+# the whole container.
+ct_n=100
+if want container; then
+    cg2=$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") print $5; break } }' /proc/self/mountinfo | head -n 1)
+    [[ -n $cg2 && -x /bin/busybox ]] || die "container bench needs a cgroup2 mount and /bin/busybox"
+    ct_cg=$cg2/stasis-bench-$$
+    ct_cleanup() {
+        if [[ -d $ct_cg ]]; then
+            echo 0 >"$ct_cg/cgroup.freeze" 2>/dev/null || true
+            echo 1 >"$ct_cg/cgroup.kill" 2>/dev/null || true
+            for ((i = 0; i < 500; i++)); do
+                [[ -z $(cat "$ct_cg/cgroup.procs" 2>/dev/null) ]] && break
+                sleep 0.01
+            done
+            rmdir "$ct_cg" 2>/dev/null || true
+        fi
+        cleanup
+    }
+    trap ct_cleanup EXIT
+    mkdir "$ct_cg"
+    rfs=$work/ct-rootfs
+    mkdir -p "$rfs"/{bin,dev,proc,tmp,etc,ro}
+    cp /bin/busybox "$rfs/bin/"
+    for a in sh sleep; do ln -s busybox "$rfs/bin/$a"; done
+    cat >"$rfs/ct.sh" <<'CT'
+n=1
+while [ $n -lt 100 ]; do sleep 1000 & n=$((n + 1)); done
+i=0
+while :; do i=$((i + 1)); echo $i >/tick; sleep 0.05; done
+CT
+    setsid sh -c "echo \$\$ >$ct_cg/cgroup.procs && exec unshare --mount --pid --fork --uts --ipc --propagation private $T/ct-init $rfs bench-ct /bin/sh /ct.sh" \
+        </dev/null >"$work/ct.out" 2>&1 &
+    upid=$!
+    disown "$upid"
+    wait_for "$rfs/tick" 30 || die "container did not start: $(cat "$work/ct.out")"
+    init=$(awk '{ print $1 }' "/proc/$upid/task/$upid/children")
+    for ((i = 0; i < 1000; i++)); do
+        [[ $(wc -l <"$ct_cg/cgroup.procs") -ge $((ct_n + 1)) ]] && break
+        sleep 0.01
+    done
+    img=$work/img-ct
+    mkdir "$img"
+    if "$T/timeit" "$work/t" "$STASIS" criu dump -t "$init" -D "$img" --freeze-cgroup "$ct_cg" \
+        -v4 -o "$work/ct-dump.log" >"$work/ct-dump.out" 2>&1; then
+        d_ms=$(<"$work/t")
+        lat=$(sed -n 's/.*cgroup frozen.*latency=\([^ ]*\).*/\1/p' "$work/ct-dump.log" | head -n 1)
+        row "freeze $ct_n-process container (cgroup.freeze to frozen 1)" "${lat:--}" "-" "-" "-" "-"
+        row "dump $ct_n-process container (mounts, namespaces, cgroup)" "$d_ms ms" "-" "-" "-" "-"
+        for ((i = 0; i < 1000; i++)); do
+            [[ -z $(cat "$ct_cg/cgroup.procs") ]] && break
+            sleep 0.01
+        done
+        cp -a "$rfs" "$rfs-2"
+        last=$(<"$rfs/tick")
+        if "$T/timeit" "$work/t" "$STASIS" criu restore -D "$img" -d --root "$rfs-2" \
+            --pidfile "$work/pid-ct" >"$work/ct-restore.out" 2>&1; then
+            r_ms=$(<"$work/t")
+            v="counter stuck"
+            for ((i = 0; i < 500; i++)); do
+                if [[ $(cat "$rfs-2/tick" 2>/dev/null) -gt $last ]]; then v=ok; break; fi
+                sleep 0.01
+            done
+            row "restore $ct_n-process container (--root copy; self-check: $v)" "$r_ms ms" "-" "-" "-" "-"
+        else
+            row "restore $ct_n-process container" "failed: $(tail -n 1 "$work/ct-restore.out")" "-" "-" "-" "-"
+        fi
+    else
+        row "dump $ct_n-process container" "failed: $(tail -n 1 "$work/ct-dump.out")" "-" "-" "-" "-"
+    fi
+    ct_cleanup
+    trap cleanup EXIT
 fi
 
 echo

@@ -62,6 +62,10 @@ pub struct DumpOptions {
     /// Save a pty slave whose master is outside the tree as a pty end; on
     /// restore it gets a new master (CRIU's orphan_pts_master).
     pub orphan_pts_master: bool,
+    /// `--external` entries (`mnt[PATH]:KEY` marks a mount external).
+    pub external: Vec<String>,
+    /// Freeze this cgroup while seizing (`--freeze-cgroup`).
+    pub freeze_cgroup: Option<PathBuf>,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -74,8 +78,20 @@ const SC_TIMERS: u64 = 24576;
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
     check_target(opts.pid)?;
+    crate::ns::mnt::set_dump_externals(&opts.external)?;
     let t0 = Instant::now();
+    // A frozen cgroup holds still while we seize it; injected syscalls do
+    // not run in a frozen cgroup, so it is thawed once all are seized (and
+    // on any error, by the guard's drop).
+    let mut freezer = opts
+        .freeze_cgroup
+        .as_deref()
+        .map(|p| crate::cgroup::Freezer::freeze(p, std::time::Duration::from_secs(10)))
+        .transpose()?;
     let tree = SeizedTree::seize(opts.pid)?;
+    if let Some(f) = freezer.as_mut() {
+        f.thaw()?;
+    }
     let frozen_at = Instant::now();
     info!(pid = opts.pid, tasks = tree.tasks.len(), "tree seized");
 
@@ -93,6 +109,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         opts,
         files: &files,
         ns_ids: HashMap::new(),
+        cg_sets: Default::default(),
+        pids: Default::default(),
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
         stolen: tree.stolen.clone(),
@@ -104,6 +122,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .map(|t| t.pid)
         .collect();
     d.files().prepare_tree(&live)?;
+    d.cg_sets = crate::cgroup::dump(&dir, &live)?;
+    // Namespaces: refuse what we cannot restore before writing anything.
+    let tree_ns = crate::ns::collect(&dir, &live)?;
+    let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
+    d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     // Fd tables (files id = task index + 2) on a second thread, see
     // files::tables.
     let fd_tasks: Vec<(i32, u32)> = (2..)
@@ -112,20 +135,25 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .map(|(id, t)| (t.pid, id))
         .collect();
     let stop = AtomicBool::new(false);
-    let root_ids = std::thread::scope(|s| -> Result<_> {
+    let (root_ids, root_task_ids) = std::thread::scope(|s| -> Result<_> {
         let tables = s.spawn(|| tables::dump_tables(&files, &fd_tasks, &stop));
         let mut run = || -> Result<_> {
             // inventory.root_ids are the dumper's own, as CRIU writes them:
             // its restore takes a root task whose ids match them for a
-            // CLONE_* sibling ("Image corruption on kIDs data"). The dumper
-            // is object id 1, tasks 2.. (fdinfo-2.img is the root's, as
-            // CRIU names it).
-            let root_ids = Some(d.ids(std::process::id() as i32, 1)?);
+            // CLONE_* sibling ("Image corruption on kIDs data"), and the
+            // kinds where the root task's differ are the namespaces the
+            // tree owns. The dumper is object id 1, tasks 2.. (fdinfo-2.img
+            // is the root's, as CRIU names it).
+            let root_ids = d.ids(std::process::id() as i32, 1)?;
+            let mut root_task_ids = None;
             for (i, task) in tree.tasks.iter().enumerate() {
                 crate::error::check_interrupt()?;
-                d.dump_task(&tree, task, i as u32 + 2)?;
+                let ids = d.dump_task(&tree, task, i as u32 + 2)?;
+                if i == 0 {
+                    root_task_ids = Some(ids);
+                }
             }
-            Ok(root_ids)
+            Ok((root_ids, root_task_ids))
         };
         let r = run();
         if r.is_err() {
@@ -139,6 +167,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         Ok(root_ids)
     })?;
     d.write_pstree(&tree)?;
+    if let Some(ids) = &root_task_ids {
+        crate::ns::dump(&dir, &tree_ns, opts.pid, ids)?;
+    }
     let Dumper { pages, .. } = d;
     // The table is still borrowed by `d`'s type: take it out of its mutex.
     let table = std::mem::replace(
@@ -160,7 +191,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     dir.commit_inventory(&InventoryEntry {
         img_version: 2,
         fdinfo_per_id: Some(true),
-        root_ids,
+        root_ids: Some(root_ids),
         ns_per_id: Some(true),
         lsmtype: Some(Lsmtype::NoLsm as i32),
         dump_uptime: uptime_us(),
@@ -192,6 +223,10 @@ struct Dumper<'a> {
     files: &'a Mutex<FileTable<'a>>,
     /// Namespace inode -> small id, as CRIU numbers namespaces.
     ns_ids: HashMap<u64, u32>,
+    /// Each task's cgroup set in cgroup.img.
+    cg_sets: crate::cgroup::CgSets,
+    /// Pids as the root's pid namespace sees them (file names, pstree).
+    pids: crate::ns::pid::PidMap,
     shmem_done: HashSet<u64>,
     pages: PageStats,
     stolen: Vec<crate::task::seize::StolenSignal>,
@@ -253,13 +288,7 @@ impl<'a> Dumper<'a> {
             .tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| PstreeEntry {
-                pid: t.pid as u32,
-                ppid: if i == 0 { 0 } else { t.ppid as u32 },
-                pgid: t.pgid as u32,
-                sid: t.sid as u32,
-                threads: t.threads.iter().map(|&x| x as u32).collect(),
-            })
+            .map(|(i, t)| self.pids.entry(&host_task(t), i == 0))
             .collect();
         self.dir
             .write_all("pstree.img", common(magic::PSTREE), &entries)
@@ -433,6 +462,7 @@ impl<'a> Dumper<'a> {
                         ptrace::peek_siginfo(pid, true).task_ctx(pid, "peek shared signals")?,
                     ),
                     loginuid: proc::read_loginuid(pid).ok(),
+                    cg_set: self.cg_sets.of.get(&pid).copied(),
                     oom_score_adj: proc::read_oom_score_adj(pid).ok(),
                     sigactions: sigactions.clone(),
                     child_subreaper: Some(subreaper),
@@ -445,11 +475,15 @@ impl<'a> Dumper<'a> {
                 });
                 core.ids = Some(ids);
             }
-            self.dir
-                .write_one(&format!("core-{tid}.img"), common(magic::CORE), &core)?;
+            self.dir.write_one(
+                &format!("core-{}.img", self.pids.vpid(tid)),
+                common(magic::CORE),
+                &core,
+            )?;
         }
+        let vpid = self.pids.vpid(pid);
         self.dir
-            .write_one(&format!("ids-{pid}.img"), common(magic::IDS), &ids)?;
+            .write_one(&format!("ids-{vpid}.img"), common(magic::IDS), &ids)?;
 
         // Files: cwd, root, exe (the fd table is dumped by files::tables).
         let dirflags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
@@ -470,7 +504,7 @@ impl<'a> Dumper<'a> {
             format!("/proc/{pid}/root").into(),
         )?;
         self.dir.write_one(
-            &format!("fs-{pid}.img"),
+            &format!("fs-{vpid}.img"),
             common(magic::FS),
             &FsEntry {
                 cwd_id,
@@ -509,9 +543,9 @@ impl<'a> Dumper<'a> {
             thp_disabled: Some(thp_disabled),
         };
         self.dir
-            .write_one(&format!("mm-{pid}.img"), common(magic::MM), &mm)?;
+            .write_one(&format!("mm-{vpid}.img"), common(magic::MM), &mm)?;
         let pages_id = self.pages_id();
-        let st = pages::dump_private(self.dir, pid, &vmas, pages_id, self.opts.progress)?;
+        let st = pages::dump_private_as(self.dir, pid, vpid, &vmas, pages_id, self.opts.progress)?;
         self.pages.add(&st);
         for v in vmas.iter().filter(|v| v.contents == Contents::Shmem) {
             if self.shmem_done.insert(v.entry.shmid) {
@@ -650,9 +684,22 @@ impl<'a> Dumper<'a> {
             ids: Some(ids),
             ..Default::default()
         };
-        self.dir
-            .write_one(&format!("core-{pid}.img"), common(magic::CORE), &core)?;
+        self.dir.write_one(
+            &format!("core-{}.img", self.pids.vpid(pid)),
+            common(magic::CORE),
+            &core,
+        )?;
         Ok(ids)
+    }
+}
+
+fn host_task(t: &Task) -> crate::ns::pid::HostTask<'_> {
+    crate::ns::pid::HostTask {
+        pid: t.pid,
+        ppid: t.ppid,
+        pgid: t.pgid,
+        sid: t.sid,
+        threads: &t.threads,
     }
 }
 

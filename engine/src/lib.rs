@@ -9,6 +9,7 @@ pub mod sys;
 pub mod proc;
 pub mod progress;
 
+pub mod cgroup;
 pub mod check;
 pub mod dump;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod files;
 pub mod hook;
 pub mod images;
 pub mod mem;
+pub mod ns;
 pub mod restore;
 pub mod stats;
 pub mod task;

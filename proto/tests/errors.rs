@@ -238,6 +238,7 @@ fn oversized_entry_is_rejected_before_allocating() {
         pgid: 1,
         sid: 1,
         threads: vec![1],
+        ..Default::default()
     };
     let mut w = ImageWriter::new(Vec::new(), Header::Common(magic::PSTREE)).unwrap();
     w.write_entry(&e).unwrap();

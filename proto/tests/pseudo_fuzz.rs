@@ -193,6 +193,7 @@ fn seeds() -> Vec<Vec<u8>> {
             pgid: 1,
             sid: 1,
             threads: vec![pid, pid + 100],
+            ..Default::default()
         })
         .unwrap();
     }

@@ -89,6 +89,7 @@ fn pstree() -> PstreeEntry {
         pgid: 10,
         sid: 10,
         threads: vec![10, 11, 12],
+        ..Default::default()
     }
 }
 
@@ -1425,6 +1426,7 @@ fn pstree_encoding_is_exact() {
         pgid: 1,
         sid: 1,
         threads: vec![1],
+        ..Default::default()
     };
     // Required fields are emitted even when zero; repeated scalars unpacked.
     let body = [0x08, 0x01, 0x10, 0x00, 0x18, 0x01, 0x20, 0x01, 0x28, 0x01];

@@ -160,8 +160,21 @@ pub fn dump_private(
     pages_id: u32,
     progress: bool,
 ) -> Result<PageStats> {
+    dump_private_as(dir, pid, pid, vmas, pages_id, progress)
+}
+
+/// [`dump_private`] of host pid `pid`, written as `pagemap-<img_pid>.img`
+/// (the pid its pid namespace sees).
+pub fn dump_private_as(
+    dir: &ImageDir,
+    pid: i32,
+    img_pid: i32,
+    vmas: &[Vma],
+    pages_id: u32,
+    progress: bool,
+) -> Result<PageStats> {
     let (runs, scanned) = collect_runs(pid, vmas)?;
-    let pm_name = format!("pagemap-{pid}.img");
+    let pm_name = format!("pagemap-{img_pid}.img");
     write_pagemap(
         dir,
         &pm_name,

@@ -13,6 +13,8 @@
 //! Until step 5 succeeds a guard kills every task created: a failed restore
 //! leaves nothing behind.
 
+pub mod inherit;
+pub mod join;
 pub mod plan;
 pub mod stub;
 
@@ -68,6 +70,19 @@ pub struct RestoreOptions {
     /// `on_orphan_pts` before the tree resumes (else such images fail).
     pub orphan_pts_master: bool,
     pub on_orphan_pts: Option<crate::hook::FdHook>,
+    /// `--root`: the directory that becomes the root of the rebuilt mount
+    /// namespace.
+    pub root: Option<PathBuf>,
+    /// `--external` entries (`mnt[KEY]:VALUE` binds VALUE at mount KEY).
+    pub external: Vec<String>,
+    /// `--manage-cgroups[=MODE]`; `None` when not given.
+    pub manage_cgroups: Option<crate::cgroup::CgMode>,
+    /// `--cgroup-root [CTRL:]PATH`.
+    pub cgroup_root: Vec<String>,
+    /// `--inherit-fd fd[N]:KEY`: the file with image key KEY is our fd N.
+    pub inherit_fd: Vec<(i32, String)>,
+    /// `--join-ns NS:PATH`: namespaces to enter instead of creating.
+    pub join_ns: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -122,19 +137,39 @@ pub struct Prep {
     pub owner: Vec<(Group, usize)>,
     pub tasks: Vec<TaskPrep>,
     pub images_dir: PathBuf,
+    /// Namespaces the root enters first (`--join-ns`): kind, our fd.
+    pub join_ns: Vec<(crate::proc::NsKind, i32)>,
 }
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
-    let plan = plan::read(&dir)?;
+    let mut plan = plan::read(&dir)?;
+    // Kept until the end: the mount yard is removed on drop.
+    let _mnt_yard = crate::ns::mnt::configure(&mut plan.ns, opts.root.as_deref(), &opts.external)?;
+    // Kept open until the root is forked.
+    let joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
+    let plan = plan;
+    let mut cg_target = crate::cgroup::prepare(
+        &dir,
+        plan.tasks[0]
+            .cores
+            .first()
+            .and_then(|c| c.tc.as_ref())
+            .and_then(|tc| tc.cg_set),
+        opts.manage_cgroups.unwrap_or_default(),
+        opts.manage_cgroups.is_some(),
+        &opts.cgroup_root,
+    )?;
     files::unix::check_restore(&plan, opts.ext_unix_sk)?;
     check_pids_free(&plan)?;
     files::epoll::check_plan(&plan).map_err(Error::Other)?;
     files::locks::check_plan(&plan, opts.file_locks)?;
     crate::task::timers::check_plan(&plan)?;
     let mut keep_fds: Vec<OwnedFd> = Vec::new();
-    let prep = prepare(&dir, &plan, opts, &mut keep_fds)?;
+    let mut prep = prepare(&dir, &plan, opts, &mut keep_fds)?;
+    prep.join_ns = join::raw(&joined);
+    let prep = prep;
     let mut tree = Tree::default();
     let (err_r, sync_w) = (
         prep_err_reader(&mut keep_fds),
@@ -143,13 +178,32 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 
     // Fork the root; it waits for us to seize it so every fork is traced.
     let root = &plan.tasks[0];
+    // The root is forked into the tree's own namespaces (pid 1 of its pid
+    // namespace); it fills them first thing (`ns::setup_root`).
+    // Born in its cgroup: we step in for the fork and out again.
+    if let Some(c) = cg_target.as_mut() {
+        c.enter()?;
+    }
     // A sibling takes our own exit signal; clone3 wants exit_signal 0 then.
-    let (clone_flags, exit_signal) = if opts.sibling {
+    let (sibling_flags, exit_signal) = if opts.sibling {
         (libc::CLONE_PARENT as u64, 0)
     } else {
         (0, libc::SIGCHLD)
     };
-    let root_pid = match clone3::clone3_fork(clone_flags, &[root.pid], exit_signal) {
+    let ns_guard = crate::ns::RestorerNs::enter(&plan.ns)?;
+    let root_flags = crate::ns::clone_flags(&plan.ns)
+        | crate::ns::pid::clone_flags(None, root)
+        | sibling_flags;
+    let forked = clone3::clone3_fork(root_flags, &crate::ns::pid::set_tid(root), exit_signal);
+    // The child keeps the namespaces it was born with.
+    match &forked {
+        Ok(clone3::Fork::Child) => std::mem::forget(ns_guard),
+        _ => drop(ns_guard),
+    }
+    if let (Some(c), Ok(clone3::Fork::Parent { .. })) = (cg_target.as_mut(), &forked) {
+        c.leave();
+    }
+    let root_pid = match forked {
         Ok(clone3::Fork::Child) => stub::main(&plan, &prep, 0),
         Ok(clone3::Fork::Parent { pid, .. }) => pid,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -211,7 +265,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
                 t.pid,
                 "setpgid",
                 libc::SYS_setpgid,
-                [0, t.pgid as u64, 0, 0, 0, 0],
+                [0, crate::ns::pid::local_pgid(t) as u64, 0, 0, 0, 0],
             )?;
         }
     }
@@ -499,6 +553,7 @@ fn prepare(
     for (g, h) in holders {
         prep.owner.push((g, lca(plan, &h)));
     }
+    inherit::apply(plan, &mut prep, &opts.inherit_fd)?;
     prep.local_base = next;
     // Per task: its own mapped files, exe and pages image; and a scratch spot.
     let own = proc::read_maps(std::process::id() as i32)?;
@@ -724,7 +779,7 @@ fn puppet(
 
     // Threads, each with its own TID, by clone3 run in the leader.
     let data = tp.scratch + SCRATCH_DATA;
-    for &tid in &t.threads[1..] {
+    for (k, &tid) in t.threads.iter().enumerate().skip(1) {
         let flags = (libc::CLONE_VM
             | libc::CLONE_FS
             | libc::CLONE_FILES
@@ -732,20 +787,24 @@ fn puppet(
             | libc::CLONE_THREAD
             | libc::CLONE_SYSVSEM) as u64;
         let set_tid_at = data + 256;
+        // Every pid namespace level gets the dumped tid (innermost first);
+        // clone3 returns the innermost one.
+        let levels = crate::ns::pid::thread_set_tid(t, k);
         let mut args = [0u64; 11];
         args[0] = flags;
         args[8] = set_tid_at;
-        args[9] = 1;
+        args[9] = levels.len() as u64;
         let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
         r.write(data, &bytes)?;
-        r.write(set_tid_at, &tid.to_ne_bytes())?;
+        let tids: Vec<u8> = levels.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        r.write(set_tid_at, &tids)?;
         let got = r.call(
             pid,
             "clone3 thread",
             libc::SYS_clone3,
             [data, 88, 0, 0, 0, 0],
         )? as i32;
-        if got != tid {
+        if got != levels[0] {
             return Err(Error::Other(format!(
                 "pid {pid}: thread {tid} came back as {got}"
             )));
@@ -837,20 +896,35 @@ fn puppet(
         // Pending signals, queued by the leader (only it may queue kernel
         // si_codes to itself and its threads).
         if let Some(q) = &tc.signals_p {
+            // Run inside the task: its own view of the pids.
+            let (lp, lt) = (
+                crate::ns::pid::local_pid(t),
+                crate::ns::pid::local_tid(t, k),
+            );
             for s in &q.signals {
-                queue_signal(&mut r, pid, Some(tid), &s.siginfo, data)?;
+                queue_signal(&mut r, pid, lp, Some(lt), &s.siginfo, data)?;
             }
         }
     }
     if let Some(q) = t.cores[0].tc.as_ref().and_then(|tc| tc.signals_s.as_ref()) {
+        let lp = crate::ns::pid::local_pid(t);
         for s in &q.signals {
-            queue_signal(&mut r, pid, None, &s.siginfo, data)?;
+            queue_signal(&mut r, pid, lp, None, &s.siginfo, data)?;
         }
     }
     Ok((r, pages))
 }
 
-fn queue_signal(r: &mut Remote, pid: i32, tid: Option<i32>, info: &[u8], at: u64) -> Result<()> {
+/// Queue a signal from inside task `pid`; `local`/`tid` are the ids the
+/// task sees.
+fn queue_signal(
+    r: &mut Remote,
+    pid: i32,
+    local: i32,
+    tid: Option<i32>,
+    info: &[u8],
+    at: u64,
+) -> Result<()> {
     if info.len() != 128 {
         return Err(Error::bad_image(
             format!("core-{pid}.img"),
@@ -864,13 +938,13 @@ fn queue_signal(r: &mut Remote, pid: i32, tid: Option<i32>, info: &[u8], at: u64
             pid,
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
-            [pid as u64, t as u64, sig, at, 0, 0],
+            [local as u64, t as u64, sig, at, 0, 0],
         )?,
         None => r.call(
             pid,
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
-            [pid as u64, sig, at, 0, 0, 0],
+            [local as u64, sig, at, 0, 0, 0],
         )?,
     };
     Ok(())

@@ -51,6 +51,9 @@ pub struct TaskPlan {
     pub pagemap: Option<Pagemap>,
     pub fds: Vec<FdinfoEntry>,
     pub fs: Option<FsEntry>,
+    /// Per-level pids when the tree has pid namespaces (see `ns::pid`);
+    /// `pid`, `ppid`, `pgid`, `sid` and `threads` are host pids then.
+    pub pids: Option<crate::ns::pid::TaskPids>,
 }
 
 impl TaskPlan {
@@ -70,6 +73,8 @@ pub struct Plan {
     pub shmem: BTreeMap<u64, (u64, Pagemap)>,
     /// File locks to take again (filelocks.img).
     pub locks: Vec<stasis_proto::criu::FileLockEntry>,
+    /// Namespaces the tree has of its own.
+    pub ns: crate::ns::NsPlan,
 }
 
 fn bad(image: impl Into<String>, why: impl Into<String>) -> Error {
@@ -200,6 +205,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
             pagemap: None,
             fds: Vec::new(),
             fs: None,
+            pids: None,
         };
         if t.alive() {
             for c in &t.cores {
@@ -292,6 +298,9 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         }
         shm.insert(id, (size, pm));
     }
+    let root_ids = tasks[0].cores[0].ids.unwrap_or_default();
+    let ns = crate::ns::read(dir, &inventory, &root_ids)?;
+    crate::ns::pid::to_host(&mut tasks, &pstree, ns.owns(crate::proc::NsKind::Pid))?;
     Ok(Plan {
         inventory,
         tasks,
@@ -299,6 +308,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         ghosts,
         shmem: shm,
         locks: crate::files::locks::read_image(dir)?,
+        ns,
     })
 }
 
@@ -433,6 +443,7 @@ mod tests {
             exit_code: 0,
             parent: None,
             children: vec![],
+            pids: None,
             cores: vec![],
             mm: Some(MmEntry {
                 vmas: vec![vma(2, libc::O_RDWR as u32), vma(2, 0)],

@@ -24,6 +24,8 @@ type R<T> = std::result::Result<T, String>;
 /// Run the stub of task `idx`; never returns.
 pub fn main(plan: &Plan, prep: &Prep, idx: usize) -> ! {
     let pid = plan.tasks[idx].pid;
+    // Signals to ourselves use the pid our pid namespace knows.
+    let own_pid = crate::ns::pid::local_pid(&plan.tasks[idx]);
     match run(plan, prep, idx) {
         Ok(()) => {
             // Only dead tasks get here: leave as they left.
@@ -34,7 +36,7 @@ pub fn main(plan: &Plan, prep: &Prep, idx: usize) -> ! {
                     Some(&SigSet::empty()),
                     None,
                 );
-                let _ = misc::raw_kill(pid, code & 0x7f);
+                let _ = misc::raw_kill(own_pid, code & 0x7f);
             }
             clone3::child_exit((code >> 8) & 0xff)
         }
@@ -86,6 +88,9 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         ctx(stub::read_fd(prep.sync_fd, &mut b), || {
             "wait for the restorer".into()
         })?;
+        super::join::enter(&prep.join_ns)?;
+        // Fresh namespaces are filled before anything else is created.
+        crate::ns::setup_root(&plan.ns)?;
     }
     // Nothing of the restorer's below the staging area survives.
     if prep.base > 0 {
@@ -110,9 +115,23 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     files::tty::set_ctty(plan, idx, &prep.shared)?;
     for &c in &t.children {
         let child = &plan.tasks[c];
-        match clone3::clone3_fork(0, &[child.pid], libc::SIGCHLD) {
+        let flags = crate::ns::pid::clone_flags(Some(t), child);
+        let newpid = flags & libc::CLONE_NEWPID as u64 != 0;
+        match clone3::CloneArgs::new()
+            .flags(flags)
+            .set_tid(&crate::ns::pid::set_tid(child))
+            .exit_signal(libc::SIGCHLD)
+            .pidfd(newpid)
+            .fork()
+        {
             Ok(clone3::Fork::Child) => main(plan, prep, c),
-            Ok(clone3::Fork::Parent { .. }) => {}
+            Ok(clone3::Fork::Parent { pidfd, .. }) => {
+                // We had unshared the child's pid namespace: our later
+                // children go there too (pid_for_children).
+                if let Some(fd) = pidfd {
+                    crate::ns::pid::enter_for_children(&fd)?;
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 return Err(format!("cannot create pid {}: it is in use", child.pid))
             }
@@ -251,7 +270,7 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         || format!("map scratch at {:#x}", prep.tasks[idx].scratch),
     )?;
     let _ = nix::unistd::close(prep.err_fd);
-    let _ = misc::raw_kill(t.pid, libc::SIGSTOP);
+    let _ = misc::raw_kill(crate::ns::pid::local_pid(t), libc::SIGSTOP);
     // Not reached: the restorer takes over at the stop.
     loop {
         std::thread::park();

@@ -10,14 +10,18 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("stasis-engine supports only x86_64");
 
+pub mod clock;
 pub mod clone3;
 pub mod cpu;
 pub mod fdctl;
 pub mod fdobj;
 pub mod inject;
+pub mod ipc;
 pub mod kcmp;
 pub mod misc;
 pub mod mman;
+pub mod mount;
+pub mod netdev;
 pub mod notify;
 pub mod pagemap;
 pub mod pidfd;

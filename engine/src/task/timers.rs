@@ -316,6 +316,20 @@ pub fn check_plan(plan: &Plan) -> Result<()> {
 /// [`create`] for a task of the plan (its threads exist by now).
 pub fn create_task(r: &mut Remote, t: &TaskPlan, at: u64) -> Result<()> {
     match of(t) {
+        // In a pid namespace the image names the target thread by its host
+        // tid; the task must name it by its own.
+        Some(tm) if t.pids.is_some() => {
+            let mut tm = tm.clone();
+            for p in &mut tm.posix {
+                let k = p
+                    .notify_thread_id
+                    .and_then(|id| t.threads.iter().position(|&x| x == id));
+                if let Some(k) = k {
+                    p.notify_thread_id = Some(crate::ns::pid::local_tid(t, k));
+                }
+            }
+            create(r, t.pid, &tm, at)
+        }
         Some(tm) => create(r, t.pid, tm, at),
         None => Ok(()),
     }

@@ -53,6 +53,20 @@ impl CgMode {
             _ => CgMode::Default,
         }
     }
+
+    /// The engine's mode; `None` when the default applies.
+    pub fn engine(self) -> Option<stasis_engine::cgroup::CgMode> {
+        use stasis_engine::cgroup::CgMode as E;
+        Some(match self {
+            CgMode::Ignore => E::Ignore,
+            CgMode::None => E::None,
+            CgMode::Props => E::Props,
+            CgMode::Soft => E::Soft,
+            CgMode::Full => E::Full,
+            CgMode::Strict => E::Strict,
+            CgMode::Default => return None,
+        })
+    }
 }
 
 /// `--inherit-fd fd[N]:KEY`: the file KEY of the images is our fd N.
@@ -208,32 +222,15 @@ impl Opts {
     pub fn check_restore(&self) -> Result<()> {
         self.check_common()?;
         if let Some(r) = &self.root {
-            let canon = std::fs::canonicalize(r)
-                .with_context(|| format!("{}: restore root", r.display()))?;
-            if canon != Path::new("/") {
-                bail!(not_yet(
-                    &format!("restore root {}", r.display()),
-                    "mount namespaces are not restored"
-                ));
-            }
+            std::fs::canonicalize(r).with_context(|| format!("{}: restore root", r.display()))?;
         }
-        for e in &self.external {
-            let k = external_kind(e);
-            if NS_KINDS.contains(&k) {
-                bail!(not_yet(
-                    &format!("--external {e}"),
-                    "namespaces are not restored"
-                ));
-            }
-        }
-        if self.empty_ns != 0 {
+        // The engine restores a tree's net namespace with loopback only,
+        // which is what an "empty" one is; other kinds are always rebuilt.
+        if self.empty_ns & !(libc::CLONE_NEWNET as u32) != 0 {
             bail!(not_yet(
                 &format!("empty namespaces (mask {:#x})", self.empty_ns),
-                "namespaces are not restored"
+                "only an empty net namespace can be asked for"
             ));
-        }
-        if !self.join_ns.is_empty() {
-            bail!(not_yet("joining namespaces", "namespaces are not restored"));
         }
         if self.lsm_profile.as_deref().is_some_and(|s| !s.is_empty()) {
             bail!(not_yet("an LSM profile", "LSM labels are not restored"));
@@ -249,14 +246,10 @@ impl Opts {
             bail!(not_yet("--exec-cmd", "the restorer does not exec"));
         }
         self.check_inherit_fd()?;
-        // cg_root / manage_cgroups: cgroups are not restored; the tree
-        // stays in the restorer's cgroups, which is where runc puts us.
         debug!(
-            cg_root = ?self.cg_root,
-            manage_cgroups = ?self.manage_cgroups,
             evasive_devices = self.evasive_devices,
             tcp_close = self.tcp_close,
-            "accepted: the tree stays in the restorer's cgroups; devices are reopened by path"
+            "accepted: devices are reopened by path"
         );
         Ok(())
     }
@@ -311,6 +304,8 @@ impl Opts {
             ext_unix_sk: self.ext_unix(),
             post_dump: None,
             orphan_pts_master: self.orphan_pts_master,
+            external: self.external.clone(),
+            freeze_cgroup: self.freeze_cgroup.as_ref().map(PathBuf::from),
         }
     }
 
@@ -333,6 +328,21 @@ impl Opts {
                 .collect(),
             orphan_pts_master: self.orphan_pts_master,
             on_orphan_pts: None,
+            root: self.root.clone(),
+            external: self
+                .external
+                .iter()
+                .filter(|e| external_kind(e) == "mnt")
+                .cloned()
+                .collect(),
+            manage_cgroups: self.manage_cgroups.and_then(CgMode::engine),
+            cgroup_root: self
+                .cg_root
+                .iter()
+                .map(|(c, p)| if c.is_empty() { p.clone() } else { format!("{c}:{p}") })
+                .collect(),
+            inherit_fd: Vec::new(),
+            join_ns: self.join_ns.clone(),
         }
     }
 }

@@ -1,0 +1,391 @@
+//! wl-ns STATEDIR [net] [mnt]: the init of fresh namespaces, started as
+//! `unshare --pid --fork --ipc --uts [--net] [--time ...] wl-ns STATEDIR`.
+//!
+//! Must be pid 1 of its pid namespace. Sets a hostname and domainname,
+//! IPC sysctls, creates SysV objects with content (a keyed and a private
+//! shm segment, a semaphore set with values and a changed owner and mode, a
+//! message queue with three messages), forks two children (pids 2 and 3
+//! inside), and remembers CLOCK_MONOTONIC and CLOCK_BOOTTIME.
+//! On `check`, each process verifies from inside: its pid, the UTS names,
+//! every IPC object (same ids, keys, modes, owners, contents, values, every
+//! message, read with MSG_COPY so a second check sees them again), the
+//! sysctls, loopback up (with `net`), and that the clocks did not go back.
+//! With `nested`, c2 unshares a pid namespace and forks `g`, pid 1 of that
+//! nested namespace, which verifies its pids too.
+//! Roles: `root`, `c1`, `c2` (and `g`).
+
+use stasis_integration::workload::{fork, wait_child, Ctx, Verdict};
+use std::time::Duration;
+
+const HOST: &str = "stasis-ns-test";
+const DOMAIN: &str = "stasis.example";
+const SHM_KEY: i32 = 0x5a5a_0001;
+const SEM_KEY: i32 = 0x5a5a_0002;
+const MSG_KEY: i32 = 0x5a5a_0003;
+const SHM_SIZE: usize = 3 * 4096 + 100;
+const MSGS: [(i64, &str); 3] = [(1, "first message"), (7, "second"), (2, "")];
+const SYSCTLS: [(&str, &str); 3] = [
+    ("/proc/sys/kernel/msgmnb", "32768"),
+    ("/proc/sys/kernel/shmmni", "2048"),
+    ("/proc/sys/fs/mqueue/queues_max", "300"),
+];
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 + i / 251) as u8
+}
+
+fn now(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// The kernel's `ipc64_perm` (x86_64) at the start of every `*64_ds`.
+fn perm(b: &[u8]) -> (i32, u32, u32, u32) {
+    let u = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+    (u(0) as i32, u(4), u(8), u(20) & 0o777)
+}
+
+struct Objs {
+    shm: i32,
+    shm_private: i32,
+    sem: i32,
+    msg: i32,
+}
+
+fn setup() -> Result<Objs, String> {
+    // SAFETY: (whole block) SysV IPC syscalls on objects we create, with
+    // buffers we own that are as large as the kernel structures (128 bytes).
+    unsafe {
+        let shm = libc::shmget(SHM_KEY, SHM_SIZE, libc::IPC_CREAT | 0o640);
+        if shm < 0 {
+            return Err(err("shmget"));
+        }
+        let p = libc::shmat(shm, std::ptr::null(), 0) as *mut u8;
+        if p as isize == -1 {
+            return Err(err("shmat"));
+        }
+        for i in 0..SHM_SIZE {
+            *p.add(i) = pattern(i);
+        }
+        libc::shmdt(p as *const libc::c_void);
+        let shm_private = libc::shmget(libc::IPC_PRIVATE, 4096, 0o600);
+        let p = libc::shmat(shm_private, std::ptr::null(), 0) as *mut u8;
+        if shm_private < 0 || p as isize == -1 {
+            return Err(err("private shm"));
+        }
+        std::ptr::copy_nonoverlapping(b"private!".as_ptr(), p, 8);
+        libc::shmdt(p as *const libc::c_void);
+
+        let sem = libc::semget(SEM_KEY, 3, libc::IPC_CREAT | 0o600);
+        let mut vals: [u16; 3] = [5, 6, 7];
+        if sem < 0 || libc::semctl(sem, 0, libc::SETALL, vals.as_mut_ptr()) < 0 {
+            return Err(err("sem"));
+        }
+        let mut ds = [0u8; 128];
+        if libc::semctl(sem, 0, libc::IPC_STAT, ds.as_mut_ptr()) < 0 {
+            return Err(err("sem stat"));
+        }
+        ds[4..8].copy_from_slice(&1234u32.to_ne_bytes());
+        ds[8..12].copy_from_slice(&2345u32.to_ne_bytes());
+        ds[20..24].copy_from_slice(&0o644u32.to_ne_bytes());
+        if libc::semctl(sem, 0, libc::IPC_SET, ds.as_mut_ptr()) < 0 {
+            return Err(err("sem set"));
+        }
+
+        let msg = libc::msgget(MSG_KEY, libc::IPC_CREAT | 0o620);
+        if msg < 0 {
+            return Err(err("msgget"));
+        }
+        for (t, text) in MSGS {
+            let mut b = t.to_ne_bytes().to_vec();
+            b.extend_from_slice(text.as_bytes());
+            if libc::msgsnd(msg, b.as_ptr() as *const _, text.len(), 0) < 0 {
+                return Err(err("msgsnd"));
+            }
+        }
+        Ok(Objs {
+            shm,
+            shm_private,
+            sem,
+            msg,
+        })
+    }
+}
+
+fn check_ipc(o: &Objs, v: &mut Verdict) {
+    // SAFETY: (whole block) as in setup; shm segments are attached read-only
+    // and only read within their size.
+    unsafe {
+        let mut ds = [0u8; 128];
+        if libc::shmctl(o.shm, libc::IPC_STAT, ds.as_mut_ptr() as *mut _) < 0 {
+            return v.fail(err("shm stat"));
+        }
+        v.eq("shm perm", perm(&ds), (SHM_KEY, 0, 0, 0o640));
+        v.eq(
+            "shm size",
+            u64::from_ne_bytes(ds[48..56].try_into().unwrap()),
+            SHM_SIZE as u64,
+        );
+        let p = libc::shmat(o.shm, std::ptr::null(), libc::SHM_RDONLY) as *const u8;
+        if p as isize == -1 {
+            return v.fail(err("shmat"));
+        }
+        if let Some(i) = (0..SHM_SIZE).find(|&i| *p.add(i) != pattern(i)) {
+            v.fail(format!("shm byte {i} is {}", *p.add(i)));
+        }
+        libc::shmdt(p as *const libc::c_void);
+        let p = libc::shmat(o.shm_private, std::ptr::null(), libc::SHM_RDONLY) as *const u8;
+        if p as isize == -1 {
+            return v.fail(err("private shmat"));
+        }
+        v.eq("private shm", std::slice::from_raw_parts(p, 8), b"private!");
+        libc::shmdt(p as *const libc::c_void);
+
+        if libc::semctl(o.sem, 0, libc::IPC_STAT, ds.as_mut_ptr()) < 0 {
+            return v.fail(err("sem stat"));
+        }
+        v.eq("sem perm", perm(&ds), (SEM_KEY, 1234, 2345, 0o644));
+        let mut vals = [0u16; 3];
+        libc::semctl(o.sem, 0, libc::GETALL, vals.as_mut_ptr());
+        v.eq("sem values", vals, [5, 6, 7]);
+
+        if libc::msgctl(o.msg, libc::IPC_STAT, ds.as_mut_ptr() as *mut _) < 0 {
+            return v.fail(err("msg stat"));
+        }
+        v.eq("msg perm", perm(&ds), (MSG_KEY, 0, 0, 0o620));
+        v.eq(
+            "msg qnum",
+            u64::from_ne_bytes(ds[80..88].try_into().unwrap()),
+            3,
+        );
+        v.eq(
+            "msg qbytes",
+            u64::from_ne_bytes(ds[88..96].try_into().unwrap()),
+            32768,
+        );
+        for (i, (t, text)) in MSGS.iter().enumerate() {
+            let mut b = [0u8; 8 + 256];
+            let n = libc::msgrcv(
+                o.msg,
+                b.as_mut_ptr() as *mut _,
+                256,
+                i as i64,
+                0o40000 | libc::IPC_NOWAIT,
+            );
+            if n < 0 {
+                v.fail(err(&format!("MSG_COPY of message {i}")));
+                continue;
+            }
+            let got_t = i64::from_ne_bytes(b[..8].try_into().unwrap());
+            v.eq(
+                &format!("message {i}"),
+                (got_t, &b[8..8 + n as usize]),
+                (*t, text.as_bytes()),
+            );
+        }
+    }
+    // The ids are what the objects had: look them up by key again.
+    // SAFETY: lookups of existing keys, no creation.
+    let ids = unsafe {
+        (
+            libc::shmget(SHM_KEY, 0, 0),
+            libc::semget(SEM_KEY, 0, 0),
+            libc::msgget(MSG_KEY, 0),
+        )
+    };
+    v.eq("ids by key", ids, (o.shm, o.sem, o.msg));
+}
+
+fn lo_up() -> Result<bool, String> {
+    // SAFETY: a socket we own and an ifreq-sized buffer for SIOCGIFFLAGS.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if s < 0 {
+            return Err(err("socket"));
+        }
+        let mut ifr = [0u8; 40];
+        ifr[..2].copy_from_slice(b"lo");
+        let r = libc::ioctl(s, libc::SIOCGIFFLAGS, ifr.as_mut_ptr());
+        libc::close(s);
+        if r < 0 {
+            return Err(err("SIOCGIFFLAGS lo"));
+        }
+        let flags = i16::from_ne_bytes([ifr[16], ifr[17]]);
+        Ok(flags as i32 & libc::IFF_UP != 0)
+    }
+}
+
+fn set_lo_up() -> Result<(), String> {
+    // SAFETY: a socket we own and an ifreq-sized buffer for the flag ioctls.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let mut ifr = [0u8; 40];
+        ifr[..2].copy_from_slice(b"lo");
+        if s < 0 || libc::ioctl(s, libc::SIOCGIFFLAGS, ifr.as_mut_ptr()) < 0 {
+            return Err(err("SIOCGIFFLAGS lo"));
+        }
+        let f = i16::from_ne_bytes([ifr[16], ifr[17]]) | libc::IFF_UP as i16;
+        ifr[16..18].copy_from_slice(&f.to_ne_bytes());
+        let r = libc::ioctl(s, libc::SIOCSIFFLAGS, ifr.as_mut_ptr());
+        libc::close(s);
+        if r < 0 {
+            return Err(err("SIOCSIFFLAGS lo"));
+        }
+        Ok(())
+    }
+}
+
+/// Unshare a pid namespace and fork its init, role `g`; returns its pid
+/// (as the caller sees it).
+fn nested_init(ctx: &mut Ctx) -> i32 {
+    // SAFETY: unshare takes a flag; affects only our future children.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        ctx.setup_failed("c2", &err("unshare(CLONE_NEWPID)"));
+    }
+    match fork() {
+        Ok(0) => {
+            let mut v = Verdict::new();
+            ctx.write_ready("g");
+            ctx.wait_for_check(|| {});
+            v.eq("pid in the nested namespace", std::process::id(), 1);
+            v.eq("ppid (outside)", nix::unistd::getppid().as_raw(), 0);
+            v.eq(
+                "hostname",
+                read("/proc/sys/kernel/hostname"),
+                HOST.to_string(),
+            );
+            ctx.finish("g", v);
+        }
+        Ok(pid) => pid,
+        Err(e) => ctx.setup_failed("c2", &format!("fork: {e}")),
+    }
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn main() {
+    let mut ctx = Ctx::from_args("wl-ns STATEDIR [net]");
+    let net = ctx.args.iter().any(|a| a == "net");
+    let nested = ctx.args.iter().any(|a| a == "nested");
+    if std::process::id() != 1 {
+        ctx.setup_failed("root", "not pid 1: start me with unshare --pid --fork");
+    }
+    // Own session, so the tree does not depend on the launcher's.
+    // SAFETY: setsid takes no arguments.
+    unsafe { libc::setsid() };
+    if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", HOST) {
+        ctx.setup_failed("root", &format!("hostname: {e}"));
+    }
+    if let Err(e) = std::fs::write("/proc/sys/kernel/domainname", DOMAIN) {
+        ctx.setup_failed("root", &format!("domainname: {e}"));
+    }
+    for (p, val) in SYSCTLS {
+        if let Err(e) = std::fs::write(p, val) {
+            ctx.setup_failed("root", &format!("{p}: {e}"));
+        }
+    }
+    if net {
+        if let Err(e) = set_lo_up() {
+            ctx.setup_failed("root", &e);
+        }
+    }
+    let objs = match setup() {
+        Ok(o) => o,
+        Err(e) => ctx.setup_failed("root", &e),
+    };
+    let mut kids = Vec::new();
+    for (k, role) in ["c1", "c2"].into_iter().enumerate() {
+        match fork() {
+            Ok(0) => {
+                let mut v = Verdict::new();
+                let g = if nested && k == 1 {
+                    Some(nested_init(&mut ctx))
+                } else {
+                    None
+                };
+                ctx.write_ready(role);
+                let mono = now(libc::CLOCK_MONOTONIC);
+                ctx.wait_for_check(|| {});
+                v.eq("pid", std::process::id(), k as u32 + 2);
+                v.eq("ppid", nix::unistd::getppid().as_raw(), 1);
+                v.eq(
+                    "hostname",
+                    read("/proc/sys/kernel/hostname"),
+                    HOST.to_string(),
+                );
+                v.check(now(libc::CLOCK_MONOTONIC) >= mono, || {
+                    "CLOCK_MONOTONIC went back".into()
+                });
+                check_ipc(&objs, &mut v);
+                if let Some(g) = g {
+                    let l = |n: &str| std::fs::read_link(format!("/proc/self/ns/{n}")).ok();
+                    v.check(l("pid_for_children") != l("pid"), || {
+                        "pid_for_children is not the nested namespace".into()
+                    });
+                    if let Err(e) = wait_child(g, Duration::from_secs(20)) {
+                        v.fail(format!("nested init: {e}"));
+                    }
+                }
+                ctx.finish(role, v);
+            }
+            Ok(pid) => kids.push(pid),
+            Err(e) => ctx.setup_failed("root", &format!("fork: {e}")),
+        }
+    }
+    if let Err(e) = ctx.wait_ready_of(&["c1", "c2"], Duration::from_secs(10)) {
+        ctx.setup_failed("root", &e);
+    }
+    let mono = now(libc::CLOCK_MONOTONIC);
+    let boot = now(libc::CLOCK_BOOTTIME);
+    ctx.write_ready("root");
+    ctx.wait_for_check(|| {});
+    let mut v = Verdict::new();
+    v.eq("pid", std::process::id(), 1);
+    v.eq(
+        "hostname",
+        read("/proc/sys/kernel/hostname"),
+        HOST.to_string(),
+    );
+    v.eq(
+        "domainname",
+        read("/proc/sys/kernel/domainname"),
+        DOMAIN.to_string(),
+    );
+    for (p, val) in SYSCTLS {
+        v.eq(p, read(p), val.to_string());
+    }
+    let (m2, b2) = (now(libc::CLOCK_MONOTONIC), now(libc::CLOCK_BOOTTIME));
+    v.check(m2 >= mono, || {
+        format!("CLOCK_MONOTONIC went back by {} ns", mono - m2)
+    });
+    v.check(b2 >= boot, || {
+        format!("CLOCK_BOOTTIME went back by {} ns", boot - b2)
+    });
+    if net {
+        match lo_up() {
+            Ok(up) => v.check(up, || "lo is down".into()),
+            Err(e) => v.fail(e),
+        }
+    }
+    check_ipc(&objs, &mut v);
+    for pid in kids {
+        if let Err(e) = wait_child(pid, Duration::from_secs(20)) {
+            v.fail(format!("child {pid}: {e}"));
+        }
+    }
+    ctx.finish("root", v);
+}

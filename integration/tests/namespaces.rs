@@ -1,0 +1,433 @@
+//! Trees in namespaces of their own: `wl-ns` as pid 1 of fresh pid, IPC
+//! and UTS namespaces (plus time with clock offsets, net, cgroup, a mount
+//! namespace with its own /proc, a nested pid namespace), dumped by
+//! the host pid of the namespace's init and restored; the workload verifies
+//! everything from inside (pids, hostname, SysV objects and their ids, IPC
+//! sysctls, loopback, clocks not going back).
+//!
+//! Two scenarios each, as the harness does for plain workloads:
+//! - `*_dump_restore`: dump (kills the tree), restore, verify;
+//! - `*_leave_running`: dump with `-R`, the original verifies and exits
+//!   (its pids and IPC ids must be free again), restore, verify again.
+//!
+//! Also: a user namespace, and a child in another UTS namespace than the
+//! root's, are refused with one clear line and the target keeps running.
+//!
+//! Root only (skipped otherwise); run with `--test-threads=1`.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stasis_integration::harness::{
+    process_exists, read_pidfile, reap_zombie_children, try_reap, wait_for_file, wait_gone, Env,
+    RESULT_TIMEOUT,
+};
+use stasis_integration::workload::{ready_name, result_name, write_atomic, CHECK};
+
+const ROLES: [&str; 4] = ["root", "c1", "c2", "g"];
+
+/// The `unshare` launcher and the namespace init it forked (host pid);
+/// dropping it kills the init (and with it the whole pid namespace).
+struct NsTree {
+    dir: std::path::PathBuf,
+    roles: &'static [&'static str],
+    unshare: Option<Child>,
+    init: i32,
+}
+
+impl NsTree {
+    fn start(env: &Env, unshare_flags: &[&str], args: &[&str]) -> NsTree {
+        let nested = args.contains(&"nested");
+        let roles: &'static [&'static str] = if nested { &ROLES } else { &ROLES[..3] };
+        NsTree::start_bin(env, unshare_flags, env!("CARGO_BIN_EXE_wl-ns"), args, roles)
+    }
+
+    fn start_bin(
+        env: &Env,
+        unshare_flags: &[&str],
+        bin: &str,
+        args: &[&str],
+        roles: &'static [&'static str],
+    ) -> NsTree {
+        let dir = env.dir("wl-ns");
+        let mut cmd = Command::new("unshare");
+        cmd.args(unshare_flags)
+            .arg(bin)
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(fs::File::create(dir.join("stderr")).unwrap());
+        // SAFETY: setsid is async-signal-safe and touches no shared memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("run unshare (util-linux)");
+        let upid = child.id() as i32;
+        let mut t = NsTree {
+            roles,
+            dir,
+            unshare: Some(child),
+            init: 0,
+        };
+        for role in t.roles {
+            if let Err(e) = wait_for_file(&t.dir.join(ready_name(role)), RESULT_TIMEOUT) {
+                panic!("wl-ns not ready: {e}\n{}", t.diag());
+            }
+        }
+        let kids =
+            fs::read_to_string(format!("/proc/{upid}/task/{upid}/children")).unwrap_or_default();
+        t.init = kids
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("unshare {upid} has no child\n{}", t.diag()));
+        t
+    }
+
+    fn diag(&self) -> String {
+        let mut s = format!("state dir {}\n", self.dir.display());
+        for role in self.roles {
+            let r = fs::read_to_string(self.dir.join(result_name(role))).unwrap_or_default();
+            s.push_str(&format!("result.{role}: {}\n", r.trim()));
+        }
+        s.push_str(&format!(
+            "stderr: {}\n",
+            fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+        ));
+        s
+    }
+
+    fn check(&self, when: &str) {
+        write_atomic(&self.dir.join(CHECK), "").unwrap();
+        let deadline = Instant::now() + RESULT_TIMEOUT;
+        let mut bad = Vec::new();
+        for role in self.roles {
+            let f = self.dir.join(result_name(role));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match wait_for_file(&f, left) {
+                Err(e) => bad.push(format!("{role}: {e}")),
+                Ok(()) => {
+                    let r = fs::read_to_string(&f).unwrap_or_default();
+                    if r.trim() != "ok" {
+                        bad.push(format!("{role}: {}", r.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{when}: {}\n{}",
+            bad.join("\n"),
+            self.diag()
+        );
+    }
+
+    fn reset(&self) {
+        let _ = fs::remove_file(self.dir.join(CHECK));
+        for role in self.roles {
+            let _ = fs::remove_file(self.dir.join(result_name(role)));
+        }
+    }
+
+    /// The launcher exits with the init's status once the namespace is gone.
+    fn wait_original(&mut self, want_ok: bool) {
+        let mut c = self.unshare.take().expect("original launcher");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("unshare did not exit\n{}", self.diag());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if want_ok {
+            assert!(st.success(), "original exited with {st:?}\n{}", self.diag());
+        }
+        wait_gone(&[self.init], Duration::from_secs(10)).unwrap();
+        reap_zombie_children(&[]);
+    }
+
+    fn restore(&mut self, env: &Env, img: &Path, extra: &[&str]) {
+        let pidfile = env.path("restore.pid");
+        let run = env.restore(img, &pidfile, extra);
+        run.expect_success("restore");
+        let pid = read_pidfile(&pidfile).unwrap();
+        assert_eq!(pid, self.init, "restored init has another host pid");
+    }
+
+    /// The restored init is our child (subreaper): wait for its clean exit.
+    fn wait_restored(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = try_reap(self.init) {
+                assert!(
+                    libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+                    "restored init ended with status {st:#x}\n{}",
+                    self.diag()
+                );
+                break;
+            }
+            assert!(
+                process_exists(self.init) && Instant::now() < deadline,
+                "restored init {} gone or stuck\n{}",
+                self.init,
+                self.diag()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.init = 0;
+    }
+}
+
+impl Drop for NsTree {
+    fn drop(&mut self) {
+        if self.init > 0 && process_exists(self.init) {
+            // SAFETY: kill takes plain integers; the init is ours.
+            unsafe { libc::kill(self.init, libc::SIGKILL) };
+            let _ = wait_gone(&[self.init], Duration::from_secs(5));
+        }
+        if let Some(mut c) = self.unshare.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        reap_zombie_children(&[]);
+    }
+}
+
+fn dump_restore(name: &str, flags: &[&str], args: &[&str], restore: &[&str]) {
+    let Some(env) = Env::setup(name) else { return };
+    let mut t = NsTree::start(&env, flags, args);
+    let img = env.dir("images");
+    env.dump(t.init, &img, &[]).expect_success("dump");
+    t.wait_original(false);
+    t.restore(&env, &img, restore);
+    t.check("after restore");
+    t.wait_restored();
+}
+
+fn leave_running(name: &str, flags: &[&str], args: &[&str], restore: &[&str]) {
+    let Some(env) = Env::setup(name) else { return };
+    let mut t = NsTree::start(&env, flags, args);
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    t.check("original after dump -R");
+    t.wait_original(true);
+    t.reset();
+    t.restore(&env, &img, restore);
+    t.check("after restore");
+    t.wait_restored();
+}
+
+const PID_IPC_UTS: &[&str] = &["--pid", "--fork", "--ipc", "--uts"];
+const ALL: &[&str] = &[
+    "--pid",
+    "--fork",
+    "--ipc",
+    "--uts",
+    "--net",
+    "--cgroup",
+    "--time",
+    "--monotonic",
+    "86400",
+    "--boottime",
+    "172800",
+];
+
+#[test]
+fn pid_ipc_uts_dump_restore() {
+    dump_restore("pid_ipc_uts_dump_restore", PID_IPC_UTS, &[], &[]);
+}
+
+#[test]
+fn pid_ipc_uts_leave_running() {
+    leave_running("pid_ipc_uts_leave_running", PID_IPC_UTS, &[], &[]);
+}
+
+/// The launcher: a private mount table with its own /proc too
+/// (restored with `--root /`: its mounts come from the host's root).
+const WITH_MOUNTS: &[&str] = &[
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--mount",
+    "--ipc",
+    "--uts",
+    "--net",
+    "--cgroup",
+    "--time",
+    "--monotonic",
+    "86400",
+    "--boottime",
+    "172800",
+];
+
+#[test]
+fn with_mounts_dump_restore() {
+    dump_restore(
+        "with_mounts_dump_restore",
+        WITH_MOUNTS,
+        &["net", "nested"],
+        &["--root", "/"],
+    );
+}
+
+#[test]
+fn with_mounts_leave_running() {
+    leave_running(
+        "with_mounts_leave_running",
+        WITH_MOUNTS,
+        &["net", "nested"],
+        &["--root", "/"],
+    );
+}
+
+#[test]
+fn nested_pid_dump_restore() {
+    dump_restore("nested_pid_dump_restore", PID_IPC_UTS, &["nested"], &[]);
+}
+
+#[test]
+fn nested_pid_leave_running() {
+    leave_running("nested_pid_leave_running", PID_IPC_UTS, &["nested"], &[]);
+}
+
+#[test]
+fn all_ns_dump_restore() {
+    dump_restore("all_ns_dump_restore", ALL, &["net"], &[]);
+}
+
+#[test]
+fn all_ns_leave_running() {
+    leave_running("all_ns_leave_running", ALL, &["net"], &[]);
+}
+
+/// Starts `argv` in its own session; returns the child and its pid.
+fn spawn(env: &Env, argv: &[&str]) -> Child {
+    let out = fs::File::create(env.path("refused.out")).unwrap();
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe and touches no shared memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn")
+}
+
+/// Waits until `pid`'s `ns/<kind>` link differs from ours (the launcher
+/// has unshared and exec'd).
+fn wait_ns_differs(pid: i32, kind: &str) {
+    let mine = fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .ok()
+        .as_ref()
+        == Some(&mine)
+    {
+        assert!(Instant::now() < deadline, "{pid} never left our {kind} ns");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A tree in a user namespace of its own is refused by pid and kind, and
+/// keeps running.
+#[test]
+fn user_ns_refused() {
+    let Some(env) = Env::setup("user_ns_refused") else {
+        return;
+    };
+    let mut c = spawn(
+        &env,
+        &["unshare", "--user", "--map-root-user", "sleep", "100"],
+    );
+    let pid = c.id() as i32;
+    wait_ns_differs(pid, "user");
+    let img = env.dir("images");
+    let run = env.dump(pid, &img, &[]);
+    let _ = c.try_wait();
+    run.expect_clear_failure("dump in a user ns", &["user namespace"]);
+    assert!(run.stderr.contains(&pid.to_string()), "{}", run.describe());
+    assert!(c.try_wait().unwrap().is_none(), "the target died");
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// A child in a UTS namespace other than the root's is refused, naming the
+/// child and the kind; the tree keeps running.
+#[test]
+fn nested_uts_refused() {
+    let Some(env) = Env::setup("nested_uts_refused") else {
+        return;
+    };
+    let mut c = spawn(&env, &["sh", "-c", "unshare --uts sleep 100 & wait"]);
+    let pid = c.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let child = loop {
+        let kids =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(k) = kids
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<i32>().ok())
+        {
+            break k;
+        }
+        assert!(Instant::now() < deadline, "sh has no child");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    wait_ns_differs(child, "uts");
+    let img = env.dir("images");
+    let run = env.dump(pid, &img, &[]);
+    run.expect_clear_failure("dump with a nested uts ns", &["uts namespace"]);
+    assert!(
+        run.stderr.contains(&child.to_string()),
+        "{}",
+        run.describe()
+    );
+    assert!(c.try_wait().unwrap().is_none(), "the target died");
+    // SAFETY: kill takes plain integers; both are ours.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    reap_zombie_children(&[]);
+}
+
+/// POSIX timers (one aimed at a thread by SIGEV_THREAD_ID) in a process
+/// that is pid 1 of its own pid namespace: the thread is named by the id the
+/// task sees, not the host's.
+#[test]
+fn timers_in_pid_ns_dump_restore() {
+    let Some(env) = Env::setup("timers_in_pid_ns_dump_restore") else {
+        return;
+    };
+    let mut t = NsTree::start_bin(
+        &env,
+        &["--pid", "--fork"],
+        env!("CARGO_BIN_EXE_wl-timers"),
+        &[],
+        &["root"],
+    );
+    let img = env.dir("images");
+    env.dump(t.init, &img, &[]).expect_success("dump");
+    t.wait_original(false);
+    t.restore(&env, &img, &[]);
+    t.check("after restore");
+    t.wait_restored();
+}
