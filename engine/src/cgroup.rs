@@ -98,7 +98,8 @@ impl Freezer {
                 )));
             }
             std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(5));
+            // Fine steps: the latency is a figure we report.
+            nap = (nap * 2).min(Duration::from_micros(200));
         }
         f.latency = t0.elapsed();
         info!(cgroup = %f.dir.display(), latency = ?f.latency, "cgroup frozen");

@@ -28,6 +28,8 @@ use stasis_integration::harness::{
 
 /// A launcher (`unshare`) and the init it forked; dropping it kills both.
 struct Tree {
+    /// The session of the whole tree (the launcher called setsid).
+    sid: i32,
     launcher: Option<Child>,
     init: i32,
     restored: i32,
@@ -48,6 +50,7 @@ impl Tree {
         let child = cmd.spawn().expect("run the launcher");
         let upid = child.id() as i32;
         let mut t = Tree {
+            sid: upid,
             launcher: Some(child),
             init: 0,
             restored: 0,
@@ -85,6 +88,7 @@ impl Tree {
         }
         let child = cmd.spawn().expect("run the workload");
         Tree {
+            sid: child.id() as i32,
             init: child.id() as i32,
             launcher: Some(child),
             restored: 0,
@@ -106,7 +110,16 @@ impl Tree {
             }
         }
         wait_gone(&[self.init], Duration::from_secs(10)).unwrap();
-        reap_zombie_children(&[]);
+        // Every process of the tree (its session) gone and reaped: the
+        // restore needs their pids.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            reap_zombie_children(&[]);
+            if !in_session(self.sid) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -127,9 +140,30 @@ impl Drop for Tree {
     }
 }
 
+/// Whether any process is in session `sid`.
+fn in_session(sid: i32) -> bool {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.filter_map(|d| d.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .any(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = &st[st.rfind(')')? + 2..];
+                    rest.split(' ').nth(3)?.parse::<i32>().ok()
+                })
+                == Some(sid)
+        })
+}
+
 /// The workload's report: `N field...` in `file`, rewritten every tick.
 fn read_tick(file: &Path) -> Option<(u64, Vec<String>)> {
     let s = fs::read_to_string(file).ok()?;
+    // Rewritten in place: a line counts once it is whole.
+    if !s.ends_with('\n') {
+        return None;
+    }
     let mut it = s.split_whitespace().map(str::to_owned);
     let n = it.next()?.parse().ok()?;
     Some((n, it.collect()))
@@ -184,13 +218,16 @@ fn find<'a>(
         .unwrap_or_else(|| panic!("no mount at {at} in {m:#?}"))
 }
 
-const LOOP_SH: &str = r#"i=0
+// bash, no forks in the loop (builtins only; `read -t` on a FIFO nobody
+// writes is the sleep): a tree that holds still in shape.
+const LOOP_SH: &str = r#"exec 3<> "$1/fifo"
+i=0
 while :; do
   i=$((i+1))
   read f < "$1/t/f"; read g < "$1/b/g"
-  if touch "$1/b/x" 2>/dev/null; then w=rw; else w=ro; fi
-  echo "$i $f $g $w" > "$1/tick.new"; mv "$1/tick.new" "$1/tick"
-  sleep 0.1
+  if { : > "$1/b/x"; } 2>/dev/null; then w=rw; else w=ro; fi
+  echo "$i $f $g $w" > "$1/tick"
+  read -t 0.1 -u 3 x
 done
 "#;
 
@@ -204,6 +241,11 @@ fn unshare_mounts_tmpfs_bind() {
         fs::create_dir_all(d.join(s)).unwrap();
     }
     fs::write(d.join("loop.sh"), LOOP_SH).unwrap();
+    nix::unistd::mkfifo(
+        &d.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     let setup = r#"set -e
 mount -t tmpfs -o size=2m,mode=755 stasis-t "$0/t"
 echo data > "$0/t/f"; mkdir "$0/t/d"; echo sub > "$0/t/d/g"
@@ -212,7 +254,7 @@ mount -o remount,bind,ro,nosuid "$0/b"
 mount -t tmpfs -o size=1m stasis-s "$0/s"
 mount --make-shared "$0/s"
 mount --bind "$0/s" "$0/s2"
-exec sh "$0/loop.sh" "$0""#;
+exec bash "$0/loop.sh" "$0""#;
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--pid",
@@ -493,6 +535,14 @@ fn container(name: &str, leave_running: bool) {
     drop(cg);
 }
 
+/// N of a `count N` line.
+fn count(l: &str) -> u64 {
+    l.trim()
+        .strip_prefix("count ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a count line: {l:?}"))
+}
+
 /// runc's stdio hand-over: the tree's stdout is a pipe of ours; restore
 /// gives it a new pipe with `--inherit-fd fd[1]:pipe:[INO]` (stasis's own
 /// stdout), and the counter must go on arriving there.
@@ -511,12 +561,9 @@ fn inherit_fd_stdio_pipe() {
         .ino();
     // The Command holds our copy of the write end: gone with it.
     let mut t = {
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done",
-        ])
-        .stdout(Stdio::from(w1));
+        // wl-counter: one process printing `count N`, no forks.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wl-counter"));
+        cmd.arg(env.dir("wl")).stdout(Stdio::from(w1));
         Tree::start_plain(&mut cmd, &env.path("wl.log"))
     };
     let mut lines = BufReader::new(fs::File::from(r1));
@@ -524,7 +571,7 @@ fn inherit_fd_stdio_pipe() {
     for _ in 0..3 {
         let mut l = String::new();
         lines.read_line(&mut l).unwrap();
-        last = l.trim().parse().unwrap();
+        last = count(&l);
     }
     let img = env.dir("images");
     env.dump(t.init, &img, &[]).expect_success("dump");
@@ -533,7 +580,7 @@ fn inherit_fd_stdio_pipe() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
     if let Some(l) = rest.lines().last() {
-        last = l.trim().parse().unwrap();
+        last = count(l);
     }
 
     let (r2, w2) = nix::unistd::pipe().unwrap();
@@ -564,7 +611,7 @@ fn inherit_fd_stdio_pipe() {
     let mut lines = BufReader::new(fs::File::from(r2));
     let mut l = String::new();
     lines.read_line(&mut l).unwrap();
-    let n: u64 = l.trim().parse().unwrap();
+    let n = count(&l);
     assert!(n > last, "counter went from {last} to {n}");
 }
 
@@ -585,23 +632,26 @@ fn join_ns_uts() {
         Tree::start_plain(&mut cmd, &env.path("holder.log"))
     };
     stasis_integration::harness::wait_for_file(&ready, Duration::from_secs(10)).unwrap();
-    let out = env.path("host");
+    // wl-counter: one process, no forks; its hostname is read through
+    // its UTS namespace.
     let mut t = {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c"]).arg(format!(
-            "while :; do read h < /proc/sys/kernel/hostname; echo $h > {0}.new; mv {0}.new {0}; sleep 0.2; done",
-            out.display()
-        ));
-        cmd.stdout(Stdio::null());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wl-counter"));
+        cmd.arg(env.dir("wl")).stdout(Stdio::null());
         Tree::start_plain(&mut cmd, &env.path("wl.log"))
     };
-    stasis_integration::harness::wait_for_file(&out, Duration::from_secs(10)).unwrap();
-    let mine = fs::read_to_string(&out).unwrap();
-    assert_ne!(mine.trim(), "stasis-joined");
+    let uts_host = |pid: i32| -> String {
+        let o = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-u", "hostname"])
+            .output()
+            .expect("run nsenter");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    stasis_integration::harness::wait_for_file(&env.path("wl/ready"), Duration::from_secs(10))
+        .unwrap();
+    assert_ne!(uts_host(t.init), "stasis-joined");
     let img = env.dir("images");
     env.dump(t.init, &img, &[]).expect_success("dump");
     t.wait_launcher();
-    fs::remove_file(&out).ok();
     let pidfile = env.path("restore.pid");
     let ns = format!("uts:/proc/{}/ns/uts", holder.init);
     env.restore(&img, &pidfile, &["--join-ns", &ns])
@@ -610,20 +660,7 @@ fn join_ns_uts() {
     let a = fs::read_link(format!("/proc/{}/ns/uts", t.restored)).unwrap();
     let b = fs::read_link(format!("/proc/{}/ns/uts", holder.init)).unwrap();
     assert_eq!(a, b, "restored tree is not in the joined UTS namespace");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if fs::read_to_string(&out)
-            .map(|s| s.trim() == "stasis-joined")
-            .unwrap_or(false)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restored tree never saw the joined hostname"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_eq!(uts_host(t.restored), "stasis-joined");
     drop(t);
     holder.restored = 0;
     drop(holder);
