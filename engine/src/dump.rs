@@ -83,9 +83,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     // A frozen cgroup holds still while we seize it; injected syscalls do
     // not run in a frozen cgroup, so it is thawed once all are seized (and
     // on any error, by the guard's drop).
+    // A v1 freezer is not used: its frozen tasks never reach the ptrace
+    // stop that seizing waits for; ptrace alone stops them consistently.
     let mut freezer = opts
         .freeze_cgroup
         .as_deref()
+        .filter(|p| {
+            let v2 = p.join("cgroup.freeze").exists();
+            if !v2 {
+                debug!(cgroup = %p.display(), "v1 freezer: the tree is stopped by ptrace");
+            }
+            v2
+        })
         .map(|p| crate::cgroup::Freezer::freeze(p, std::time::Duration::from_secs(10)))
         .transpose()?;
     let tree = SeizedTree::seize(opts.pid)?;

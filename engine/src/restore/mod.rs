@@ -191,9 +191,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         (0, libc::SIGCHLD)
     };
     let ns_guard = crate::ns::RestorerNs::enter(&plan.ns)?;
-    let root_flags = crate::ns::clone_flags(&plan.ns)
-        | crate::ns::pid::clone_flags(None, root)
-        | sibling_flags;
+    let root_flags =
+        crate::ns::clone_flags(&plan.ns) | crate::ns::pid::clone_flags(None, root) | sibling_flags;
     let forked = clone3::clone3_fork(root_flags, &crate::ns::pid::set_tid(root), exit_signal);
     // The child keeps the namespaces it was born with.
     match &forked {

@@ -339,7 +339,13 @@ impl Opts {
             cgroup_root: self
                 .cg_root
                 .iter()
-                .map(|(c, p)| if c.is_empty() { p.clone() } else { format!("{c}:{p}") })
+                .map(|(c, p)| {
+                    if c.is_empty() {
+                        p.clone()
+                    } else {
+                        format!("{c}:{p}")
+                    }
+                })
                 .collect(),
             inherit_fd: Vec::new(),
             join_ns: self.join_ns.clone(),
