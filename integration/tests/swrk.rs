@@ -457,7 +457,7 @@ fn swrk_errors_carry_cr_errmsg() {
 
     // Options the engine cannot honour yet: refused by name.
     let mut o = runc_like_opts(&images, &images);
-    o.empty_ns = Some(libc::CLONE_NEWNET as u32);
+    o.empty_ns = Some(libc::CLONE_NEWUTS as u32);
     let r = s
         .call(&req(CriuReqType::Restore, Some(o), true), |_| true)
         .resp;
@@ -591,12 +591,12 @@ fn criu_cli_runtime_options() {
     );
     wl.expect_killed_and_reap();
 
-    // Namespaced options are refused by name until namespaces restore.
+    // A root for a tree that has no mount namespace of its own is refused.
     let r = env.stasis(&[
         "criu", "restore", "-D", &img_s, "-W", &work_s, "-d", "--root", "/tmp",
     ]);
     assert!(
-        !r.success() && r.stderr.contains("not supported yet"),
+        !r.success() && r.stderr.contains("no mount namespace"),
         "{}",
         r.describe()
     );

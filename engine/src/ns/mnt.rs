@@ -286,12 +286,11 @@ pub fn to_entries(
             ext_key,
         });
     }
-    // Runtimes name every candidate (runc: each device node and cgroup
-    // hierarchy it might have bound); one with no mount is unused, as in
-    // CRIU.
     for (p, _) in external {
         if !mounts.iter().any(|m| &m.mount_point == p) {
-            tracing::debug!(mount = %p, "--external mnt[]: no such mount in the tree, unused");
+            return Err(Error::Other(format!(
+                "--external mnt[{p}]: no mount at {p} in the tree's mount namespace"
+            )));
         }
     }
     Ok(out)
@@ -424,6 +423,15 @@ impl Drop for Yard {
 /// Returns the yard to keep until the restore is done.
 pub fn configure(p: &mut NsPlan, root: Option<&Path>, external: &[String]) -> Result<Option<Yard>> {
     let Some(m) = p.mnt.as_mut() else {
+        if let Some(r) = root {
+            let canon = std::fs::canonicalize(r).map_err(|e| Error::io(r, e))?;
+            if canon != Path::new("/") {
+                return Err(Error::Other(format!(
+                    "--root {}: the images hold no mount namespace to rebuild there",
+                    r.display()
+                )));
+            }
+        }
         return Ok(None);
     };
     m.root = root
@@ -875,10 +883,10 @@ mod tests {
     }
 
     #[test]
-    fn external_without_mount_is_unused() {
+    fn external_must_exist() {
         let m = parse_mountinfo(NS).unwrap();
-        let e = to_entries(&m, &HashSet::new(), &[("/nope".into(), "k".into())]).unwrap();
-        assert!(e.iter().all(|e| e.ext_key.as_deref() != Some("k")));
+        let err = to_entries(&m, &HashSet::new(), &[("/nope".into(), "k".into())]).unwrap_err();
+        assert!(err.to_string().contains("no mount at /nope"), "{err}");
         assert!(parse_external("net[1]:x").unwrap().is_none());
         assert_eq!(
             parse_external("mnt[/a b]:/c").unwrap(),

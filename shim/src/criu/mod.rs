@@ -385,6 +385,7 @@ impl CriuCli {
             .collect();
         let work = self.work_dir();
         Ok(Opts {
+            ext_mnt_candidates: false,
             pid: self.tree,
             images_dir: self.images_dir()?.to_path_buf(),
             leave_running: self.leave_running,

@@ -131,6 +131,10 @@ pub struct Opts {
     pub leave_stopped: bool,
     pub exec_cmd: Vec<String>,
     pub veths: Vec<String>,
+    /// The mnt[] externals are candidates (runc names every device node
+    /// and cgroup hierarchy it might have bound): on dump, those with no
+    /// mount in the tree are dropped, as CRIU does, instead of refused.
+    pub ext_mnt_candidates: bool,
 }
 
 fn not_yet(what: &str, why: &str) -> anyhow::Error {
@@ -224,6 +228,15 @@ impl Opts {
         if let Some(r) = &self.root {
             std::fs::canonicalize(r).with_context(|| format!("{}: restore root", r.display()))?;
         }
+        for e in &self.external {
+            let k = external_kind(e);
+            if NS_KINDS.contains(&k) {
+                bail!(not_yet(
+                    &format!("--external {e}"),
+                    "join a caller's namespace with --join-ns"
+                ));
+            }
+        }
         // The engine restores a tree's net namespace with loopback only,
         // which is what an "empty" one is; other kinds are always rebuilt.
         if self.empty_ns & !(libc::CLONE_NEWNET as u32) != 0 {
@@ -304,9 +317,32 @@ impl Opts {
             ext_unix_sk: self.ext_unix(),
             post_dump: None,
             orphan_pts_master: self.orphan_pts_master,
-            external: self.external.clone(),
+            external: self.dump_externals(pid),
             freeze_cgroup: self.freeze_cgroup.as_ref().map(PathBuf::from),
         }
+    }
+
+    fn dump_externals(&self, pid: i32) -> Vec<String> {
+        if !self.ext_mnt_candidates {
+            return self.external.clone();
+        }
+        let mounts: Vec<String> = stasis_engine::proc::read_mountinfo(pid)
+            .map(|m| m.into_iter().map(|m| m.mount_point).collect())
+            .unwrap_or_default();
+        self.external
+            .iter()
+            .filter(|e| match stasis_engine::ns::mnt::parse_external(e) {
+                Ok(Some((at, _))) => {
+                    let used = mounts.contains(&at);
+                    if !used {
+                        debug!(external = %e, "no such mount in the tree: unused");
+                    }
+                    used
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect()
     }
 
     pub fn restore_options(&self) -> restore::RestoreOptions {

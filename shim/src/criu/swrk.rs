@@ -372,6 +372,7 @@ impl Server {
             link_remap: o.link_remap(),
             evasive_devices: o.evasive_devices(),
             restore_sibling: o.rst_sibling(),
+            ext_mnt_candidates: true,
             // The client gets the pid and reaps (or we do with WAIT_PID).
             detach: true,
             pidfile: None,
