@@ -28,7 +28,7 @@ use crate::files::{tables, FileOpts, FileTable};
 use crate::images::{common, ImageDir};
 use crate::mem::pages::{self, PageStats};
 use crate::mem::vma::{self, Contents, Vma};
-use crate::proc::{self, NsKind};
+use crate::proc;
 use crate::stats::{self, DumpStats};
 use crate::sys::{kcmp, misc, ptrace};
 use crate::task::remote::Remote;
@@ -277,17 +277,8 @@ impl<'a> Dumper<'a> {
             if l.name.ends_with("_for_children") {
                 continue;
             }
-            let v = Some(self.ns_id(l.ino));
-            match l.kind {
-                NsKind::Pid => ids.pid_ns_id = v,
-                NsKind::Net => ids.net_ns_id = v,
-                NsKind::Ipc => ids.ipc_ns_id = v,
-                NsKind::Uts => ids.uts_ns_id = v,
-                NsKind::Mnt => ids.mnt_ns_id = v,
-                NsKind::User => ids.user_ns_id = v,
-                NsKind::Cgroup => ids.cgroup_ns_id = v,
-                NsKind::Time => ids.time_ns_id = v,
-            }
+            let v = self.ns_id(l.ino);
+            crate::ns::set_id(&mut ids, l.kind, v);
         }
         Ok(ids)
     }

@@ -116,10 +116,8 @@ pub fn shm_rmid(id: i32) -> io::Result<()> {
 fn with_shm<T>(id: i32, len: usize, write: bool, f: impl FnOnce(&mut [u8]) -> T) -> io::Result<T> {
     let flags = if write { 0 } else { SHM_RDONLY };
     let addr = sys(libc::SYS_shmat, [id as u64, 0, flags as u64, 0, 0])? as usize;
-    // SAFETY: shmat returned a fresh mapping of the whole segment, at least
-    // `len` bytes (callers pass the segment size); it stays mapped until the
-    // shmdt below and nothing else in this process knows its address. A
-    // read-only attach is only read (callers pass write=false only to read).
+    // Callers pass the segment size as `len`, and write=false only to read.
+    // SAFETY: shmat mapped >= `len` bytes at `addr`, ours alone until shmdt.
     let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
     let out = f(slice);
     sys(libc::SYS_shmdt, [addr as u64, 0, 0, 0, 0])?;
