@@ -12,4 +12,5 @@
 
 pub mod fdutil;
 pub mod harness;
+pub mod stack;
 pub mod workload;

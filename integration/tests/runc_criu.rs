@@ -9,10 +9,11 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{reap_zombie_children, Env};
+use stasis_integration::stack::{busybox_rootfs, jq, output, tick, TICKER};
 
 const RUNC: &str = "/usr/sbin/runc";
 
@@ -21,28 +22,6 @@ struct Runc {
     criu: PathBuf,
     bundle: PathBuf,
     names: Vec<String>,
-}
-
-fn output(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run runc");
-    // runc must never hang a test: a minute at most.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait runc").is_some() {
-            return child.wait_with_output().expect("runc output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("runc output");
-            panic!("runc hung: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 impl Runc {
@@ -58,20 +37,7 @@ impl Runc {
         let criu = cbin.join("criu");
         symlink(&env.bin, &criu).expect("symlink criu");
         let bundle = env.dir("bundle");
-        let rootfs = bundle.join("rootfs");
-        for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root"] {
-            fs::create_dir_all(rootfs.join(d)).expect("mkdir rootfs");
-        }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for a in String::from_utf8_lossy(&list.stdout).lines() {
-            if a != "busybox" && !a.is_empty() {
-                let _ = symlink("busybox", rootfs.join("bin").join(a));
-            }
-        }
+        busybox_rootfs(&bundle.join("rootfs"));
         let st = Command::new(RUNC)
             .arg("spec")
             .current_dir(&bundle)
@@ -79,20 +45,12 @@ impl Runc {
             .expect("runc spec");
         assert!(st.success(), "runc spec");
         let cfg = bundle.join("config.json");
-        let jq = Command::new("jq")
-            .arg(
-                r#".process.terminal=false | .root.readonly=false
-                   | .process.args=["sh","-c","i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.2; done"]"#,
-            )
-            .arg(&cfg)
-            .output()
-            .expect("jq");
-        assert!(
-            jq.status.success(),
-            "jq: {}",
-            String::from_utf8_lossy(&jq.stderr)
+        jq(
+            &cfg,
+            &format!(
+                r#".process.terminal=false | .root.readonly=false | .process.args=["sh","-c","{TICKER}"]"#
+            ),
         );
-        fs::write(&cfg, jq.stdout).expect("write config.json");
         Some(Runc {
             root: env.dir("runc-root"),
             criu,
@@ -117,10 +75,7 @@ impl Runc {
     }
 
     fn tick(&self) -> u64 {
-        fs::read_to_string(self.bundle.join("rootfs/tmp/tick"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+        tick(&self.bundle.join("rootfs"))
     }
 
     fn wait_tick(&self, above: u64) -> u64 {

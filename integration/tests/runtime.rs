@@ -8,31 +8,20 @@ use std::io::Read;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{say, Env, StasisRun};
+use stasis_integration::stack::{
+    busybox_rootfs, jq, sh, tick, uniq, wait_until, Containerd, Podman, PodmanRuntime, CG2, TICKER,
+};
 
-const CG2: &str = "/sys/fs/cgroup/unified";
+/// The container's process: the counter.
+const TICKER_ARGS: &[&str] = &["sh", "-c", TICKER];
 
 /// A bundle whose rootfs is busybox-static; `args` is the process.
 fn bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
     let b = env.dir(name);
-    let rootfs = b.join("rootfs");
-    for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("copy /bin/busybox (busybox-static)");
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for a in String::from_utf8_lossy(&list.stdout).lines() {
-        if a != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
-        }
-    }
+    busybox_rootfs(&b.join("rootfs"));
     let r = env.stasis(&["spec", "--bundle", b.to_str().unwrap()]);
     r.expect_success("stasis spec");
     let args_json = format!(
@@ -48,26 +37,6 @@ fn bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
     );
     b
 }
-
-fn jq(file: &Path, filter: &str) {
-    let out = Command::new("jq")
-        .arg(filter)
-        .arg(file)
-        .output()
-        .expect("jq");
-    assert!(
-        out.status.success(),
-        "jq {filter}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(file, out.stdout).unwrap();
-}
-
-const TICKER: &[&str] = &[
-    "sh",
-    "-c",
-    "i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.2; done",
-];
 
 struct Rt<'a> {
     env: &'a Env,
@@ -115,28 +84,6 @@ impl Drop for Rt<'_> {
     }
 }
 
-fn tick(b: &Path) -> u64 {
-    std::fs::read_to_string(b.join("rootfs/tmp/tick"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn uniq(name: &str) -> String {
-    format!("stasis-it-{name}-{}", std::process::id())
-}
-
 fn no_leftovers(id: &str, pid: i32) {
     assert!(
         !Path::new(CG2).join(id).exists(),
@@ -177,7 +124,7 @@ fn runtime_lifecycle() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(&env, "b", TICKER);
+    let b = bundle(&env, "b", TICKER_ARGS);
     let id = uniq("life");
     let pidf = env.path("init.pid");
     rt.ok(&[
@@ -195,7 +142,7 @@ fn runtime_lifecycle() {
         .unwrap();
     assert_eq!(rt.status(&id), "created");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(tick(&b), 0, "the program ran before start");
+    assert_eq!(tick(&b.join("rootfs")), 0, "the program ran before start");
     let l = rt.ok(&["list"]);
     assert!(
         l.stdout.starts_with("ID ") && l.stdout.contains(&id) && l.stdout.contains("created"),
@@ -204,7 +151,9 @@ fn runtime_lifecycle() {
     );
     rt.ok(&["start", &id]);
     assert_eq!(rt.status(&id), "running");
-    wait_until("the counter", Duration::from_secs(10), || tick(&b) >= 2);
+    wait_until("the counter", Duration::from_secs(10), || {
+        tick(&b.join("rootfs")) >= 2
+    });
     let ps = rt.ok(&["ps", "--format", "json", &id]);
     assert!(
         ps.stdout.contains(&pid.to_string()),
@@ -263,7 +212,7 @@ fn runtime_run_detached_and_exec() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(&env, "b", TICKER);
+    let b = bundle(&env, "b", TICKER_ARGS);
     let id = uniq("exec");
     rt.ok(&["run", "-d", "--bundle", b.to_str().unwrap(), &id]);
     assert_eq!(rt.status(&id), "running");
@@ -394,10 +343,12 @@ fn runtime_pause_resume() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(&env, "b", TICKER);
+    let b = bundle(&env, "b", TICKER_ARGS);
     let id = uniq("pause");
     rt.ok(&["run", "-d", "--bundle", b.to_str().unwrap(), &id]);
-    wait_until("the counter", Duration::from_secs(10), || tick(&b) >= 2);
+    wait_until("the counter", Duration::from_secs(10), || {
+        tick(&b.join("rootfs")) >= 2
+    });
     rt.ok(&["pause", &id]);
     assert_eq!(rt.status(&id), "paused");
     let e = rt.run(&["exec", &id, "true"]);
@@ -406,13 +357,13 @@ fn runtime_pause_resume() {
         "{}",
         e.describe()
     );
-    let a = tick(&b);
+    let a = tick(&b.join("rootfs"));
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(tick(&b), a, "the counter moved while paused");
+    assert_eq!(tick(&b.join("rootfs")), a, "the counter moved while paused");
     rt.ok(&["resume", &id]);
     assert_eq!(rt.status(&id), "running");
     wait_until("the counter to continue", Duration::from_secs(10), || {
-        tick(&b) >= a + 2
+        tick(&b.join("rootfs")) >= a + 2
     });
     let r = rt.run(&["resume", &id]);
     assert!(
@@ -517,7 +468,7 @@ fn runtime_bad_input() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(&env, "b", TICKER);
+    let b = bundle(&env, "b", TICKER_ARGS);
     let bs = b.to_str().unwrap();
     let id = uniq("bad");
     let expect_fail = |args: &[&str], words: &[&str]| {
@@ -604,138 +555,46 @@ fn runtime_bad_input() {
 
 // ---- podman and containerd ----
 
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn sh(what: &str, script: &str) -> String {
-    let out = Command::new("timeout")
-        .args(["120", "sh", "-ec", script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    let so = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): stdout {so} stderr {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    so
-}
-
-/// A local OCI image of the busybox rootfs, as a tar (umoci).
-fn oci_image(env: &Env, b: &Path) -> PathBuf {
-    let d = env.dir("img");
-    let tar = d.join("busybox-oci.tar");
-    sh(
-        "umoci image",
-        &format!(
-            "cd {d}; umoci init --layout oci-layout; umoci new --image oci-layout:busybox; umoci unpack --image oci-layout:busybox bb;
-             cp -a {b}/rootfs/. bb/rootfs/; umoci repack --image oci-layout:busybox bb;
-             umoci config --image oci-layout:busybox --config.cmd sh --config.cmd -c --config.cmd 'i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.2; done' --config.env PATH=/bin --architecture amd64 --os linux;
-             umoci gc --layout oci-layout; tar -C oci-layout -cf {tar} oci-layout index.json blobs",
-            d = d.display(),
-            b = b.display(),
-            tar = tar.display()
-        ),
-    );
-    tar
-}
-
-fn skip_without(test: &str, bins: &[&str]) -> bool {
-    for b in bins {
-        if !have(b) {
-            if std::env::var_os("STASIS_TESTS_REQUIRED").is_some() {
-                panic!("{test}: {b} is not installed (hack/setup.sh installs it)");
-            }
-            say(&format!("{test}: skipped: {b} not installed"));
-            return true;
-        }
-    }
-    false
-}
-
 #[test]
 fn runtime_under_podman() {
     let Some(env) = Env::setup("runtime_under_podman") else {
         return;
     };
-    if skip_without("runtime_under_podman", &["podman", "umoci", "conmon"]) {
+    let Some(pm) = Podman::new(
+        &env,
+        "runtime_under_podman",
+        PodmanRuntime::Stasis(&env.bin),
+    ) else {
         return;
-    }
-    let b = bundle(&env, "b", TICKER);
-    let tar = oci_image(&env, &b);
-    let p = env.dir("podman");
-    let pp = p.display();
-    std::fs::write(
-        p.join("containers.conf"),
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\nnetns = \"none\"\n\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\ntmp_dir = \"{pp}/tmp\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("storage.conf"),
-        format!(
-            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{pp}/root\"\nrunroot = \"{pp}/runroot\"\n"
-        ),
-    )
-    .unwrap();
-    let name = uniq("pod");
-    let stasis = env.bin.display().to_string();
-    let pre = format!(
-        "export CONTAINERS_CONF={pp}/containers.conf CONTAINERS_STORAGE_CONF={pp}/storage.conf; P='podman --runtime {stasis} --runtime-flag root={pp}/rt'"
-    );
-    let cleanup = || {
-        let _ = Command::new("timeout")
-            .args(["60", "sh", "-c", &format!("{pre}; $P rm -af -t 1; $P rmi -af; rm -rf {pp}/root {pp}/runroot 2>/dev/null || true; find {CG2}/libpod_parent -depth -type d -exec rmdir {{}} \\; 2>/dev/null; true")])
-            .output();
     };
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    let _g = Guard(cleanup);
-    sh(
-        "podman load",
-        &format!("{pre}; $P load -i {}", tar.display()),
-    );
+    let b = bundle(&env, "b", TICKER_ARGS);
+    let image = pm.load_busybox(&env, &b.join("rootfs"));
+    let name = uniq("pod");
     let t = Instant::now();
-    sh(
-        "podman run -d",
-        &format!("{pre}; $P run -d --name {name} localhost/busybox:latest"),
-    );
+    pm.ok(&["run", "-d", "--name", &name, image]);
     say(&format!("podman run -d with stasis: {:?}", t.elapsed()));
-    let out = sh(
-        "podman exec",
-        &format!("{pre}; sleep 1; $P exec {name} sh -c 'cat /tmp/tick; echo exec-ok'"),
-    );
+    std::thread::sleep(Duration::from_secs(1));
+    let out = pm.ok(&["exec", &name, "sh", "-c", "cat /tmp/tick; echo exec-ok"]);
     assert!(out.contains("exec-ok"), "{out}");
-    let st = sh(
-        "podman inspect",
-        &format!("{pre}; $P inspect -f '{{{{.State.Status}}}}' {name}"),
+    assert_eq!(pm.status(&name), "running");
+    let rt = pm.dir.join("rt");
+    let stasis = env.bin.display().to_string();
+    let state = sh(
+        "stasis list",
+        &format!("{stasis} --root {} list -q", rt.display()),
     );
-    assert_eq!(st.trim(), "running");
-    let state = sh("stasis list", &format!("{stasis} --root {pp}/rt list -q"));
     assert!(
         !state.trim().is_empty(),
         "the container is not in stasis's state dir"
     );
-    sh("podman stop", &format!("{pre}; $P stop -t 1 {name}"));
-    let st = sh(
-        "podman inspect",
-        &format!("{pre}; $P inspect -f '{{{{.State.Status}}}}' {name}"),
+    pm.ok(&["stop", "-t", "1", &name]);
+    let st = pm.status(&name);
+    assert!(st == "exited" || st == "stopped", "{st}");
+    pm.ok(&["rm", &name]);
+    let left = sh(
+        "stasis list",
+        &format!("{stasis} --root {} list -q", rt.display()),
     );
-    assert!(st.trim() == "exited" || st.trim() == "stopped", "{st}");
-    sh("podman rm", &format!("{pre}; $P rm {name}"));
-    let left = sh("stasis list", &format!("{stasis} --root {pp}/rt list -q"));
     assert!(left.trim().is_empty(), "state left after podman rm: {left}");
 }
 
@@ -744,60 +603,23 @@ fn runtime_under_containerd() {
     let Some(env) = Env::setup("runtime_under_containerd") else {
         return;
     };
-    if skip_without("runtime_under_containerd", &["containerd", "ctr", "umoci"]) {
+    let Some(mut cd) = Containerd::start(&env, "runtime_under_containerd", "ctrd") else {
         return;
-    }
-    let b = bundle(&env, "b", TICKER);
-    let tar = oci_image(&env, &b);
-    let d = env.dir("ctrd");
-    let dd = d.display();
-    std::fs::write(
-        d.join("config.toml"),
-        format!(
-            "version = 2\nroot = \"{dd}/root\"\nstate = \"{dd}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n[grpc]\n  address = \"{dd}/containerd.sock\"\n\n[ttrpc]\n  address = \"{dd}/containerd.sock.ttrpc\"\n\n[debug]\n  address = \"{dd}/debug.sock\"\n\n[metrics]\n  address = \"\"\n\n[plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"{dd}/opt\"\n"
-        ),
-    )
-    .unwrap();
-    let mut daemon = Command::new("containerd")
-        .arg("--config")
-        .arg(d.join("config.toml"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(d.join("containerd.log")).unwrap())
-        .stderr(std::fs::File::create(d.join("containerd.err")).unwrap())
-        .spawn()
-        .expect("start containerd");
-    let ns = uniq("ns");
-    let id = uniq("ctr");
+    };
+    let b = bundle(&env, "b", TICKER_ARGS);
+    let image = cd.import_busybox(&env, &b.join("rootfs"));
+    let id = cd.id("ctr");
+    let ns = cd.ns.clone();
     let stasis = env.bin.display().to_string();
-    let c = format!("ctr --address {dd}/containerd.sock -n {ns}");
-    struct Guard<'a>(&'a mut std::process::Child, String, String, String);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            let (c, id, ns) = (&self.1, &self.2, &self.3);
-            let _ = Command::new("timeout")
-                .args(["60", "sh", "-c", &format!("{c} task kill -s KILL {id}; sleep 0.5; {c} task rm -f {id}; {c} c rm {id}; {c} images rm localhost/busybox:busybox; rm -rf /run/containerd/runc/{ns}; find {CG2}/{ns} -depth -type d -exec rmdir {{}} \\; 2>/dev/null; true")])
-                .output();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _g = Guard(&mut daemon, c.clone(), id.clone(), ns.clone());
-    wait_until("containerd's socket", Duration::from_secs(30), || {
-        d.join("containerd.sock").exists()
-    });
-    sh(
-        "ctr import",
-        &format!(
-            "{c} images import --base-name localhost/busybox {}",
-            tar.display()
-        ),
+    cd.sh(
+        "ctr run -d",
+        &format!("$C run -d --runc-binary {stasis} {image} {id} </dev/null >/dev/null 2>&1"),
     );
-    sh("ctr run -d", &format!("{c} run -d --runc-binary {stasis} localhost/busybox:busybox {id} </dev/null >/dev/null 2>&1"));
-    let tasks = sh("ctr task ls", &format!("sleep 1; {c} task ls"));
+    let tasks = cd.sh("ctr task ls", "sleep 1; $C task ls");
     assert!(tasks.contains(&id) && tasks.contains("RUNNING"), "{tasks}");
-    let out = sh(
+    let out = cd.sh(
         "ctr task exec",
-        &format!("{c} task exec --exec-id e1 {id} sh -c 'cat /tmp/tick; echo exec-ok'"),
+        &format!("$C task exec --exec-id e1 {id} sh -c 'cat /tmp/tick; echo exec-ok'"),
     );
     assert!(out.contains("exec-ok"), "{out}");
     let state = sh(
@@ -805,13 +627,13 @@ fn runtime_under_containerd() {
         &format!("{stasis} --root /run/containerd/runc/{ns} state {id}"),
     );
     assert!(state.contains("\"running\""), "{state}");
-    sh(
+    cd.sh(
         "ctr task pause/resume",
-        &format!("{c} task pause {id}; {c} task ls | grep -q PAUSED; {c} task resume {id}"),
+        &format!("$C task pause {id}; $C task ls | grep -q PAUSED; $C task resume {id}"),
     );
-    sh(
+    cd.sh(
         "ctr task kill",
-        &format!("{c} task kill -s KILL {id}; sleep 1; {c} task rm {id}; {c} c rm {id}"),
+        &format!("$C task kill -s KILL {id}; sleep 1; $C task rm {id}; $C c rm {id}"),
     );
     assert!(
         !Path::new(CG2).join(&ns).join(&id).exists(),
