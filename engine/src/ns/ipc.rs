@@ -367,6 +367,21 @@ fn next_id(kind: &str, id: u32) -> std::result::Result<(), String> {
     write_sys(&format!("{K}{kind}_next_id"), &id.to_string())
 }
 
+/// Creates one object at its dumped id: `*_next_id` set first, then `get`
+/// (IPC_CREAT | IPC_EXCL), whose id must be the one asked for.
+fn create_at(
+    kind: &str,
+    id: u32,
+    get: impl FnOnce() -> std::io::Result<i32>,
+) -> std::result::Result<i32, String> {
+    next_id(kind, id)?;
+    let got = get().map_err(|e| format!("sysv {kind} {id}: {e}"))?;
+    if got as u32 != id {
+        return Err(format!("sysv {kind} {id} came back as id {got}"));
+    }
+    Ok(got)
+}
+
 fn setup(p: &NsPlan) -> std::result::Result<(), String> {
     let Some(ns) = &p.ipc else {
         return Ok(());
@@ -389,32 +404,23 @@ fn setup(p: &NsPlan) -> std::result::Result<(), String> {
     let excl = libc::IPC_CREAT | libc::IPC_EXCL;
     for (s, data) in &ns.shm {
         let d = &s.desc;
-        next_id("shm", d.id)?;
-        let id = sipc::shmget(d.key as i32, s.size, excl | 0o600).map_err(e("shm", d.id))?;
-        if id as u32 != d.id {
-            return Err(format!("sysv shm {} came back as id {id}", d.id));
-        }
+        let id = create_at("shm", d.id, || {
+            sipc::shmget(d.key as i32, s.size, excl | 0o600)
+        })?;
         sipc::shm_write(id, data).map_err(e("shm", d.id))?;
         sipc::shm_set(id, &perm_of(d)).map_err(e("shm", d.id))?;
     }
     for (s, vals) in &ns.sem {
         let d = &s.desc;
-        next_id("sem", d.id)?;
-        let id =
-            sipc::semget(d.key as i32, s.nsems as i32, excl | 0o600).map_err(e("sem", d.id))?;
-        if id as u32 != d.id {
-            return Err(format!("sysv sem {} came back as id {id}", d.id));
-        }
+        let id = create_at("sem", d.id, || {
+            sipc::semget(d.key as i32, s.nsems as i32, excl | 0o600)
+        })?;
         sipc::sem_setall(id, vals).map_err(e("sem", d.id))?;
         sipc::sem_set(id, &perm_of(d)).map_err(e("sem", d.id))?;
     }
     for (q, msgs) in &ns.msg {
         let d = &q.desc;
-        next_id("msg", d.id)?;
-        let id = sipc::msgget(d.key as i32, excl | 0o600).map_err(e("msg", d.id))?;
-        if id as u32 != d.id {
-            return Err(format!("sysv msg {} came back as id {id}", d.id));
-        }
+        let id = create_at("msg", d.id, || sipc::msgget(d.key as i32, excl | 0o600))?;
         for (mtype, text) in msgs {
             sipc::msgsnd(id, *mtype, text).map_err(e("msg", d.id))?;
         }
