@@ -13,7 +13,6 @@
 //! Until step 5 succeeds a guard kills every task created: a failed restore
 //! leaves nothing behind.
 
-pub mod inherit;
 pub mod join;
 pub mod plan;
 pub mod stub;
@@ -79,8 +78,6 @@ pub struct RestoreOptions {
     pub manage_cgroups: Option<crate::cgroup::CgMode>,
     /// `--cgroup-root [CTRL:]PATH`.
     pub cgroup_root: Vec<String>,
-    /// `--inherit-fd fd[N]:KEY`: the file with image key KEY is our fd N.
-    pub inherit_fd: Vec<(i32, String)>,
     /// `--join-ns NS:PATH`: namespaces to enter instead of creating.
     pub join_ns: Vec<String>,
 }
@@ -552,7 +549,6 @@ fn prepare(
     for (g, h) in holders {
         prep.owner.push((g, lca(plan, &h)));
     }
-    inherit::apply(plan, &mut prep, &opts.inherit_fd)?;
     prep.local_base = next;
     // Per task: its own mapped files, exe and pages image; and a scratch spot.
     let own = proc::read_maps(std::process::id() as i32)?;

@@ -383,7 +383,6 @@ impl Opts {
                     }
                 })
                 .collect(),
-            inherit_fd: Vec::new(),
             join_ns: self.join_ns.clone(),
         }
     }
