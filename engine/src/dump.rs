@@ -32,7 +32,7 @@ use crate::proc;
 use crate::stats::{self, DumpStats};
 use crate::sys::{kcmp, misc, ptrace};
 use crate::task::remote::Remote;
-use crate::task::seize::{check_target, SeizedTree, Task, TaskState};
+use crate::task::seize::{check_target, SeizeOpts, SeizedTree, Task, TaskState};
 use crate::task::{creds, regs, signals};
 
 pub const TASK_ALIVE: u32 = 1;
@@ -66,6 +66,8 @@ pub struct DumpOptions {
     pub external: Vec<String>,
     /// Freeze this cgroup while seizing (`--freeze-cgroup`).
     pub freeze_cgroup: Option<PathBuf>,
+    /// Longest wait for any thread to stop while seizing (`--timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -97,7 +99,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         })
         .map(|p| crate::cgroup::Freezer::freeze(p, std::time::Duration::from_secs(10)))
         .transpose()?;
-    let tree = SeizedTree::seize(opts.pid)?;
+    // A vfork parent in a frozen cgroup only stops once its child has run
+    // to its exec: thaw if a stop is slow in coming.
+    let mut thaw = || freezer.as_mut().map_or(Ok(()), |f| f.thaw());
+    let tree = SeizedTree::seize_with(
+        opts.pid,
+        SeizeOpts {
+            timeout: opts.timeout.unwrap_or(crate::task::seize::DEFAULT_TIMEOUT),
+            on_slow: Some(&mut thaw),
+        },
+    )?;
     if let Some(f) = freezer.as_mut() {
         f.thaw()?;
     }

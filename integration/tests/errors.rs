@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stasis_integration::harness::{
-    all_pids, comm, expect_untraced, new_processes, proc_state, process_exists, say, Env, Mount,
-    Workload,
+    all_pids, comm, expect_untraced, mentions, new_processes, proc_state, process_exists, say, Env,
+    Mount, Workload,
 };
 
 fn small(env: &Env) -> Workload {
@@ -454,4 +454,89 @@ fn restore_pid_in_use_fails() {
         left.join("\n")
     );
     expect_unharmed(&mut wl, "original after a refused restore");
+}
+
+/// Waits until `pid` sleeps in vfork: uninterruptible, with a child.
+fn wait_in_vfork(pid: i32) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+        let child = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok());
+        if let (Some('D'), Some(c)) = (state, child) {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not enter vfork (state {state:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn dump_in_vfork_refused_by_name() {
+    // The root sits in vfork while its child sleeps 6 s before exec: it
+    // cannot reach a ptrace stop, so the dump must give up after --timeout
+    // naming the pid, the vfork and the child, and leave both running.
+    let Some(env) = Env::setup("dump_in_vfork_refused_by_name") else {
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-small"),
+        &["vfork", "6000", "exec"],
+        &[],
+    );
+    let child = wait_in_vfork(wl.root_pid());
+    let img = env.dir("images");
+    let t0 = std::time::Instant::now();
+    let run = env.dump(wl.root_pid(), &img, &["--timeout", "1"]);
+    let took = t0.elapsed();
+    run.expect_clear_failure(
+        "dump of a process in vfork",
+        &[&wl.root_pid().to_string(), "vfork", &child.to_string()],
+    );
+    for name in [wl.root_pid().to_string(), "vfork".into(), child.to_string()] {
+        assert!(
+            mentions(&run.stderr, &name),
+            "the refusal should name {name}: {}",
+            run.describe()
+        );
+    }
+    assert!(took < Duration::from_secs(4), "refusal took {took:?}");
+    expect_untraced(child, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("vfork child {child} after the refused dump: {e}"));
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a refused dump must not leave inventory.img"
+    );
+    // The child execs, the root returns from vfork, verifies and exits.
+    expect_unharmed(&mut wl, "after a dump refused in vfork");
+}
+
+#[test]
+fn dump_waits_for_vfork_child() {
+    // The child leaves vfork (exits) after 300 ms: the dump waits for the
+    // root's stop, then dumps and restores it.
+    let Some(env) = Env::setup("dump_waits_for_vfork_child") else {
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-small"),
+        &["vfork", "300", "exit"],
+        &[],
+    );
+    wait_in_vfork(wl.root_pid());
+    let img = env.dir("images");
+    env.dump(wl.root_pid(), &img, &[])
+        .expect_success("dump of a process in vfork for 300 ms");
+    wl.expect_killed_and_reap();
+    wl.restore_from(&env, &img, &[]);
+    wl.verify_and_finish("after restore of a former vfork parent");
 }
