@@ -315,8 +315,7 @@ impl SeizedTree {
     fn wait_stop(&mut self, pid: i32, tid: i32, opts: &mut SeizeOpts<'_>) -> Result<Option<i32>> {
         let t0 = Instant::now();
         let mut slow_done = false;
-        let mut spins = 0u32;
-        let mut nap = Duration::from_micros(5);
+        let mut nap = Duration::from_micros(10);
         loop {
             let Some(st) = ptrace::wait_nohang(tid).task_ctx(tid, "wait for stop")? else {
                 let waited = t0.elapsed();
@@ -330,16 +329,11 @@ impl SeizedTree {
                         f()?;
                     }
                 }
-                // A stop takes a wake-up and a trip to the signal path:
-                // yield first (the tracee may be waiting for this CPU), then
-                // sleep in growing steps.
-                if spins < 8 {
-                    spins += 1;
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(nap);
-                    nap = (nap * 2).min(Duration::from_millis(2));
-                }
+                // Sleep in growing steps, not sched_yield: on a busy machine
+                // a yield can hand the CPU away for a whole time slice (5 ms
+                // seen here), a short sleep is back in tens of microseconds.
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
                 continue;
             };
             match st {
