@@ -540,3 +540,71 @@ fn dump_waits_for_vfork_child() {
     wl.restore_from(&env, &img, &[]);
     wl.verify_and_finish("after restore of a former vfork parent");
 }
+
+/// A cgroup2 cgroup this test creates, removed on drop (killing what is
+/// left in it).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn create(name: &str) -> Option<TestCgroup> {
+        let mi = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mnt = mi
+            .lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .and_then(|l| l.split(' ').nth(4))?
+            .to_string();
+        let p = PathBuf::from(mnt).join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir(&p);
+        fs::create_dir(&p).ok()?;
+        p.join("cgroup.freeze").exists().then_some(TestCgroup(p))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.freeze"), "0");
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(self.0.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn dump_in_vfork_frozen_cgroup() {
+    // With --freeze-cgroup the vfork child is frozen too and can never exec
+    // while the parent waits for it: the dump thaws the cgroup when the
+    // parent is slow to stop, waits for the exec and dumps (-R); the cgroup
+    // is left thawed and the target unharmed.
+    let Some(env) = Env::setup("dump_in_vfork_frozen_cgroup") else {
+        return;
+    };
+    let Some(cg) = TestCgroup::create("stasis-perf-vfork") else {
+        say("dump_in_vfork_frozen_cgroup: skipped: no cgroup2 freezer");
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-small"),
+        &["vfork", "1500", "exec"],
+        &[],
+    );
+    let child = wait_in_vfork(wl.root_pid());
+    for p in [wl.root_pid(), child] {
+        fs::write(cg.0.join("cgroup.procs"), p.to_string()).expect("move into the test cgroup");
+    }
+    let img = env.dir("images");
+    let run = env.dump(
+        wl.root_pid(),
+        &img,
+        &["-R", "--freeze-cgroup", cg.0.to_str().unwrap()],
+    );
+    run.expect_success("dump of a vfork parent in a frozen cgroup");
+    let ev = fs::read_to_string(cg.0.join("cgroup.events")).unwrap();
+    assert!(ev.contains("frozen 0"), "cgroup left frozen: {ev}");
+    expect_unharmed(&mut wl, "after a dump in vfork with --freeze-cgroup");
+}
