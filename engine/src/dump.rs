@@ -32,7 +32,7 @@ use crate::proc;
 use crate::stats::{self, DumpStats};
 use crate::sys::{kcmp, misc, ptrace};
 use crate::task::remote::Remote;
-use crate::task::seize::{check_target, SeizedTree, Task, TaskState};
+use crate::task::seize::{check_target, SeizeOpts, SeizedTree, Task, TaskState};
 use crate::task::{creds, regs, signals};
 
 pub const TASK_ALIVE: u32 = 1;
@@ -66,6 +66,8 @@ pub struct DumpOptions {
     pub external: Vec<String>,
     /// Freeze this cgroup while seizing (`--freeze-cgroup`).
     pub freeze_cgroup: Option<PathBuf>,
+    /// Longest wait for any thread to stop while seizing (`--timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -74,6 +76,9 @@ const SC_SIGACT: u64 = 4096;
 const SC_MISC: u64 = 8192;
 const SC_THREAD: u64 = 12288;
 const SC_TIMERS: u64 = 24576;
+
+/// Trees with at most this many fds dump their fd tables on the main thread.
+const INLINE_TABLES_MAX: usize = 64;
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
@@ -97,7 +102,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         })
         .map(|p| crate::cgroup::Freezer::freeze(p, std::time::Duration::from_secs(10)))
         .transpose()?;
-    let tree = SeizedTree::seize(opts.pid)?;
+    // A vfork parent in a frozen cgroup only stops once its child has run
+    // to its exec: thaw if a stop is slow in coming.
+    let mut thaw = || freezer.as_mut().map_or(Ok(()), |f| f.thaw());
+    let tree = SeizedTree::seize_with(
+        opts.pid,
+        SeizeOpts {
+            timeout: opts.timeout.unwrap_or(crate::task::seize::DEFAULT_TIMEOUT),
+            on_slow: Some(&mut thaw),
+        },
+    )?;
     if let Some(f) = freezer.as_mut() {
         f.thaw()?;
     }
@@ -123,6 +137,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
         stolen: tree.stolen.clone(),
+        ns_links: HashMap::new(),
     };
     let live: Vec<i32> = tree
         .tasks
@@ -133,7 +148,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     d.files().prepare_tree(&live)?;
     d.cg_sets = crate::cgroup::dump(&dir, &live)?;
     // Namespaces: refuse what we cannot restore before writing anything.
-    let tree_ns = crate::ns::collect(&dir, &live)?;
+    let mut tree_ns = crate::ns::collect(&dir, &live)?;
+    d.ns_links = std::mem::take(&mut tree_ns.links);
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     // Fd tables (files id = task index + 2) on a second thread, see
@@ -144,8 +160,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .map(|(id, t)| (t.pid, id))
         .collect();
     let stop = AtomicBool::new(false);
+    // A second thread pays off only with many fds: starting it costs more
+    // than a few fd tables (and a wake-up on a busy machine).
+    let inline_tables = d.files().scanned_fds() <= INLINE_TABLES_MAX;
+    if inline_tables {
+        tables::dump_tables(&files, &fd_tasks, &stop)?;
+    }
     let (root_ids, root_task_ids) = std::thread::scope(|s| -> Result<_> {
-        let tables = s.spawn(|| tables::dump_tables(&files, &fd_tasks, &stop));
+        let tables =
+            (!inline_tables).then(|| s.spawn(|| tables::dump_tables(&files, &fd_tasks, &stop)));
         let mut run = || -> Result<_> {
             // inventory.root_ids are the dumper's own, as CRIU writes them:
             // its restore takes a root task whose ids match them for a
@@ -168,9 +191,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         if r.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
-        let t = tables
-            .join()
-            .unwrap_or_else(|_| Err(Error::Other("fd table thread panicked".into())));
+        let t = tables.map_or(Ok(()), |t| {
+            t.join()
+                .unwrap_or_else(|_| Err(Error::Other("fd table thread panicked".into())))
+        });
         let root_ids = r?;
         t?;
         Ok(root_ids)
@@ -239,6 +263,8 @@ struct Dumper<'a> {
     shmem_done: HashSet<u64>,
     pages: PageStats,
     stolen: Vec<crate::task::seize::StolenSignal>,
+    /// Namespace links read by ns::collect, by pid.
+    ns_links: HashMap<i32, Vec<proc::NsLink>>,
 }
 
 /// What remote calls tell us about one thread.
@@ -273,7 +299,11 @@ impl<'a> Dumper<'a> {
             sighand_id: id,
             ..Default::default()
         };
-        for l in proc::read_all_ns(pid)? {
+        let links = match self.ns_links.remove(&pid) {
+            Some(l) => l,
+            None => proc::read_all_ns(pid)?,
+        };
+        for l in links {
             if l.name.ends_with("_for_children") {
                 continue;
             }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stasis_integration::harness::{
-    all_pids, comm, expect_untraced, new_processes, proc_state, process_exists, say, Env, Mount,
-    Workload,
+    all_pids, comm, expect_untraced, mentions, new_processes, proc_state, process_exists, say, Env,
+    Mount, Workload,
 };
 
 fn small(env: &Env) -> Workload {
@@ -454,4 +454,157 @@ fn restore_pid_in_use_fails() {
         left.join("\n")
     );
     expect_unharmed(&mut wl, "original after a refused restore");
+}
+
+/// Waits until `pid` sleeps in vfork: uninterruptible, with a child.
+fn wait_in_vfork(pid: i32) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+        let child = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok());
+        if let (Some('D'), Some(c)) = (state, child) {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not enter vfork (state {state:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn dump_in_vfork_refused_by_name() {
+    // The root sits in vfork while its child sleeps 6 s before exec: it
+    // cannot reach a ptrace stop, so the dump must give up after --timeout
+    // naming the pid, the vfork and the child, and leave both running.
+    let Some(env) = Env::setup("dump_in_vfork_refused_by_name") else {
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-small"),
+        &["vfork", "6000", "exec"],
+        &[],
+    );
+    let child = wait_in_vfork(wl.root_pid());
+    let img = env.dir("images");
+    let t0 = std::time::Instant::now();
+    let run = env.dump(wl.root_pid(), &img, &["--timeout", "1"]);
+    let took = t0.elapsed();
+    run.expect_clear_failure(
+        "dump of a process in vfork",
+        &[&wl.root_pid().to_string(), "vfork", &child.to_string()],
+    );
+    for name in [wl.root_pid().to_string(), "vfork".into(), child.to_string()] {
+        assert!(
+            mentions(&run.stderr, &name),
+            "the refusal should name {name}: {}",
+            run.describe()
+        );
+    }
+    assert!(took < Duration::from_secs(4), "refusal took {took:?}");
+    expect_untraced(child, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("vfork child {child} after the refused dump: {e}"));
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a refused dump must not leave inventory.img"
+    );
+    // The child execs, the root returns from vfork, verifies and exits.
+    expect_unharmed(&mut wl, "after a dump refused in vfork");
+}
+
+#[test]
+fn dump_waits_for_vfork_child() {
+    // The child leaves vfork (exits) after 300 ms: the dump waits for the
+    // root's stop, then dumps and restores it.
+    let Some(env) = Env::setup("dump_waits_for_vfork_child") else {
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-small"),
+        &["vfork", "300", "exit"],
+        &[],
+    );
+    wait_in_vfork(wl.root_pid());
+    let img = env.dir("images");
+    env.dump(wl.root_pid(), &img, &[])
+        .expect_success("dump of a process in vfork for 300 ms");
+    wl.expect_killed_and_reap();
+    wl.restore_from(&env, &img, &[]);
+    wl.verify_and_finish("after restore of a former vfork parent");
+}
+
+/// A cgroup2 cgroup this test creates, removed on drop (killing what is
+/// left in it).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn create(name: &str) -> Option<TestCgroup> {
+        let mi = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mnt = mi
+            .lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .and_then(|l| l.split(' ').nth(4))?
+            .to_string();
+        let p = PathBuf::from(mnt).join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir(&p);
+        fs::create_dir(&p).ok()?;
+        p.join("cgroup.freeze").exists().then_some(TestCgroup(p))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.freeze"), "0");
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(self.0.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn dump_in_vfork_frozen_cgroup() {
+    // With --freeze-cgroup the vfork child is frozen too and can never exec
+    // while the parent waits for it: the dump thaws the cgroup when the
+    // parent is slow to stop, waits for the exec and dumps (-R); the cgroup
+    // is left thawed and the target unharmed.
+    let Some(env) = Env::setup("dump_in_vfork_frozen_cgroup") else {
+        return;
+    };
+    let Some(cg) = TestCgroup::create("stasis-perf-vfork") else {
+        say("dump_in_vfork_frozen_cgroup: skipped: no cgroup2 freezer");
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-small"),
+        &["vfork", "1500", "exec"],
+        &[],
+    );
+    let child = wait_in_vfork(wl.root_pid());
+    for p in [wl.root_pid(), child] {
+        fs::write(cg.0.join("cgroup.procs"), p.to_string()).expect("move into the test cgroup");
+    }
+    let img = env.dir("images");
+    let run = env.dump(
+        wl.root_pid(),
+        &img,
+        &["-R", "--freeze-cgroup", cg.0.to_str().unwrap()],
+    );
+    run.expect_success("dump of a vfork parent in a frozen cgroup");
+    let ev = fs::read_to_string(cg.0.join("cgroup.events")).unwrap();
+    assert!(ev.contains("frozen 0"), "cgroup left frozen: {ev}");
+    expect_unharmed(&mut wl, "after a dump in vfork with --freeze-cgroup");
 }

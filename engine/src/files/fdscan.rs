@@ -50,6 +50,11 @@ impl FdScan {
         self.by_pid.get(&pid).map_or(&[], |v| v.as_slice())
     }
 
+    /// How many fds were scanned in all.
+    pub(crate) fn total(&self) -> usize {
+        self.by_pid.values().map(Vec::len).sum()
+    }
+
     /// The fd numbers of `pid`, if it was scanned.
     pub(crate) fn numbers(&self, pid: i32) -> Option<Vec<i32>> {
         self.by_pid

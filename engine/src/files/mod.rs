@@ -256,6 +256,11 @@ impl<'a> FileTable<'a> {
         }
     }
 
+    /// How many fds the tree holds (as scanned by [`prepare_tree`](Self::prepare_tree)).
+    pub fn scanned_fds(&self) -> usize {
+        self.fdscan.total()
+    }
+
     /// Forget what was scanned of `pid` once its fd table is dumped.
     pub fn fds_done(&mut self, pid: i32) {
         self.fdscan.done(pid);

@@ -100,6 +100,9 @@ pub struct TreeNs {
     /// Some task is in a pid namespace other than the dumper's (the root's
     /// own, or one nested below): pids are written per level.
     pub pid_levels: bool,
+    /// Every link read here, by pid (the dumper's too): the task ids of the
+    /// dump are made from them instead of reading them all again.
+    pub links: std::collections::HashMap<i32, Vec<proc::NsLink>>,
 }
 
 impl TreeNs {
@@ -108,11 +111,11 @@ impl TreeNs {
     }
 }
 
-fn links(pid: i32) -> Result<BTreeMap<&'static str, (NsKind, u64)>> {
-    Ok(proc::read_all_ns(pid)?
-        .into_iter()
-        .map(|l| (l.name, (l.kind, l.ino)))
-        .collect())
+fn links(t: &mut TreeNs, pid: i32) -> Result<BTreeMap<&'static str, (NsKind, u64)>> {
+    let all = proc::read_all_ns(pid)?;
+    let m = all.iter().map(|l| (l.name, (l.kind, l.ino))).collect();
+    t.links.insert(pid, all);
+    Ok(m)
 }
 
 /// Check the namespaces of every live task against the root's and the
@@ -122,9 +125,9 @@ pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
     let Some(&root) = live.first() else {
         return Ok(TreeNs::default());
     };
-    let me = links(std::process::id() as i32)?;
-    let rl = links(root)?;
     let mut t = TreeNs::default();
+    let me = links(&mut t, std::process::id() as i32)?;
+    let rl = links(&mut t, root)?;
     for (&name, &(kind, ino)) in &me {
         if !name.ends_with("_for_children") {
             t.dumper.insert(kind, ino);
@@ -146,7 +149,11 @@ pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
     let mut pid_nses: Vec<u64> = Vec::new();
     let mut pid_for_children: Vec<(i32, u64)> = Vec::new();
     for &p in live {
-        let l = if p == root { rl.clone() } else { links(p)? };
+        let l = if p == root {
+            rl.clone()
+        } else {
+            links(&mut t, p)?
+        };
         for (&name, &(kind, ino)) in &l {
             match name {
                 "pid" => pid_nses.push(ino),

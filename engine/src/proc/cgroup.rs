@@ -1,6 +1,6 @@
 //! `/proc/PID/cgroup`.
 
-use super::util::{dec, pid_path, read_parse};
+use super::util::{dec, pid_path, read_parse_single};
 use super::ProcError;
 
 const FILE: &str = "cgroup";
@@ -66,7 +66,7 @@ pub fn find_cgroup_v2(entries: &[CgroupEntry]) -> Option<&CgroupEntry> {
 
 /// Read and parse `/proc/<pid>/cgroup`.
 pub fn read_cgroup(pid: i32) -> Result<Vec<CgroupEntry>, ProcError> {
-    read_parse(pid_path(pid, "cgroup"), parse_cgroup)
+    read_parse_single(pid_path(pid, "cgroup"), parse_cgroup)
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@
 
 use std::path::PathBuf;
 
-use super::util::{dec, hex_u32, hex_u64, kv_pairs, oct_u32, pid_path, read_parse};
+use super::util::{
+    dec, hex_u32, hex_u64, kv_pairs, oct_u32, pid_path, read_parse, read_parse_single,
+};
 use super::ProcError;
 
 const FILE: &str = "fdinfo";
@@ -595,7 +597,7 @@ fn parse_fdinfo_line(fi: &mut Fdinfo, seen: &mut u8, line: &str) -> Result<(), &
 
 /// Read and parse `/proc/<pid>/fdinfo/<fd>`.
 pub fn read_fdinfo(pid: i32, fd: i32) -> Result<Fdinfo, ProcError> {
-    read_parse(pid_path(pid, &format!("fdinfo/{fd}")), parse_fdinfo)
+    read_parse_single(pid_path(pid, &format!("fdinfo/{fd}")), parse_fdinfo)
 }
 
 /// The target of the `/proc/<pid>/fd/<fd>` link, e.g. `/usr/bin/cat`,

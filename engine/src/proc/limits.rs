@@ -1,6 +1,6 @@
 //! `/proc/PID/limits`.
 
-use super::util::{dec, pid_path, read_parse};
+use super::util::{dec, pid_path, read_parse_single};
 use super::ProcError;
 
 const FILE: &str = "limits";
@@ -77,7 +77,7 @@ pub fn parse_limits(text: &str) -> Result<Limits, ProcError> {
 
 /// Read and parse `/proc/<pid>/limits`.
 pub fn read_limits(pid: i32) -> Result<Limits, ProcError> {
-    read_parse(pid_path(pid, "limits"), parse_limits)
+    read_parse_single(pid_path(pid, "limits"), parse_limits)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::util::{dec, hex_u32, pid_path, read_bytes, read_parse, tid_path};
+use super::util::{dec, hex_u32, pid_path, read_bytes, read_parse, read_parse_single, tid_path};
 use super::ProcError;
 
 /// Trim the single trailing newline of a one-value file.
@@ -119,23 +119,23 @@ pub fn parse_id_map(text: &str) -> Result<Vec<IdMapEntry>, ProcError> {
 }
 
 pub fn read_personality(pid: i32) -> Result<u32, ProcError> {
-    read_parse(pid_path(pid, "personality"), parse_personality)
+    read_parse_single(pid_path(pid, "personality"), parse_personality)
 }
 
 pub fn read_comm(pid: i32) -> Result<String, ProcError> {
-    read_parse(pid_path(pid, "comm"), |t| Ok(parse_comm(t)))
+    read_parse_single(pid_path(pid, "comm"), |t| Ok(parse_comm(t)))
 }
 
 pub fn read_comm_tid(pid: i32, tid: i32) -> Result<String, ProcError> {
-    read_parse(tid_path(pid, tid, "comm"), |t| Ok(parse_comm(t)))
+    read_parse_single(tid_path(pid, tid, "comm"), |t| Ok(parse_comm(t)))
 }
 
 pub fn read_loginuid(pid: i32) -> Result<u32, ProcError> {
-    read_parse(pid_path(pid, "loginuid"), parse_loginuid)
+    read_parse_single(pid_path(pid, "loginuid"), parse_loginuid)
 }
 
 pub fn read_oom_score_adj(pid: i32) -> Result<i32, ProcError> {
-    read_parse(pid_path(pid, "oom_score_adj"), parse_oom_score_adj)
+    read_parse_single(pid_path(pid, "oom_score_adj"), parse_oom_score_adj)
 }
 
 pub fn read_cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
@@ -147,7 +147,7 @@ pub fn read_pid_max() -> Result<u32, ProcError> {
 }
 
 pub fn read_setgroups(pid: i32) -> Result<Setgroups, ProcError> {
-    read_parse(pid_path(pid, "setgroups"), parse_setgroups)
+    read_parse_single(pid_path(pid, "setgroups"), parse_setgroups)
 }
 
 pub fn read_uid_map(pid: i32) -> Result<Vec<IdMapEntry>, ProcError> {

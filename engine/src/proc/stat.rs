@@ -1,6 +1,6 @@
 //! `/proc/PID/stat` and `/proc/PID/task/TID/stat`.
 
-use super::util::{pid_path, read_parse, tid_path};
+use super::util::{pid_path, read_parse_single, tid_path};
 use super::ProcError;
 
 const FILE: &str = "stat";
@@ -232,12 +232,12 @@ pub fn parse_stat(text: &str) -> Result<Stat, ProcError> {
 
 /// Read and parse `/proc/<pid>/stat`.
 pub fn read_stat(pid: i32) -> Result<Stat, ProcError> {
-    read_parse(pid_path(pid, "stat"), parse_stat)
+    read_parse_single(pid_path(pid, "stat"), parse_stat)
 }
 
 /// Read and parse `/proc/<pid>/task/<tid>/stat`.
 pub fn read_stat_tid(pid: i32, tid: i32) -> Result<Stat, ProcError> {
-    read_parse(tid_path(pid, tid, "stat"), parse_stat)
+    read_parse_single(tid_path(pid, tid, "stat"), parse_stat)
 }
 
 #[cfg(test)]

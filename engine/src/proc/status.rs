@@ -1,6 +1,6 @@
 //! `/proc/PID/status` and `/proc/PID/task/TID/status`.
 
-use super::util::{dec, hex_u64, oct_u32, pid_path, read_parse, tid_path};
+use super::util::{dec, hex_u64, oct_u32, pid_path, read_parse_single, tid_path};
 use super::ProcError;
 
 const FILE: &str = "status";
@@ -222,12 +222,12 @@ pub fn parse_status(text: &str) -> Result<Status, ProcError> {
 
 /// Read and parse `/proc/<pid>/status`.
 pub fn read_status(pid: i32) -> Result<Status, ProcError> {
-    read_parse(pid_path(pid, "status"), parse_status)
+    read_parse_single(pid_path(pid, "status"), parse_status)
 }
 
 /// Read and parse `/proc/<pid>/task/<tid>/status`.
 pub fn read_status_tid(pid: i32, tid: i32) -> Result<Status, ProcError> {
-    read_parse(tid_path(pid, tid, "status"), parse_status)
+    read_parse_single(tid_path(pid, tid, "status"), parse_status)
 }
 
 #[cfg(test)]

@@ -22,6 +22,16 @@ pub(crate) fn tid_path(pid: i32, tid: i32, rest: &str) -> PathBuf {
 /// Not `fs::read`: it asks for the file size first (one more syscall per
 /// file), and /proc files have none; a dump reads a few per fd.
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
+    read_bytes_as(path, false)
+}
+
+/// [`read_bytes`], where `single` says the file is produced whole by its
+/// first read (seq_file `single_open` and `simple_read_from_buffer` files:
+/// stat, status, fdinfo, limits, ...): a read shorter than asked is then
+/// the end, which saves the final empty read (one syscall per file, several
+/// per fd of a dump). Multi-record seq files (maps, smaps, mountinfo) may
+/// return short reads before their end and must not use it.
+fn read_bytes_as(path: &Path, single: bool) -> Result<Vec<u8>, ProcError> {
     use std::io::Read;
     // A plain read loop: `read_to_end` on a File first asks for its size and
     // position (statx + lseek), which /proc files do not know anyway.
@@ -34,7 +44,13 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
         }
         match f.read(&mut v[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(k) => {
+                let short = n + k < v.len();
+                n += k;
+                if single && short {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(ProcError::io(path, e)),
         }
@@ -47,7 +63,10 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, ProcError> {
 /// `comm`) is replaced with U+FFFD rather than failing the read; callers that
 /// need the exact bytes of a path must go through `map_files`/`fd` links.
 pub(crate) fn read_text(path: &Path) -> Result<String, ProcError> {
-    let bytes = read_bytes(path)?;
+    text_of(read_bytes(path)?)
+}
+
+fn text_of(bytes: Vec<u8>) -> Result<String, ProcError> {
     Ok(match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -60,6 +79,16 @@ pub(crate) fn read_parse<T>(
     parse: impl FnOnce(&str) -> Result<T, ProcError>,
 ) -> Result<T, ProcError> {
     let text = read_text(&path)?;
+    parse(&text)
+}
+
+/// [`read_parse`] for a file produced whole by its first read (see
+/// [`read_bytes_as`]).
+pub(crate) fn read_parse_single<T>(
+    path: PathBuf,
+    parse: impl FnOnce(&str) -> Result<T, ProcError>,
+) -> Result<T, ProcError> {
+    let text = text_of(read_bytes_as(&path, true)?)?;
     parse(&text)
 }
 

@@ -136,6 +136,10 @@ pub struct Prep {
     pub images_dir: PathBuf,
     /// Namespaces the root enters first (`--join-ns`): kind, our fd.
     pub join_ns: Vec<(crate::proc::NsKind, i32)>,
+    /// Our own signal actions when the root is forked, by signal number:
+    /// every stub inherits them (stubs fork their children before setting
+    /// their own), so it only sets the actions of its image that differ.
+    pub inherited_sigactions: HashMap<u32, [u8; 32]>,
 }
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
@@ -187,6 +191,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     } else {
         (0, libc::SIGCHLD)
     };
+    let mut prep = prep;
+    // Reading them costs as many calls as one task would save.
+    if plan.tasks.len() > 1 {
+        prep.inherited_sigactions = crate::task::signals::settable()
+            .filter_map(|s| Some((s, sstub::rt_sigaction_get(s as i32).ok()?)))
+            .collect();
+    }
+    let prep = prep;
     let ns_guard = crate::ns::RestorerNs::enter(&plan.ns)?;
     let root_flags =
         crate::ns::clone_flags(&plan.ns) | crate::ns::pid::clone_flags(None, root) | sibling_flags;

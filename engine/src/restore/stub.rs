@@ -226,10 +226,13 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
         if sig == libc::SIGTRAP as u32 && sa.sigaction == libc::SIG_IGN as u64 {
             continue;
         }
-        ctx(
-            stub::rt_sigaction_raw(sig as i32, &signals::encode_ksigaction(sa)),
-            || format!("rt_sigaction({sig})"),
-        )?;
+        let act = signals::encode_ksigaction(sa);
+        if prep.inherited_sigactions.get(&sig) == Some(&act) {
+            continue;
+        }
+        ctx(stub::rt_sigaction_raw(sig as i32, &act), || {
+            format!("rt_sigaction({sig})")
+        })?;
     }
     if let Some(rl) = &tc.rlimits {
         for (res, r) in rl.rlimits.iter().enumerate() {
@@ -280,9 +283,13 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
 /// setrlimit; a hard limit above ours cannot be raised without
 /// CAP_SYS_RESOURCE, so it is clamped (and the soft limit with it).
 fn set_rlimit(res: u32, cur: u64, max: u64) -> R<()> {
-    let (_, old_max) = ctx(stub::get_rlimit(res), || format!("getrlimit({res})"))?;
+    let (old_cur, old_max) = ctx(stub::get_rlimit(res), || format!("getrlimit({res})"))?;
     let max = max.min(old_max);
     let cur = cur.min(max);
+    if (cur, max) == (old_cur, old_max) {
+        // Inherited as saved (the usual case): no second syscall.
+        return Ok(());
+    }
     ctx(stub::set_rlimit(res, cur, max), || {
         format!("setrlimit({res}, {cur}, {max})")
     })

@@ -16,6 +16,23 @@ pub fn rt_sigaction_raw(sig: i32, act: &[u8; 32]) -> io::Result<()> {
     Ok(())
 }
 
+/// Read our own action for `sig`, in the same layout as [`rt_sigaction_raw`].
+pub fn rt_sigaction_get(sig: i32) -> io::Result<[u8; 32]> {
+    let mut old = [0u8; 32];
+    // SAFETY: `old` is 32 writable bytes, the kernel sigaction layout on
+    // x86_64; the new-action pointer is NULL (nothing changes).
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            0usize,
+            old.as_mut_ptr(),
+            8usize,
+        )
+    })?;
+    Ok(old)
+}
+
 /// close_range(2) over `[first, last]`.
 pub fn close_range(first: u32, last: u32) -> io::Result<()> {
     // SAFETY: closing descriptors has no memory-safety impact on us beyond

@@ -8,10 +8,13 @@
 //! target traced or stopped.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result, TaskCtx};
 use crate::proc;
+use crate::sys::kcmp;
 use crate::sys::ptrace::{self, WaitStatus};
 
 /// How a process was found when it was seized.
@@ -86,8 +89,44 @@ pub fn check_target(pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// How seizing waits for stops.
+pub struct SeizeOpts<'a> {
+    /// Longest wait for any one thread's stop; past it the dump fails naming
+    /// the thread and what it is doing (CRIU's `--timeout`, 10 s by default).
+    pub timeout: Duration,
+    /// Called once when a thread is slow to stop (see [`SLOW_STOP`]): a
+    /// frozen cgroup is thawed there, so that a vfork child can run to its
+    /// exec and let its parent stop.
+    pub on_slow: Option<&'a mut dyn FnMut() -> Result<()>>,
+}
+
+impl Default for SeizeOpts<'_> {
+    fn default() -> Self {
+        SeizeOpts {
+            timeout: DEFAULT_TIMEOUT,
+            on_slow: None,
+        }
+    }
+}
+
+/// CRIU's default for `--timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stop normally arrives within microseconds; a thread still running after
+/// this is sleeping where signals cannot reach it (a vfork parent waits
+/// killably for its child's exec or exit).
+const SLOW_STOP: Duration = Duration::from_millis(20);
+
 impl SeizedTree {
     pub fn seize(root: i32) -> Result<SeizedTree> {
+        Self::seize_with(root, SeizeOpts::default())
+    }
+
+    /// Seize the tree under `root`, parents before children. That order is
+    /// also what keeps vfork working: a vfork child is only seized once its
+    /// parent has stopped, which needs the child to have exec'd or exited
+    /// first; stopping the child before would leave the parent waiting
+    /// forever.
+    pub fn seize_with(root: i32, mut opts: SeizeOpts<'_>) -> Result<SeizedTree> {
         let mut tree = SeizedTree {
             tasks: Vec::new(),
             traced: BTreeSet::new(),
@@ -101,7 +140,7 @@ impl SeizedTree {
             if !seen.insert(pid) {
                 continue;
             }
-            let task = tree.seize_process(pid, pid == root)?;
+            let task = tree.seize_process(pid, pid == root, &mut opts)?;
             let Some(task) = task else { continue };
             // Push in reverse so children come out in ascending order.
             for &c in task.children.iter().rev() {
@@ -136,7 +175,12 @@ impl SeizedTree {
 
     /// Stop every thread of `pid`; `None` if the process vanished first
     /// (only allowed for non-root tasks).
-    fn seize_process(&mut self, pid: i32, is_root: bool) -> Result<Option<Task>> {
+    fn seize_process(
+        &mut self,
+        pid: i32,
+        is_root: bool,
+        opts: &mut SeizeOpts<'_>,
+    ) -> Result<Option<Task>> {
         let stat = match proc::read_stat(pid) {
             Ok(s) => s,
             Err(_) if !is_root => return Ok(None),
@@ -182,8 +226,16 @@ impl SeizedTree {
                 threads.retain(|t| listed.contains(t));
                 break;
             }
+            // Interrupt them all first, then collect the stops: the threads
+            // stop in parallel.
+            let mut interrupted = Vec::with_capacity(new.len());
             for tid in new {
-                match self.seize_thread(tid)? {
+                if self.seize_thread(tid)? {
+                    interrupted.push(tid);
+                }
+            }
+            for tid in interrupted {
+                match self.wait_stop(pid, tid, opts)? {
                     Some(sig) => {
                         group_stop.get_or_insert(sig);
                         threads.push(tid);
@@ -233,26 +285,58 @@ impl SeizedTree {
         }))
     }
 
-    /// Seize and interrupt one thread and wait for its stop. Returns the stop
-    /// signal (SIGTRAP for our interrupt, another for a group-stop), or None if
-    /// the thread exited before it could be stopped.
-    fn seize_thread(&mut self, tid: i32) -> Result<Option<i32>> {
+    /// Seize and interrupt one thread; false if it exited first.
+    fn seize_thread(&mut self, tid: i32) -> Result<bool> {
         match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 // Seizing a zombie thread or one already traced by someone else.
                 if proc::read_stat(tid).map(|s| s.state == 'Z').unwrap_or(true) {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 return Err(Error::task(tid, "ptrace seize (already traced?)", e));
             }
             Err(e) => return Err(Error::task(tid, "ptrace seize", e)),
         }
         self.traced.insert(tid);
-        ptrace::interrupt(tid).task_ctx(tid, "ptrace interrupt")?;
+        match ptrace::interrupt(tid) {
+            Ok(()) => Ok(true),
+            // Exited between seize and interrupt: its exit is collected
+            // by wait_stop.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(true),
+            Err(e) => Err(Error::task(tid, "ptrace interrupt", e)),
+        }
+    }
+
+    /// Wait for the stop of an interrupted thread, at most `opts.timeout`.
+    /// Returns the stop signal (SIGTRAP for our interrupt, another for a
+    /// group-stop), or None if the thread exited before it could be stopped.
+    fn wait_stop(&mut self, pid: i32, tid: i32, opts: &mut SeizeOpts<'_>) -> Result<Option<i32>> {
+        let t0 = Instant::now();
+        let mut slow_done = false;
+        let mut nap = Duration::from_micros(10);
         loop {
-            match ptrace::wait(tid).task_ctx(tid, "wait for stop")? {
+            let Some(st) = ptrace::wait_nohang(tid).task_ctx(tid, "wait for stop")? else {
+                let waited = t0.elapsed();
+                if waited >= opts.timeout {
+                    return Err(self.not_stopped(pid, tid, opts.timeout));
+                }
+                if !slow_done && waited >= SLOW_STOP {
+                    slow_done = true;
+                    debug!(pid, tid, "slow to stop; letting the tree run");
+                    if let Some(f) = opts.on_slow.as_mut() {
+                        f()?;
+                    }
+                }
+                // Sleep in growing steps, not sched_yield: on a busy machine
+                // a yield can hand the CPU away for a whole time slice (5 ms
+                // seen here), a short sleep is back in tens of microseconds.
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+                continue;
+            };
+            match st {
                 WaitStatus::PtraceEvent { sig, event } if event == ptrace::PTRACE_EVENT_STOP => {
                     return Ok(Some(sig));
                 }
@@ -275,6 +359,33 @@ impl SeizedTree {
                 }
             }
         }
+    }
+
+    /// The error for a thread that did not stop in time, saying what it is
+    /// doing: most often a vfork parent whose child neither exec'd nor exited.
+    fn not_stopped(&self, pid: i32, tid: i32, timeout: Duration) -> Error {
+        let state = proc::read_stat_tid(pid, tid)
+            .map(|s| s.state)
+            .unwrap_or('?');
+        let who = if tid == pid {
+            String::new()
+        } else {
+            format!(" (thread {tid})")
+        };
+        if let Some(child) = vfork_child(pid, tid) {
+            let cstate = proc::read_stat(child).map(|s| s.state).unwrap_or('?');
+            return Error::unsupported(
+                pid,
+                format!(
+                    "did not stop within {timeout:?}{who}: it is in vfork, waiting for its \
+                     child {child} (state {cstate}) to exec or exit"
+                ),
+            );
+        }
+        Error::unsupported(
+            pid,
+            format!("did not stop within {timeout:?}{who} (state {state})"),
+        )
     }
 
     pub fn task(&self, pid: i32) -> Option<&Task> {
@@ -364,4 +475,18 @@ impl Drop for SeizedTree {
 
 fn tgid_of(tid: i32) -> i32 {
     proc::read_status(tid).map(|s| s.tgid).unwrap_or(tid)
+}
+
+/// The child `tid` of process `pid` waits for in vfork: a child of that
+/// thread sharing its address space (a thread of ours would not be listed as
+/// a child). `tid` must be in uninterruptible sleep, as a vfork parent is.
+fn vfork_child(pid: i32, tid: i32) -> Option<i32> {
+    let st = proc::read_stat_tid(pid, tid).ok()?;
+    if st.state != 'D' {
+        return None;
+    }
+    proc::read_children(pid, tid)
+        .ok()?
+        .into_iter()
+        .find(|&c| kcmp::kcmp(tid, c, kcmp::KCMP_VM, 0, 0).ok() == Some(0))
 }

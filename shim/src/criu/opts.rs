@@ -215,7 +215,6 @@ impl Opts {
             freeze_cgroup = ?self.freeze_cgroup,
             manage_cgroups = ?self.manage_cgroups,
             empty_ns = self.empty_ns,
-            timeout = ?self.timeout,
             link_remap = self.link_remap,
             tcp_close = self.tcp_close,
             "dump options without engine counterpart accepted"
@@ -319,6 +318,10 @@ impl Opts {
             orphan_pts_master: self.orphan_pts_master,
             external: self.dump_externals(pid),
             freeze_cgroup: self.freeze_cgroup.as_ref().map(PathBuf::from),
+            timeout: self
+                .timeout
+                .filter(|&s| s > 0)
+                .map(|s| std::time::Duration::from_secs(u64::from(s))),
         }
     }
 
