@@ -83,6 +83,11 @@ pub struct RestoreOptions {
     pub inherit_fd: Vec<(i32, String)>,
     /// `--join-ns NS:PATH`: namespaces to enter instead of creating.
     pub join_ns: Vec<String>,
+    /// Rebuild established TCP connections (`--tcp-established`); images
+    /// holding some are refused without it or `tcp_close`.
+    pub tcp_established: bool,
+    /// Restore established TCP connections as closed sockets (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 #[derive(Debug)]
@@ -139,6 +144,8 @@ pub struct Prep {
     pub images_dir: PathBuf,
     /// Namespaces the root enters first (`--join-ns`): kind, our fd.
     pub join_ns: Vec<(crate::proc::NsKind, i32)>,
+    /// Established TCP connections are restored closed.
+    pub tcp_close: bool,
 }
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
@@ -162,6 +169,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         &opts.cgroup_root,
     )?;
     files::unix::check_restore(&plan, opts.ext_unix_sk)?;
+    files::inet::check_restore(&plan, opts.tcp_established, opts.tcp_close)?;
     check_pids_free(&plan)?;
     files::epoll::check_plan(&plan).map_err(Error::Other)?;
     files::locks::check_plan(&plan, opts.file_locks)?;
@@ -300,6 +308,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     }
     tree.released = true;
     drop(keep_fds);
+    // The connections are back: let their packets through.
+    if let Err(e) = files::inet::unlock(&plan, root_pid) {
+        warn!("{e}");
+    }
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, format!("{root_pid}")).path_ctx(p)?;
     }
@@ -452,6 +464,7 @@ fn prepare(
     let mut prep = Prep {
         base,
         images_dir: dir.path().to_path_buf(),
+        tcp_close: opts.tcp_close,
         ..Default::default()
     };
     // Error and start pipes: read/write ends for us stay below `base`.
@@ -532,6 +545,10 @@ fn prepare(
     files::memo::prepare(&plan.files);
     // Queued unix socket data, read once here rather than in every stub.
     files::unix::preload_queues(dir.path()).map_err(Error::Other)?;
+    // Established TCP connections' queues, likewise.
+    if !opts.tcp_close {
+        files::inet::preload(dir, plan.files.values().filter_map(|f| f.isk.as_deref()))?;
+    }
     // Open file descriptions in fd tables: staged once, by the lowest
     // common ancestor of their holders.
     let mut holders: BTreeMap<Group, Vec<usize>> = BTreeMap::new();

@@ -102,6 +102,7 @@ pub struct Opts {
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
     pub tcp_close: bool,
+    pub tcp_skip_in_flight: bool,
     pub link_remap: bool,
     pub evasive_devices: bool,
     pub restore_sibling: bool,
@@ -304,9 +305,6 @@ impl Opts {
     }
 
     pub fn dump_options(&self, pid: i32) -> dump::DumpOptions {
-        if self.tcp_established {
-            debug!("--tcp-established: TCP sockets are refused by the engine for now");
-        }
         dump::DumpOptions {
             pid,
             images_dir: self.images_dir.clone(),
@@ -319,6 +317,8 @@ impl Opts {
             orphan_pts_master: self.orphan_pts_master,
             external: self.dump_externals(pid),
             freeze_cgroup: self.freeze_cgroup.as_ref().map(PathBuf::from),
+            tcp_established: self.tcp_established,
+            tcp_skip_in_flight: self.tcp_skip_in_flight,
         }
     }
 
@@ -385,6 +385,8 @@ impl Opts {
                 .collect(),
             inherit_fd: Vec::new(),
             join_ns: self.join_ns.clone(),
+            tcp_established: self.tcp_established,
+            tcp_close: self.tcp_close,
         }
     }
 }

@@ -1,0 +1,284 @@
+//! wl-tcp STATEDIR MODE HOST PORT: one TCP connection carrying a checked
+//! byte stream each way, for established-connection checkpoints.
+//!
+//! MODE is `client` or `server` for the side that is dumped, `peer-client`
+//! or `peer-server` for the other end (never dumped). The connection is
+//! made in set-up (a server keeps its listener open as well).
+//!
+//! - The dumped side sets TCP_NODELAY and keepalive (idle 123 s), sends its
+//!   stream without waiting until the kernel takes no more (the peer is not
+//!   reading yet, so its send queue is full), and waits until the peer's
+//!   first burst has arrived, which it leaves unread. Ready: unread data in
+//!   both directions. It then does nothing with the socket until `check`.
+//! - The peer sends a first burst, is ready, and waits for `STATEDIR/go`
+//!   before it reads anything.
+//!
+//! After `go` (peer) and `check` (dumped side), both finish the exchange:
+//! every byte of the other's stream (`TOTAL` bytes, position-dependent
+//! pattern) arrives exactly once and in order, then EOF; a reset or any
+//! other error is a failure. The dumped side also checks its options and
+//! that its listener (server mode) still accepts.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use stasis_integration::workload::{Ctx, Verdict};
+
+/// Bytes each side sends in all.
+const TOTAL: u64 = 6 << 20;
+/// The peer's first burst.
+const PEER_BURST: u64 = 64 << 10;
+
+fn byte(dir: u8, i: u64) -> u8 {
+    (i ^ (i >> 8) ^ (i >> 17) ^ (dir as u64 * 0x5b)) as u8
+}
+
+fn getopt(fd: i32, level: i32, opt: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len = 4u32;
+    // SAFETY: v and len are valid for an int option.
+    unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut i32).cast(), &mut len) };
+    v
+}
+
+fn setopt(fd: i32, level: i32, opt: i32, v: i32) -> Result<(), String> {
+    // SAFETY: v is a valid int the kernel reads.
+    let r = unsafe { libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), 4) };
+    if r < 0 {
+        return Err(format!(
+            "setsockopt {opt}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// One direction's progress.
+struct Stream {
+    sent: u64,
+    got: u64,
+    eof: bool,
+}
+
+/// Send our stream from `s.sent` as far as the socket takes it (stop at
+/// `limit`).
+fn push(c: &mut TcpStream, dir: u8, s: &mut Stream, limit: u64) -> Result<(), String> {
+    let mut buf = [0u8; 16 << 10];
+    while s.sent < limit {
+        let n = ((limit - s.sent) as usize).min(buf.len());
+        for (k, b) in buf[..n].iter_mut().enumerate() {
+            *b = byte(dir, s.sent + k as u64);
+        }
+        match c.write(&buf[..n]) {
+            Ok(0) => return Err("write returned 0".into()),
+            Ok(k) => s.sent += k as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write at {}: {e}", s.sent)),
+        }
+    }
+    Ok(())
+}
+
+/// Read what is there and check it against the other side's stream.
+fn pull(c: &mut TcpStream, dir: u8, s: &mut Stream) -> Result<(), String> {
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => {
+                s.eof = true;
+                return Ok(());
+            }
+            Ok(n) => {
+                for (k, &b) in buf[..n].iter().enumerate() {
+                    let at = s.got + k as u64;
+                    if b != byte(dir, at) {
+                        return Err(format!(
+                            "byte {at} of the incoming stream is {b:#x}, expected {:#x}",
+                            byte(dir, at)
+                        ));
+                    }
+                }
+                s.got += n as u64;
+                if s.got > TOTAL {
+                    return Err(format!("{} bytes received, more than {TOTAL}", s.got));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read at {}: {e}", s.got)),
+        }
+    }
+}
+
+/// Finish both directions: send the rest and shut down, read all and EOF.
+fn exchange(c: &mut TcpStream, me: u8, s: &mut Stream) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut shut = false;
+    while !(shut && s.eof) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "exchange not done after 60 s: sent {} got {} eof {}",
+                s.sent, s.got, s.eof
+            ));
+        }
+        push(c, me, s, TOTAL)?;
+        if s.sent == TOTAL && !shut {
+            c.shutdown(Shutdown::Write)
+                .map_err(|e| format!("shutdown: {e}"))?;
+            shut = true;
+        }
+        pull(c, 1 - me, s)?;
+        let mut p = [libc::pollfd {
+            fd: c.as_raw_fd(),
+            events: libc::POLLIN | if shut { 0 } else { libc::POLLOUT },
+            revents: 0,
+        }; 1];
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(p.as_mut_ptr(), 1, 100) };
+    }
+    if s.got != TOTAL {
+        return Err(format!("EOF after {} of {TOTAL} bytes", s.got));
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut ctx = Ctx::from_args("wl-tcp STATEDIR MODE HOST PORT");
+    let (mode, host, port) = match ctx.args.as_slice() {
+        [m, h, p] => (m.clone(), h.clone(), p.clone()),
+        _ => ctx.setup_failed("root", "usage: MODE HOST PORT"),
+    };
+    let addr = match (host.parse::<IpAddr>(), port.parse::<u16>()) {
+        (Ok(h), Ok(p)) => SocketAddr::new(h, p),
+        _ => ctx.setup_failed("root", "bad address"),
+    };
+    let fail = |ctx: &Ctx, e: String| -> ! { ctx.setup_failed("root", &e) };
+    let dumped = mode == "client" || mode == "server";
+    // The dumped side's stream is direction 0, the peer's 1.
+    let me: u8 = if dumped { 0 } else { 1 };
+    let mut listener = None;
+    let mut c = if mode.ends_with("server") {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| fail(&ctx, format!("bind: {e}")));
+        let (c, _) = l
+            .accept()
+            .unwrap_or_else(|e| fail(&ctx, format!("accept: {e}")));
+        listener = Some(l);
+        c
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpStream::connect(addr) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => fail(&ctx, format!("connect {addr}: {e}")),
+            }
+        }
+    };
+    c.set_nonblocking(true)
+        .unwrap_or_else(|e| fail(&ctx, format!("nonblocking: {e}")));
+    let fd = c.as_raw_fd();
+    let mut s = Stream {
+        sent: 0,
+        got: 0,
+        eof: false,
+    };
+    if dumped {
+        for (level, opt, v) in [
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 123),
+        ] {
+            setopt(fd, level, opt, v).unwrap_or_else(|e| fail(&ctx, e));
+        }
+        // Fill the way out (nobody reads yet), then wait for the peer's
+        // burst without reading it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(&ctx, e));
+            let mut avail: i32 = 0;
+            // SAFETY: FIONREAD writes one int.
+            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
+            if avail as u64 >= PEER_BURST && s.sent > 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                fail(&ctx, format!("no peer burst: {avail} bytes waiting"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Settle: whatever the peer's kernel acknowledges has left our queue.
+        std::thread::sleep(Duration::from_millis(200));
+        push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(&ctx, e));
+        std::fs::write(ctx.path("sent-before-dump"), s.sent.to_string()).ok();
+        ctx.write_ready("root");
+        ctx.wait_for_check(|| {});
+        let mut v = Verdict::new();
+        v.eq(
+            "TCP_NODELAY",
+            getopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            1,
+        );
+        v.eq(
+            "SO_KEEPALIVE",
+            getopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            1,
+        );
+        v.eq(
+            "TCP_KEEPIDLE",
+            getopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            123,
+        );
+        let mut avail: i32 = 0;
+        // SAFETY: FIONREAD writes one int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
+        v.check(avail as u64 >= PEER_BURST, || {
+            format!("only {avail} unread bytes after restore, {PEER_BURST} were waiting")
+        });
+        v.result("exchange", exchange(&mut c, me, &mut s));
+        if let Some(l) = &listener {
+            // The listener still takes connections.
+            let a = l.local_addr().map_err(|e| e.to_string());
+            v.result(
+                "listener",
+                a.and_then(|a| {
+                    let mut x = TcpStream::connect(a).map_err(|e| format!("connect: {e}"))?;
+                    let (mut y, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+                    x.write_all(b"ping").map_err(|e| e.to_string())?;
+                    let mut b = [0u8; 4];
+                    y.set_nonblocking(false).map_err(|e| e.to_string())?;
+                    y.read_exact(&mut b).map_err(|e| e.to_string())?;
+                    if &b != b"ping" {
+                        return Err("listener connection garbled".into());
+                    }
+                    Ok(())
+                }),
+            );
+        }
+        ctx.finish("root", v);
+    }
+    // Peer.
+    push(&mut c, me, &mut s, PEER_BURST).unwrap_or_else(|e| fail(&ctx, e));
+    if s.sent < PEER_BURST {
+        fail(&ctx, format!("first burst: only {} bytes went", s.sent));
+    }
+    ctx.write_ready("root");
+    let go = ctx.path("go");
+    let mut done: Option<Result<(), String>> = None;
+    ctx.wait_for_check(|| {
+        if done.is_none() && go.exists() {
+            done = Some(exchange(&mut c, me, &mut s));
+        }
+    });
+    let mut v = Verdict::new();
+    match done {
+        Some(r) => v.result("exchange", r),
+        None => v.fail("check before go"),
+    }
+    ctx.finish("root", v);
+}

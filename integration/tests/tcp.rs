@@ -1,0 +1,326 @@
+//! TCP and UDP sockets, in network namespaces the tests make themselves
+//! (`stasis-tcp-*`, joined by veth pairs). The test thread enters a
+//! namespace before it starts a workload or stasis, so they are born there
+//! (the tree's namespace is then the dumper's and is not dumped).
+//!
+//! - `wl-tcp`: an established connection with unread data both ways,
+//!   dumped with `--tcp-established` on the client or the server side and
+//!   restored; the peer (another namespace, never dumped) and the restored
+//!   side then finish the exchange with no byte lost or repeated and no
+//!   reset; the network lock is gone afterwards;
+//! - without `--tcp-established` the dump is refused by name and the
+//!   connection carries on;
+//! - `wl-inet`: listeners, UDP sockets and their options (both scenarios);
+//! - a listener with a connection waiting to be accepted.
+//!
+//! Root only (skipped otherwise); run with `--test-threads=1`.
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use stasis_integration::workload::write_atomic;
+
+use stasis_integration::harness::{
+    dump_restore, leave_running_then_restore, Env, Scenario, Workload,
+};
+
+const WL_TCP: &str = env!("CARGO_BIN_EXE_wl-tcp");
+const WL_INET: &str = env!("CARGO_BIN_EXE_wl-inet");
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Two namespaces `a` (10.231.0.1, fd00:231::1) and `b` (.2, ::2) joined
+/// by a veth pair. Dropping it puts the test thread back in its own
+/// namespace and deletes both (their nft tables go with them).
+struct Net {
+    a: String,
+    b: String,
+    home: File,
+}
+
+impl Net {
+    fn new() -> Net {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
+        let net = Net {
+            a: format!("stasis-tcp-{id}-a"),
+            b: format!("stasis-tcp-{id}-b"),
+            home: File::open("/proc/thread-self/ns/net").expect("open own netns"),
+        };
+        let (va, vb) = (
+            format!("stcp{}a", std::process::id() % 100_000),
+            format!("stcp{}b", std::process::id() % 100_000),
+        );
+        let setup = || -> Result<(), String> {
+            ip(&["netns", "add", &net.a])?;
+            ip(&["netns", "add", &net.b])?;
+            ip(&[
+                "link", "add", &va, "netns", &net.a, "type", "veth", "peer", "name", &vb, "netns",
+                &net.b,
+            ])?;
+            for (ns, dev, x) in [(&net.a, &va, "1"), (&net.b, &vb, "2")] {
+                ip(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("10.231.0.{x}/24"),
+                    "dev",
+                    dev,
+                ])?;
+                ip(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("fd00:231::{x}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            drop(net);
+            panic!("network set-up: {e}");
+        }
+        net
+    }
+
+    /// Move the test thread (and what it starts from now on) into `ns`.
+    fn enter(&self, ns: &str) {
+        let f = File::open(format!("/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+
+    fn nft_tables(&self, ns: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "list", "tables"])
+            .output()
+            .expect("nft list tables");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.home, nix::sched::CloneFlags::CLONE_NEWNET);
+        for ns in [&self.a, &self.b] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// Start the dumped side (`mode`, namespace a) and its peer (b): the
+/// server first, from a thread (it is ready only once it has accepted),
+/// then the client. Returns (dumped, peer); the test thread ends up in a.
+fn start_pair(
+    env: &Env,
+    net: &Net,
+    mode: &str,
+    peer: &str,
+    server_host: &str,
+    port: &str,
+) -> (Workload, Workload) {
+    let (server, client) = if mode == "server" {
+        ((&net.a, mode), (&net.b, peer))
+    } else {
+        ((&net.b, peer), (&net.a, mode))
+    };
+    let (s, c) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            net.enter(server.0);
+            Workload::start(env, WL_TCP, &[server.1, server_host, port], &[])
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        net.enter(client.0);
+        let c = Workload::start(env, WL_TCP, &[client.1, server_host, port], &[]);
+        (h.join().expect("server start"), c)
+    });
+    net.enter(&net.a);
+    if mode == "server" {
+        (s, c)
+    } else {
+        (c, s)
+    }
+}
+
+fn has_nft() -> bool {
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The dumped side (`mode`) in namespace a, its peer in b; dump with
+/// `--tcp-established`, restore, finish the exchange on both ends.
+fn established(test: &str, mode: &str, host_a: &str, host_b: &str, port: &str) {
+    let Some(env) = Env::setup(test) else {
+        return;
+    };
+    assert!(has_nft(), "nft is needed (hack/setup.sh installs nftables)");
+    let net = Net::new();
+    let (peer, server_host) = if mode == "client" {
+        ("peer-server", host_b)
+    } else {
+        ("peer-client", host_a)
+    };
+    let (mut dumped, mut other) = start_pair(&env, &net, mode, peer, server_host, port);
+    let img = env.dir("images");
+    let run = env.dump(dumped.root_pid(), &img, &["--tcp-established"]);
+    run.expect_success("dump of an established connection");
+    dumped.expect_killed_and_reap();
+    assert!(
+        net.nft_tables(&net.a).contains("stasis_lock"),
+        "no network lock after the dump: {}",
+        net.nft_tables(&net.a)
+    );
+    dumped.restore_from(&env, &img, &["--tcp-established"]);
+    let left = net.nft_tables(&net.a);
+    assert!(
+        !left.contains("stasis_lock"),
+        "the network lock is still there after restore: {left}"
+    );
+    write_atomic(&other.path("go"), "").expect("go");
+    dumped.verify_and_finish("after restore");
+    other.verify_and_finish("peer after restore");
+    drop(dumped);
+    drop(other);
+    drop(net);
+}
+
+#[test]
+fn tcp_client_established() {
+    established(
+        "tcp_client_established",
+        "client",
+        "10.231.0.1",
+        "10.231.0.2",
+        "5000",
+    );
+}
+
+#[test]
+fn tcp_server_established_v6() {
+    established(
+        "tcp_server_established_v6",
+        "server",
+        "fd00:231::1",
+        "fd00:231::2",
+        "5001",
+    );
+}
+
+/// Without `--tcp-established` the dump names the connection and the flag;
+/// the tree runs on and the connection still works.
+#[test]
+fn tcp_established_refused() {
+    let Some(env) = Env::setup("tcp_established_refused") else {
+        return;
+    };
+    let net = Net::new();
+    let (mut dumped, other) = start_pair(&env, &net, "client", "peer-server", "10.231.0.2", "5002");
+    let img = env.dir("images");
+    let run = env.dump(dumped.root_pid(), &img, &[]);
+    run.expect_clear_failure(
+        "dump of an established connection without --tcp-established",
+        &[&dumped.root_pid().to_string(), "--tcp-established"],
+    );
+    assert!(run.stderr.contains("10.231.0.2:5002"), "{}", run.stderr);
+    dumped.expect_running("after the refused dump");
+    write_atomic(&other.path("go"), "").expect("go");
+    let mut other = other;
+    dumped.verify_and_finish("after the refused dump");
+    other.verify_and_finish("peer after the refused dump");
+    drop(dumped);
+    drop(other);
+    drop(net);
+}
+
+fn inet_scenario() -> Scenario<'static> {
+    Scenario {
+        bin: WL_INET,
+        args: &[],
+        roles: &[],
+        flags: &[],
+    }
+}
+
+#[test]
+fn inet_listen_udp_dump_restore() {
+    let Some(env) = Env::setup("inet_listen_udp_dump_restore") else {
+        return;
+    };
+    let net = Net::new();
+    net.enter(&net.a);
+    dump_restore(&env, &inet_scenario());
+    drop(net);
+}
+
+#[test]
+fn inet_listen_udp_leave_running() {
+    let Some(env) = Env::setup("inet_listen_udp_leave_running") else {
+        return;
+    };
+    let net = Net::new();
+    net.enter(&net.a);
+    leave_running_then_restore(&env, &inet_scenario());
+    drop(net);
+}
+
+/// A connection waiting in a listener's accept queue cannot be put back:
+/// refused by name; with `--tcp-skip-in-flight` it is dropped and the
+/// listener itself restored.
+#[test]
+fn inet_listen_pending() {
+    let Some(env) = Env::setup("inet_listen_pending") else {
+        return;
+    };
+    let net = Net::new();
+    net.enter(&net.a);
+    let mut wl = Workload::start(&env, WL_INET, &[], &[]);
+    let port: u16 = std::fs::read_to_string(wl.path("tcp4-port"))
+        .expect("port file")
+        .trim()
+        .parse()
+        .expect("port");
+    let pending = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let img = env.dir("images");
+    let run = env.dump(wl.root_pid(), &img, &[]);
+    run.expect_clear_failure(
+        "dump of a listener with a pending connection",
+        &[&wl.root_pid().to_string(), "waiting to be accepted"],
+    );
+    wl.expect_running("after the refused dump");
+    let img = env.dir("images2");
+    let run = env.dump(wl.root_pid(), &img, &["--tcp-skip-in-flight"]);
+    run.expect_success("dump with --tcp-skip-in-flight");
+    drop(pending);
+    wl.expect_killed_and_reap();
+    wl.restore_from(&env, &img, &[]);
+    // The restored listener's queue is empty again; the workload's own
+    // check connects to it.
+    wl.verify_and_finish("after restore");
+    drop(wl);
+    drop(net);
+}
