@@ -195,6 +195,12 @@ fn established(test: &str, mode: &str, host_a: &str, host_b: &str, port: &str) {
         "no network lock after the dump: {}",
         net.nft_tables(&net.a)
     );
+    // Without --tcp-established (or --tcp-close) the images are refused.
+    let run = env.restore(&img, &env.path("refused.pid"), &[]);
+    run.expect_clear_failure(
+        "restore of an established connection without --tcp-established",
+        &["--tcp-established"],
+    );
     dumped.restore_from(&env, &img, &["--tcp-established"]);
     let left = net.nft_tables(&net.a);
     assert!(
@@ -229,6 +235,99 @@ fn tcp_server_established_v6() {
         "fd00:231::2",
         "5001",
     );
+}
+
+/// Data the dumped side sent that its peer never acknowledged: packets
+/// from a to b are dropped in b while the peer opens its window, so the
+/// client's kernel sends more that is lost. After restore (the drop
+/// lifted) the restored socket retransmits it.
+#[test]
+fn tcp_client_unacked() {
+    let Some(env) = Env::setup("tcp_client_unacked") else {
+        return;
+    };
+    let net = Net::new();
+    let (mut dumped, mut other) =
+        start_pair(&env, &net, "client", "peer-server", "10.231.0.2", "5003");
+    let loss = |cmd: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.b, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(cmd.as_bytes())?;
+                c.wait()
+            })
+            .expect("nft");
+        assert!(out.success(), "nft {cmd}");
+    };
+    loss(
+        "add table inet stasis_test_loss
+         add chain inet stasis_test_loss in { type filter hook input priority -300; }
+         add rule inet stasis_test_loss in ip saddr 10.231.0.1 tcp sport != 0 drop
+",
+    );
+    // The peer reads: its window opens, the client sends into the loss.
+    write_atomic(&other.path("go"), "").expect("go");
+    std::thread::sleep(Duration::from_millis(700));
+    let img = env.dir("images");
+    let run = env.dump(dumped.root_pid(), &img, &["--tcp-established"]);
+    run.expect_success("dump with unacknowledged data");
+    let log = std::fs::read_to_string(run.log.as_ref().expect("log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.contains("tcp stream"))
+        .unwrap_or_default()
+        .to_string();
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        field("outq_len") > field("unsq_len"),
+        "no unacknowledged data in the send queue: {line}"
+    );
+    dumped.expect_killed_and_reap();
+    dumped.restore_from(&env, &img, &["--tcp-established"]);
+    loss(
+        "delete table inet stasis_test_loss
+",
+    );
+    dumped.verify_and_finish("after restore");
+    other.verify_and_finish("peer after restore");
+    drop(dumped);
+    drop(other);
+    drop(net);
+}
+
+/// `-R`: the connections leave repair mode, the lock goes, and the
+/// original finishes its exchange.
+#[test]
+fn tcp_established_leave_running() {
+    let Some(env) = Env::setup("tcp_established_leave_running") else {
+        return;
+    };
+    let net = Net::new();
+    let (mut dumped, mut other) =
+        start_pair(&env, &net, "client", "peer-server", "10.231.0.2", "5004");
+    let img = env.dir("images");
+    let run = env.dump(dumped.root_pid(), &img, &["-R", "--tcp-established"]);
+    run.expect_success("dump -R of an established connection");
+    assert!(
+        !net.nft_tables(&net.a).contains("stasis_lock"),
+        "the network lock is still there after dump -R"
+    );
+    dumped.expect_running("after dump -R");
+    write_atomic(&other.path("go"), "").expect("go");
+    dumped.verify_and_finish("original after dump -R");
+    other.verify_and_finish("peer after dump -R");
+    drop(dumped);
+    drop(other);
+    drop(net);
 }
 
 /// Without `--tcp-established` the dump names the connection and the flag;
