@@ -423,3 +423,135 @@ fn inet_listen_pending() {
     drop(wl);
     drop(net);
 }
+
+/// Three "nodes" (namespaces n1, n2, c) on one bridge (in namespace s).
+struct Nodes {
+    ns: Vec<String>,
+    home: File,
+}
+
+impl Nodes {
+    fn new() -> Nodes {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
+        let nodes = Nodes {
+            ns: ["s", "n1", "n2", "c"]
+                .iter()
+                .map(|x| format!("stasis-tcp-{id}-{x}"))
+                .collect(),
+            home: File::open("/proc/thread-self/ns/net").expect("open own netns"),
+        };
+        let setup = || -> Result<(), String> {
+            for ns in &nodes.ns {
+                ip(&["netns", "add", ns])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            }
+            let s = &nodes.ns[0];
+            ip(&["-n", s, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", s, "link", "set", "br0", "up"])?;
+            for (i, ns) in nodes.ns.iter().enumerate().skip(1) {
+                let (here, there) = (format!("sw{i}"), format!("eth{i}"));
+                ip(&[
+                    "-n", s, "link", "add", &here, "type", "veth", "peer", "name", &there, "netns",
+                    ns,
+                ])?;
+                ip(&["-n", s, "link", "set", &here, "master", "br0"])?;
+                ip(&["-n", s, "link", "set", &here, "up"])?;
+                ip(&["-n", ns, "link", "set", &there, "up"])?;
+            }
+            ip(&[
+                "-n",
+                &nodes.ns[1],
+                "addr",
+                "add",
+                "10.232.0.10/24",
+                "dev",
+                "eth1",
+            ])?;
+            ip(&[
+                "-n",
+                &nodes.ns[3],
+                "addr",
+                "add",
+                "10.232.0.3/24",
+                "dev",
+                "eth3",
+            ])?;
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            drop(nodes);
+            panic!("network set-up: {e}");
+        }
+        nodes
+    }
+
+    fn enter(&self, i: usize) {
+        let f = File::open(format!("/run/netns/{}", self.ns[i])).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+
+    /// Move the service address (and the MAC it answers with) from n1 to n2.
+    fn move_service(&self) -> Result<(), String> {
+        let (n1, n2) = (&self.ns[1], &self.ns[2]);
+        let show = ip(&["-n", n1, "link", "show", "eth1"])?;
+        let mac = show
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .ok_or("no MAC on n1's eth1")?
+            .to_string();
+        ip(&["-n", n1, "addr", "del", "10.232.0.10/24", "dev", "eth1"])?;
+        ip(&["-n", n1, "link", "set", "eth1", "down"])?;
+        ip(&["-n", n2, "link", "set", "eth2", "down"])?;
+        ip(&["-n", n2, "link", "set", "eth2", "address", &mac])?;
+        ip(&["-n", n2, "link", "set", "eth2", "up"])?;
+        ip(&["-n", n2, "addr", "add", "10.232.0.10/24", "dev", "eth2"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.home, nix::sched::CloneFlags::CLONE_NEWNET);
+        for ns in &self.ns {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// A service with an established connection moves from node n1 to node n2
+/// (dumped in n1, its address and MAC moved, restored in n2); its client
+/// on node c keeps the connection: the exchange completes with every byte
+/// once and no reset.
+#[test]
+fn tcp_service_moves_between_nodes() {
+    let Some(env) = Env::setup("tcp_service_moves_between_nodes") else {
+        return;
+    };
+    let nodes = Nodes::new();
+    let (mut server, mut client) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            nodes.enter(1);
+            Workload::start(&env, WL_TCP, &["server", "10.232.0.10", "5005"], &[])
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        nodes.enter(3);
+        let c = Workload::start(&env, WL_TCP, &["peer-client", "10.232.0.10", "5005"], &[]);
+        (h.join().expect("server start"), c)
+    });
+    nodes.enter(1);
+    let img = env.dir("images");
+    let run = env.dump(server.root_pid(), &img, &["--tcp-established"]);
+    run.expect_success("dump of the service on n1");
+    server.expect_killed_and_reap();
+    nodes.move_service().expect("move the service address");
+    nodes.enter(2);
+    server.restore_from(&env, &img, &["--tcp-established"]);
+    write_atomic(&client.path("go"), "").expect("go");
+    server.verify_and_finish("service after the move");
+    client.verify_and_finish("client through the move");
+    drop(server);
+    drop(client);
+    drop(nodes);
+}
