@@ -387,6 +387,60 @@ fn inet_listen_udp_leave_running() {
     drop(net);
 }
 
+/// Raw, packet and netlink sockets are refused by name; the tree runs on.
+#[test]
+fn inet_other_sockets_refused() {
+    let Some(env) = Env::setup("inet_other_sockets_refused") else {
+        return;
+    };
+    let net = Net::new();
+    net.enter(&net.a);
+    for (arg, name) in [("raw", "raw"), ("packet", "packet"), ("netlink", "netlink")] {
+        let mut wl = Workload::start(&env, WL_INET, &[arg], &[]);
+        let img = env.dir(&format!("images-{arg}"));
+        let run = env.dump(wl.root_pid(), &img, &[]);
+        run.expect_clear_failure(
+            &format!("dump of a {arg} socket"),
+            &[&wl.root_pid().to_string(), name, "fd 16"],
+        );
+        wl.expect_running("after the refused dump");
+        wl.verify_and_finish("after the refused dump");
+    }
+    drop(net);
+}
+
+/// `--tcp-close`: an established connection comes back as a socket that
+/// was never connected; the rest of the tree is restored as usual.
+#[test]
+fn tcp_close_on_restore() {
+    let Some(env) = Env::setup("tcp_close_on_restore") else {
+        return;
+    };
+    let net = Net::new();
+    let (mut dumped, other) = start_pair(&env, &net, "client", "peer-server", "10.231.0.2", "5006");
+    let img = env.dir("images");
+    env.dump(dumped.root_pid(), &img, &["--tcp-established"])
+        .expect_success("dump");
+    dumped.expect_killed_and_reap();
+    dumped.restore_from(&env, &img, &["--tcp-close"]);
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established"])
+        .output()
+        .expect("ss");
+    let est = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !est.contains(":5006"),
+        "a connection restored with --tcp-close is established: {est}"
+    );
+    assert!(
+        !net.nft_tables(&net.a).contains("stasis_lock"),
+        "the network lock is still there"
+    );
+    drop(dumped);
+    drop(other);
+    drop(net);
+}
+
 /// A connection waiting in a listener's accept queue cannot be put back:
 /// refused by name; with `--tcp-skip-in-flight` it is dropped and the
 /// listener itself restored.

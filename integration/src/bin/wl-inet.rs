@@ -12,6 +12,9 @@
 //! - fd 14: UDP on [::] (dual stack, IPV6_V6ONLY off), unconnected;
 //! - fd 15: a TCP socket never bound, TCP_NODELAY.
 //!
+//! With an argument `raw`, `packet` or `netlink`, fd 16 is such a socket
+//! (for refusal tests).
+//!
 //! Check: every option and address as set; both listeners accept a new
 //! connection that carries data; fds 12 and 13 exchange datagrams (and
 //! still refuse datagrams from elsewhere); fd 14 receives over IPv4 and
@@ -405,6 +408,22 @@ fn main() {
         Ok(s) => s,
         Err(e) => ctx.setup_failed("root", &e),
     };
+    let extra = match ctx.args.first().map(String::as_str) {
+        Some("raw") => Some((libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)),
+        Some("packet") => Some((libc::AF_PACKET, libc::SOCK_DGRAM, 0)),
+        Some("netlink") => Some((libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)),
+        _ => None,
+    };
+    if let Some((f, t, p)) = extra {
+        // SAFETY: integer arguments only.
+        let fd = unsafe { libc::socket(f, t, p) };
+        if fd < 0 {
+            ctx.setup_failed("root", &format!("socket({f}, {t}, {p}): {}", errno()));
+        }
+        if let Err(e) = move_fd(fd, 16, false) {
+            ctx.setup_failed("root", &e);
+        }
+    }
     ctx.write_ready("root");
     ctx.wait_for_check(|| {});
     let v = check(&s);
