@@ -113,6 +113,12 @@ impl Net {
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     }
 
+    /// A `Tcp:` counter of /proc/net/snmp in `ns` (EstabResets: resets
+    /// received on established connections; OutRsts: resets sent).
+    fn tcp_counter(&self, ns: &str, name: &str) -> u64 {
+        tcp_counter(ns, name)
+    }
+
     fn nft_tables(&self, ns: &str) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "nft", "list", "tables"])
@@ -165,6 +171,24 @@ fn start_pair(
     }
 }
 
+fn tcp_counter(ns: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("read /proc/net/snmp");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        panic!("no Tcp lines in /proc/net/snmp of {ns}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Tcp counter {name} in {ns}"))
+}
+
 fn has_nft() -> bool {
     Command::new("nft")
         .arg("--version")
@@ -210,6 +234,13 @@ fn established(test: &str, mode: &str, host_a: &str, host_b: &str, port: &str) {
     write_atomic(&other.path("go"), "").expect("go");
     dumped.verify_and_finish("after restore");
     other.verify_and_finish("peer after restore");
+    for (ns, what) in [
+        (&net.b, "EstabResets"),
+        (&net.b, "OutRsts"),
+        (&net.a, "OutRsts"),
+    ] {
+        assert_eq!(net.tcp_counter(ns, what), 0, "{what} in {ns}");
+    }
     drop(dumped);
     drop(other);
     drop(net);
@@ -605,6 +636,11 @@ fn tcp_service_moves_between_nodes() {
     write_atomic(&client.path("go"), "").expect("go");
     server.verify_and_finish("service after the move");
     client.verify_and_finish("client through the move");
+    assert_eq!(
+        tcp_counter(&nodes.ns[3], "EstabResets"),
+        0,
+        "client saw a reset"
+    );
     drop(server);
     drop(client);
     drop(nodes);

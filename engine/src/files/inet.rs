@@ -773,3 +773,66 @@ fn set_common(b: BorrowedFd<'_>, e: &InetSkEntry, keep_reuse: bool) -> R<()> {
 fn set_flags(b: BorrowedFd<'_>, flags: u32) -> R<()> {
     fdobj::set_fl(b, flags as i32 & libc::O_NONBLOCK).map_err(|err| format!("set flags: {err}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_words() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let w = words(v4);
+        assert_eq!(w.len(), 1);
+        // The kernel's __be32 as this machine reads it.
+        assert_eq!(w[0], u32::from_ne_bytes([10, 1, 2, 3]));
+        assert_eq!(ip_of(libc::AF_INET as u32, &w), Some(v4));
+        let v6: IpAddr = "fd00::1:2".parse().unwrap();
+        let w = words(v6);
+        assert_eq!(w.len(), 4);
+        assert_eq!(ip_of(libc::AF_INET6 as u32, &w), Some(v6));
+        assert_eq!(ip_of(libc::AF_INET6 as u32, &w[..1]), None);
+        assert_eq!(ip_of(libc::AF_UNIX as u32, &w), None);
+    }
+
+    fn probe(ty: i32, proto: i32, state: u32, unacked: u32) -> Probe {
+        Probe {
+            family: libc::AF_INET,
+            ty,
+            proto,
+            state,
+            local: ("10.0.0.1".parse().unwrap(), 80),
+            peer: (state == TCP_ESTABLISHED).then(|| ("10.0.0.2".parse().unwrap(), 4000)),
+            tcp: (proto == libc::IPPROTO_TCP).then_some(tcp::Info {
+                state: state as u8,
+                unacked,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_socket() {
+        let on = InetOpts {
+            tcp_established: true,
+            skip_in_flight: false,
+        };
+        let off = InetOpts::default();
+        let est = probe(libc::SOCK_STREAM, libc::IPPROTO_TCP, TCP_ESTABLISHED, 0);
+        let e = check(&est, off).unwrap_err();
+        assert!(e.contains("10.0.0.1:80 -> 10.0.0.2:4000") && e.contains("--tcp-established"));
+        assert!(check(&est, on).is_ok());
+        let l = probe(libc::SOCK_STREAM, libc::IPPROTO_TCP, TCP_LISTEN, 2);
+        assert!(check(&l, on).unwrap_err().contains("--tcp-skip-in-flight"));
+        let skip = InetOpts {
+            skip_in_flight: true,
+            ..on
+        };
+        assert!(check(&l, skip).is_ok());
+        let cw = probe(libc::SOCK_STREAM, libc::IPPROTO_TCP, 8, 0);
+        assert!(check(&cw, on).unwrap_err().contains("CLOSE_WAIT"));
+        let raw = probe(libc::SOCK_RAW, libc::IPPROTO_ICMP, TCP_CLOSE, 0);
+        assert!(check(&raw, on).unwrap_err().contains("raw socket"));
+        let udp = probe(libc::SOCK_DGRAM, libc::IPPROTO_UDP, TCP_CLOSE, 0);
+        assert!(check(&udp, off).is_ok());
+    }
+}
