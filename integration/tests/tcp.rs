@@ -335,6 +335,28 @@ fn tcp_client_unacked() {
     drop(net);
 }
 
+/// Both ends of a loopback connection in the dumped tree (a server and its
+/// child client), each with unread data.
+#[test]
+fn tcp_both_ends_in_tree() {
+    let Some(env) = Env::setup("tcp_both_ends_in_tree") else {
+        return;
+    };
+    let net = Net::new();
+    net.enter(&net.a);
+    let mut wl = Workload::start(&env, WL_TCP, &["pair", "127.0.0.1", "5007"], &["peer"]);
+    let img = env.dir("images");
+    env.dump(wl.root_pid(), &img, &["--tcp-established"])
+        .expect_success("dump of both ends");
+    wl.expect_killed_and_reap();
+    wl.restore_from(&env, &img, &["--tcp-established"]);
+    write_atomic(&wl.path("go"), "").expect("go");
+    wl.verify_and_finish("after restore");
+    assert_eq!(net.tcp_counter(&net.a, "OutRsts"), 0, "a reset was sent");
+    drop(wl);
+    drop(net);
+}
+
 /// `-R`: the connections leave repair mode, the lock goes, and the
 /// original finishes its exchange.
 #[test]

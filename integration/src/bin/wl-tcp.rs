@@ -2,8 +2,9 @@
 //! byte stream each way, for established-connection checkpoints.
 //!
 //! MODE is `client` or `server` for the side that is dumped, `peer-client`
-//! or `peer-server` for the other end (never dumped). The connection is
-//! made in set-up (a server keeps its listener open as well).
+//! or `peer-server` for the other end (never dumped), or `pair`: a server
+//! whose forked child (role `peer`) is its peer, both ends in the tree. The
+//! connection is made in set-up (a server keeps its listener open as well).
 //!
 //! - The dumped side sets TCP_NODELAY and keepalive (idle 123 s), sends its
 //!   stream without waiting until the kernel takes no more (the peer is not
@@ -24,7 +25,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use stasis_integration::workload::{Ctx, Verdict};
+use stasis_integration::workload::{fork, wait_child, Ctx, Verdict};
 
 /// Bytes each side sends in all.
 const TOTAL: u64 = 6 << 20;
@@ -145,129 +146,111 @@ fn exchange(c: &mut TcpStream, me: u8, s: &mut Stream) -> Result<(), String> {
     Ok(())
 }
 
-fn main() {
-    let mut ctx = Ctx::from_args("wl-tcp STATEDIR MODE HOST PORT");
-    let (mode, host, port) = match ctx.args.as_slice() {
-        [m, h, p] => (m.clone(), h.clone(), p.clone()),
-        _ => ctx.setup_failed("root", "usage: MODE HOST PORT"),
-    };
-    let addr = match (host.parse::<IpAddr>(), port.parse::<u16>()) {
-        (Ok(h), Ok(p)) => SocketAddr::new(h, p),
-        _ => ctx.setup_failed("root", "bad address"),
-    };
-    let fail = |ctx: &Ctx, e: String| -> ! { ctx.setup_failed("root", &e) };
-    let dumped = mode == "client" || mode == "server";
-    // The dumped side's stream is direction 0, the peer's 1.
-    let me: u8 = if dumped { 0 } else { 1 };
-    let mut listener = None;
-    let mut c = if mode.ends_with("server") {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| fail(&ctx, format!("bind: {e}")));
-        let (c, _) = l
-            .accept()
-            .unwrap_or_else(|e| fail(&ctx, format!("accept: {e}")));
-        listener = Some(l);
-        c
-    } else {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match TcpStream::connect(addr) {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => fail(&ctx, format!("connect {addr}: {e}")),
-            }
-        }
-    };
-    c.set_nonblocking(true)
-        .unwrap_or_else(|e| fail(&ctx, format!("nonblocking: {e}")));
+/// The dumped side after set-up: fill the way out, leave the peer's burst
+/// unread, be ready, then at check finish the exchange and check options.
+fn dumped_side(
+    ctx: &mut Ctx,
+    mut c: TcpStream,
+    listener: Option<TcpListener>,
+    before_ready: impl FnOnce(&Ctx),
+) -> Verdict {
     let fd = c.as_raw_fd();
+    let me = 0;
     let mut s = Stream {
         sent: 0,
         got: 0,
         eof: false,
     };
-    if dumped {
-        for (level, opt, v) in [
-            (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
-            (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 123),
-        ] {
-            setopt(fd, level, opt, v).unwrap_or_else(|e| fail(&ctx, e));
-        }
-        // Fill the way out (nobody reads yet), then wait for the peer's
-        // burst without reading it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(&ctx, e));
-            let mut avail: i32 = 0;
-            // SAFETY: FIONREAD writes one int.
-            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
-            if avail as u64 >= PEER_BURST && s.sent > 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                fail(&ctx, format!("no peer burst: {avail} bytes waiting"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Settle: whatever the peer's kernel acknowledges has left our queue.
-        std::thread::sleep(Duration::from_millis(200));
-        push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(&ctx, e));
-        std::fs::write(ctx.path("sent-before-dump"), s.sent.to_string()).ok();
-        ctx.write_ready("root");
-        ctx.wait_for_check(|| {});
-        let mut v = Verdict::new();
-        v.eq(
-            "TCP_NODELAY",
-            getopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
-            1,
-        );
-        v.eq(
-            "SO_KEEPALIVE",
-            getopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-            1,
-        );
-        v.eq(
-            "TCP_KEEPIDLE",
-            getopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
-            123,
-        );
+    let fail = |ctx: &Ctx, e: String| -> ! { ctx.setup_failed("root", &e) };
+    for (level, opt, v) in [
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 123),
+    ] {
+        setopt(fd, level, opt, v).unwrap_or_else(|e| fail(ctx, e));
+    }
+    // Fill the way out (nobody reads yet), then wait for the peer's burst
+    // without reading it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(ctx, e));
         let mut avail: i32 = 0;
         // SAFETY: FIONREAD writes one int.
         unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
-        v.check(avail as u64 >= PEER_BURST, || {
-            format!("only {avail} unread bytes after restore, {PEER_BURST} were waiting")
-        });
-        v.result("exchange", exchange(&mut c, me, &mut s));
-        if let Some(l) = &listener {
-            // The listener still takes connections.
-            let a = l.local_addr().map_err(|e| e.to_string());
-            v.result(
-                "listener",
-                a.and_then(|a| {
-                    let mut x = TcpStream::connect(a).map_err(|e| format!("connect: {e}"))?;
-                    let (mut y, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
-                    x.write_all(b"ping").map_err(|e| e.to_string())?;
-                    let mut b = [0u8; 4];
-                    y.set_nonblocking(false).map_err(|e| e.to_string())?;
-                    y.read_exact(&mut b).map_err(|e| e.to_string())?;
-                    if &b != b"ping" {
-                        return Err("listener connection garbled".into());
-                    }
-                    Ok(())
-                }),
-            );
+        if avail as u64 >= PEER_BURST && s.sent > 0 {
+            break;
         }
-        ctx.finish("root", v);
+        if Instant::now() > deadline {
+            fail(ctx, format!("no peer burst: {avail} bytes waiting"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    // Peer.
-    push(&mut c, me, &mut s, PEER_BURST).unwrap_or_else(|e| fail(&ctx, e));
-    if s.sent < PEER_BURST {
-        fail(&ctx, format!("first burst: only {} bytes went", s.sent));
-    }
+    // Settle: whatever the peer's kernel acknowledges has left our queue.
+    std::thread::sleep(Duration::from_millis(200));
+    push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(ctx, e));
+    before_ready(ctx);
     ctx.write_ready("root");
+    ctx.wait_for_check(|| {});
+    let mut v = Verdict::new();
+    v.eq(
+        "TCP_NODELAY",
+        getopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        1,
+    );
+    v.eq(
+        "SO_KEEPALIVE",
+        getopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        1,
+    );
+    v.eq(
+        "TCP_KEEPIDLE",
+        getopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        123,
+    );
+    let mut avail: i32 = 0;
+    // SAFETY: FIONREAD writes one int.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
+    v.check(avail as u64 >= PEER_BURST, || {
+        format!("only {avail} unread bytes after restore, {PEER_BURST} were waiting")
+    });
+    v.result("exchange", exchange(&mut c, me, &mut s));
+    if let Some(l) = &listener {
+        // The listener still takes connections.
+        let a = l.local_addr().map_err(|e| e.to_string());
+        v.result(
+            "listener",
+            a.and_then(|a| {
+                let mut x = TcpStream::connect(a).map_err(|e| format!("connect: {e}"))?;
+                let (mut y, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+                x.write_all(b"ping").map_err(|e| e.to_string())?;
+                let mut b = [0u8; 4];
+                y.set_nonblocking(false).map_err(|e| e.to_string())?;
+                y.read_exact(&mut b).map_err(|e| e.to_string())?;
+                if &b != b"ping" {
+                    return Err("listener connection garbled".into());
+                }
+                Ok(())
+            }),
+        );
+    }
+    v
+}
+
+/// The peer: first burst, ready, then the exchange once `go` exists.
+fn peer_side(ctx: &mut Ctx, mut c: TcpStream, role: &str) -> ! {
+    let me = 1;
+    let mut s = Stream {
+        sent: 0,
+        got: 0,
+        eof: false,
+    };
+    if let Err(e) = push(&mut c, me, &mut s, PEER_BURST) {
+        ctx.setup_failed(role, &e);
+    }
+    if s.sent < PEER_BURST {
+        ctx.setup_failed(role, &format!("first burst: only {} bytes went", s.sent));
+    }
+    ctx.write_ready(role);
     let go = ctx.path("go");
     let mut done: Option<Result<(), String>> = None;
     ctx.wait_for_check(|| {
@@ -280,5 +263,83 @@ fn main() {
         Some(r) => v.result("exchange", r),
         None => v.fail("check before go"),
     }
-    ctx.finish("root", v);
+    ctx.finish(role, v);
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(c) => {
+                c.set_nonblocking(true)
+                    .map_err(|e| format!("nonblocking: {e}"))?;
+                return Ok(c);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("connect {addr}: {e}")),
+        }
+    }
+}
+
+fn main() {
+    let mut ctx = Ctx::from_args("wl-tcp STATEDIR MODE HOST PORT");
+    let (mode, host, port) = match ctx.args.as_slice() {
+        [m, h, p] => (m.clone(), h.clone(), p.clone()),
+        _ => ctx.setup_failed("root", "usage: MODE HOST PORT"),
+    };
+    let addr = match (host.parse::<IpAddr>(), port.parse::<u16>()) {
+        (Ok(h), Ok(p)) => SocketAddr::new(h, p),
+        _ => ctx.setup_failed("root", "bad address"),
+    };
+    let fail = |ctx: &Ctx, e: String| -> ! { ctx.setup_failed("root", &e) };
+    let accept = |ctx: &Ctx, l: &TcpListener| -> TcpStream {
+        let (c, _) = l
+            .accept()
+            .unwrap_or_else(|e| fail(ctx, format!("accept: {e}")));
+        c.set_nonblocking(true)
+            .unwrap_or_else(|e| fail(ctx, format!("nonblocking: {e}")));
+        c
+    };
+    match mode.as_str() {
+        "server" | "peer-server" | "pair" => {
+            let l = TcpListener::bind(addr).unwrap_or_else(|e| fail(&ctx, format!("bind: {e}")));
+            if mode == "pair" {
+                // Both ends in the tree: a child connects and is the peer.
+                match fork() {
+                    Ok(0) => {
+                        drop(l);
+                        let c = connect(addr).unwrap_or_else(|e| ctx.setup_failed("peer", &e));
+                        peer_side(&mut ctx, c, "peer");
+                    }
+                    Ok(child) => {
+                        let c = accept(&ctx, &l);
+                        let v = dumped_side(&mut ctx, c, Some(l), |ctx| {
+                            if let Err(e) = ctx.wait_ready_of(&["peer"], Duration::from_secs(10)) {
+                                ctx.setup_failed("root", &e);
+                            }
+                        });
+                        let mut v = v;
+                        v.result("peer", wait_child(child, Duration::from_secs(60)));
+                        ctx.finish("root", v);
+                    }
+                    Err(e) => fail(&ctx, format!("fork: {e}")),
+                }
+            }
+            let c = accept(&ctx, &l);
+            if mode == "server" {
+                let v = dumped_side(&mut ctx, c, Some(l), |_| {});
+                ctx.finish("root", v);
+            }
+            peer_side(&mut ctx, c, "root");
+        }
+        "client" | "peer-client" => {
+            let c = connect(addr).unwrap_or_else(|e| fail(&ctx, e));
+            if mode == "client" {
+                let v = dumped_side(&mut ctx, c, None, |_| {});
+                ctx.finish("root", v);
+            }
+            peer_side(&mut ctx, c, "root");
+        }
+        _ => fail(&ctx, format!("unknown mode {mode}")),
+    }
 }
