@@ -357,6 +357,30 @@ fn tcp_both_ends_in_tree() {
     drop(net);
 }
 
+/// The same in a network namespace of the tree's own (loopback only): the
+/// namespace is dumped and made anew on restore, the connection rebuilt in
+/// it.
+#[test]
+fn tcp_both_ends_own_netns() {
+    let Some(env) = Env::setup("tcp_both_ends_own_netns") else {
+        return;
+    };
+    let mut wl = Workload::start(
+        &env,
+        WL_TCP,
+        &["pair-netns", "127.0.0.1", "5008"],
+        &["peer"],
+    );
+    let img = env.dir("images");
+    env.dump(wl.root_pid(), &img, &["--tcp-established"])
+        .expect_success("dump of both ends in their own netns");
+    wl.expect_killed_and_reap();
+    wl.restore_from(&env, &img, &["--tcp-established"]);
+    write_atomic(&wl.path("go"), "").expect("go");
+    wl.verify_and_finish("after restore");
+    drop(wl);
+}
+
 /// `-R`: the connections leave repair mode, the lock goes, and the
 /// original finishes its exchange.
 #[test]

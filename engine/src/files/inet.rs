@@ -18,8 +18,9 @@
 //!
 //! Restore: each socket is made in the task that holds it (so in the
 //! tree's network namespace): options that matter for bind, bind, then
-//! listen, connect (UDP) or the repair-mode rebuild (TCP). Once the tree
-//! runs, [`unlock`] removes the lock. Queued UDP datagrams are not kept
+//! listen, connect (UDP) or the repair-mode rebuild (TCP). The lock is
+//! (re)applied in the namespace the tree is restored into before any socket
+//! is made ([`lock_for_restore`]) and removed once the tree runs. Queued UDP datagrams are not kept
 //! (CRIU does not either).
 
 pub mod lock;
@@ -566,13 +567,55 @@ fn lock_ino(files: &HashMap<u32, FileEntry>) -> Option<u32> {
         .min()
 }
 
-/// Lift the network lock of the dump, in the restored tree's network
-/// namespace (`root_pid`'s), once the tree runs.
-pub fn unlock(plan: &Plan, root_pid: i32) -> Result<()> {
-    let Some(ino) = lock_ino(&plan.files) else {
-        return Ok(());
+/// Hold back the packets of the images' established connections in the
+/// network namespace the tree is restored into, from before its sockets
+/// exist until it runs: a connection whose peer is restored too (or comes
+/// back later in the restore) must not be answered with a reset meanwhile.
+/// In the dumper's namespace this is the dump's own lock (same table).
+/// A namespace the tree owns is made here, ahead of the root, which joins
+/// it (`joined`) instead of unsharing one. The caller removes the lock once
+/// the tree runs; after a failed restore it stays, as the dump left it.
+pub fn lock_for_restore(
+    ns: &mut crate::ns::NsPlan,
+    files: &HashMap<u32, FileEntry>,
+    joined: &mut Vec<(crate::proc::NsKind, OwnedFd)>,
+) -> Result<Option<lock::Lock>> {
+    use crate::proc::NsKind;
+    // With --tcp-close too: the dump's lock (same table) goes at the end.
+    let Some(ino) = lock_ino(files) else {
+        return Ok(None);
     };
-    lock::unlock_in(root_pid, ino).map_err(Error::Other)
+    let conns: Vec<Conn> = files
+        .values()
+        .filter_map(|f| f.isk.as_deref())
+        .filter(|e| e.proto as i32 == libc::IPPROTO_TCP && e.state == TCP_ESTABLISHED)
+        .filter_map(|e| {
+            Some(Conn {
+                local: (ip_of(e.family, &e.src_addr)?, e.src_port as u16),
+                peer: (ip_of(e.family, &e.dst_addr)?, e.dst_port as u16),
+            })
+        })
+        .collect();
+    let file = if ns.owns(NsKind::Net) {
+        let f = crate::ns::net::fresh(ns)?;
+        ns.own.retain(|k| *k != NsKind::Net);
+        let keep = f
+            .try_clone()
+            .map_err(|e| Error::Other(format!("network namespace fd: {e}")))?;
+        joined.push((NsKind::Net, OwnedFd::from(keep)));
+        f
+    } else if let Some((_, fd)) = joined.iter().find(|(k, _)| *k == NsKind::Net) {
+        std::fs::File::from(
+            fd.try_clone()
+                .map_err(|e| Error::Other(format!("network namespace fd: {e}")))?,
+        )
+    } else {
+        let p = "/proc/thread-self/ns/net";
+        std::fs::File::open(p).map_err(|e| Error::io(p, e))?
+    };
+    lock::Lock::take_in(file, ino, &conns)
+        .map(Some)
+        .map_err(Error::Other)
 }
 
 /// `sk_reuse` for a socket on a port another restored socket also binds

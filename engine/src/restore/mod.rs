@@ -152,10 +152,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
     let mut plan = plan::read(&dir)?;
+    files::inet::check_restore(&plan, opts.tcp_established, opts.tcp_close)?;
     // Kept until the end: the mount yard is removed on drop.
     let _mnt_yard = crate::ns::mnt::configure(&mut plan.ns, opts.root.as_deref(), &opts.external)?;
     // Kept open until the root is forked.
-    let joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
+    let mut joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
+    // Established connections: packets held back in the tree's network
+    // namespace until it runs (may make that namespace here).
+    let net_lock = files::inet::lock_for_restore(&mut plan.ns, &plan.files, &mut joined)?;
     let plan = plan;
     let mut cg_target = crate::cgroup::prepare(
         &dir,
@@ -169,7 +173,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         &opts.cgroup_root,
     )?;
     files::unix::check_restore(&plan, opts.ext_unix_sk)?;
-    files::inet::check_restore(&plan, opts.tcp_established, opts.tcp_close)?;
     check_pids_free(&plan)?;
     files::epoll::check_plan(&plan).map_err(Error::Other)?;
     files::locks::check_plan(&plan, opts.file_locks)?;
@@ -309,8 +312,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     tree.released = true;
     drop(keep_fds);
     // The connections are back: let their packets through.
-    if let Err(e) = files::inet::unlock(&plan, root_pid) {
-        warn!("{e}");
+    if let Some(l) = net_lock {
+        if let Err(e) = l.unlock() {
+            warn!("{e}");
+        }
     }
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, format!("{root_pid}")).path_ctx(p)?;

@@ -5,6 +5,7 @@
 //! or `peer-server` for the other end (never dumped), or `pair`: a server
 //! whose forked child (role `peer`) is its peer, both ends in the tree. The
 //! connection is made in set-up (a server keeps its listener open as well).
+//! `pair-netns` is `pair` in a network namespace of the tree's own.
 //!
 //! - The dumped side sets TCP_NODELAY and keepalive (idle 123 s), sends its
 //!   stream without waiting until the kernel takes no more (the peer is not
@@ -266,6 +267,32 @@ fn peer_side(ctx: &mut Ctx, mut c: TcpStream, role: &str) -> ! {
     ctx.finish(role, v);
 }
 
+/// Unshare the network namespace and bring its loopback up.
+fn own_netns() -> Result<(), String> {
+    let err = |w: &str| format!("{w}: {}", std::io::Error::last_os_error());
+    // SAFETY: unshare takes a flag; the ioctls get a socket we own and an
+    // ifreq-sized buffer.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(err("unshare(CLONE_NEWNET)"));
+        }
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let mut ifr = [0u8; 40];
+        ifr[..2].copy_from_slice(b"lo");
+        if s < 0 || libc::ioctl(s, libc::SIOCGIFFLAGS, ifr.as_mut_ptr()) < 0 {
+            return Err(err("SIOCGIFFLAGS lo"));
+        }
+        let f = i16::from_ne_bytes([ifr[16], ifr[17]]) | libc::IFF_UP as i16;
+        ifr[16..18].copy_from_slice(&f.to_ne_bytes());
+        let r = libc::ioctl(s, libc::SIOCSIFFLAGS, ifr.as_mut_ptr());
+        libc::close(s);
+        if r < 0 {
+            return Err(err("SIOCSIFFLAGS lo"));
+        }
+    }
+    Ok(())
+}
+
 fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -299,6 +326,16 @@ fn main() {
         c.set_nonblocking(true)
             .unwrap_or_else(|e| fail(ctx, format!("nonblocking: {e}")));
         c
+    };
+    // `pair-netns`: the same in a network namespace of the tree's own
+    // (loopback only), which is then dumped and made anew on restore.
+    let mode = if mode == "pair-netns" {
+        if let Err(e) = own_netns() {
+            fail(&ctx, e);
+        }
+        "pair".to_string()
+    } else {
+        mode
     };
     match mode.as_str() {
         "server" | "peer-server" | "pair" => {

@@ -123,6 +123,14 @@ impl Lock {
         Ok(Lock { ns, name })
     }
 
+    /// The same in the network namespace `ns` (an open ns file).
+    pub fn take_in(ns: std::fs::File, ino: u32, conns: &[Conn]) -> Result<Lock, String> {
+        let name = table_name(ino);
+        nft(&ns, &script(&name, conns)).map_err(|e| format!("network lock: {e}"))?;
+        info!(table = %name, conns = conns.len(), "network locked");
+        Ok(Lock { ns, name })
+    }
+
     pub fn unlock(self) -> Result<(), String> {
         remove(&self.ns, &self.name)
     }
@@ -140,14 +148,6 @@ fn remove(ns: &std::fs::File, name: &str) -> Result<(), String> {
         }
         Err(e) => Err(format!("network unlock: {e}")),
     }
-}
-
-/// Remove the lock table `ino` from the network namespace of `pid`, if it
-/// is there (a tree restored elsewhere finds none).
-pub fn unlock_in(pid: i32, ino: u32) -> Result<(), String> {
-    let p = format!("/proc/{pid}/ns/net");
-    let ns = std::fs::File::open(&p).map_err(|e| format!("open {p}: {e}"))?;
-    remove(&ns, &table_name(ino))
 }
 
 #[cfg(test)]
