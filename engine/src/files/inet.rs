@@ -222,12 +222,12 @@ impl Held {
         if killed {
             let n = self.repaired.len();
             self.repaired.clear();
-            if let Some(l) = self.lock.take() {
+            // Dropping the lock leaves its table in place.
+            if self.lock.take().is_some() {
                 info!(
                     conns = n,
                     "connections saved; the network stays locked until restore"
                 );
-                std::mem::forget(l);
             }
             return Ok(());
         }

@@ -158,6 +158,26 @@ fn name_of(fd: i32, peer: bool) -> R<SocketAddr> {
     })
 }
 
+/// A listener's backlog: `tcpi_sacked` of its TCP_INFO.
+fn backlog(fd: i32) -> R<u32> {
+    let mut b = [0u8; 104];
+    let mut len = b.len() as u32;
+    // SAFETY: b and len describe a writable buffer.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            b.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r < 0 || len < 32 {
+        return Err(format!("TCP_INFO: {}", errno()));
+    }
+    Ok(u32::from_ne_bytes(b[28..32].try_into().unwrap()))
+}
+
 struct Setup {
     names: Vec<(i32, SocketAddr)>,
     rcvbuf10: i32,
@@ -310,6 +330,7 @@ fn check(s: &Setup) -> Verdict {
         g(10, libc::SOL_SOCKET, libc::SO_ACCEPTCONN),
         1,
     );
+    v.eq("fd 10 backlog", backlog(10), Ok(7));
     v.eq(
         "fd 11 IPV6_V6ONLY",
         g(11, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),

@@ -105,7 +105,8 @@ fn nft(ns: &std::fs::File, input: &str) -> Result<(), String> {
     })
 }
 
-/// A lock in place; dropping it does not unlock (see [`Lock::unlock`]).
+/// A lock in place; dropping it leaves the table there (see
+/// [`Lock::unlock`]).
 #[derive(Debug)]
 pub struct Lock {
     ns: std::fs::File,
