@@ -658,6 +658,7 @@ pub fn open(e: &InetSkEntry, cx: &OpenCtx<'_>) -> R<OwnedFd> {
             ino = e.ino,
             "restoring an established connection closed (--tcp-close)"
         );
+        pre_bind(b, e).map_err(|err| format!("{what}: {err}"))?;
         set_common(b, e, false).map_err(|err| format!("{what}: {err}"))?;
         set_flags(b, e.flags).map_err(|err| format!("{what}: {err}"))?;
         return Ok(fd);
