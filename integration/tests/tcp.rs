@@ -1,19 +1,30 @@
 //! TCP and UDP sockets, in network namespaces the tests make themselves
-//! (`stasis-tcp-*`, joined by veth pairs). The test thread enters a
-//! namespace before it starts a workload or stasis, so they are born there
-//! (the tree's namespace is then the dumper's and is not dumped).
+//! (`stasis-tcp-*`, joined by veth pairs or a bridge). The test thread
+//! enters a namespace before it starts a workload or stasis, so they are
+//! born there (the tree's namespace is then the dumper's and is not
+//! dumped). Every namespace is deleted when the test ends, failed or not,
+//! and its nft tables with it.
 //!
 //! - `wl-tcp`: an established connection with unread data both ways,
-//!   dumped with `--tcp-established` on the client or the server side and
-//!   restored; the peer (another namespace, never dumped) and the restored
-//!   side then finish the exchange with no byte lost or repeated and no
-//!   reset; the network lock is gone afterwards;
+//!   dumped with `--tcp-established` on the client or the server (IPv6)
+//!   side and restored; the peer (another namespace, never dumped) and the
+//!   restored side then finish the exchange with no byte lost or repeated
+//!   and no reset sent or received (snmp counters); the network lock is
+//!   there between dump and restore and gone afterwards; the same with
+//!   unacknowledged data (retransmitted after restore), with both ends in
+//!   the tree (in the dumper's namespace and in one of the tree's own),
+//!   with `-R`, and for a service moved between two "node" namespaces with
+//!   its client on a third;
 //! - without `--tcp-established` the dump is refused by name and the
-//!   connection carries on;
+//!   connection carries on; restore refuses such images without it;
+//!   `--tcp-close` restores the connection closed;
 //! - `wl-inet`: listeners, UDP sockets and their options (both scenarios);
-//! - a listener with a connection waiting to be accepted.
+//!   raw, packet and netlink sockets refused by name; a listener with a
+//!   connection waiting to be accepted (refused, or dropped with
+//!   `--tcp-skip-in-flight`).
 //!
-//! Root only (skipped otherwise); run with `--test-threads=1`.
+//! Root only (skipped otherwise); needs `ip` and `nft`; run with
+//! `--test-threads=1`.
 
 use std::fs::File;
 use std::net::TcpStream;
