@@ -392,6 +392,70 @@ fn tcp_both_ends_own_netns() {
     drop(wl);
 }
 
+/// Half-closed by the dumped client: it shut down for writing with data
+/// still queued (FIN_WAIT1), or after the peer read it all (FIN_WAIT2, the
+/// peer's data then waiting unread). The peer gets every byte and one EOF;
+/// its own stream still reaches the client.
+fn half_closed(test: &str, port: &str, fin_wait2: bool) {
+    let Some(env) = Env::setup(test) else {
+        return;
+    };
+    let net = Net::new();
+    let (mut dumped, mut other) =
+        start_pair(&env, &net, "client-shut", "peer-server", "10.231.0.2", port);
+    let total = std::fs::read_to_string(dumped.path("sent-before-dump")).expect("sent");
+    write_atomic(&other.path("expect-total"), &total).expect("expect-total");
+    let state = if fin_wait2 {
+        "fin-wait-2"
+    } else {
+        "fin-wait-1"
+    };
+    if fin_wait2 {
+        write_atomic(&other.path("go"), "").expect("go");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ss")
+            .args(["-Htn", "state", state])
+            .output()
+            .expect("ss");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port}")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never got to {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let img = env.dir("images");
+    env.dump(dumped.root_pid(), &img, &["--tcp-established"])
+        .expect_success("dump of a half-closed connection");
+    dumped.expect_killed_and_reap();
+    dumped.restore_from(&env, &img, &["--tcp-established"]);
+    if !fin_wait2 {
+        write_atomic(&other.path("go"), "").expect("go");
+    }
+    dumped.verify_and_finish("after restore");
+    other.verify_and_finish("peer after restore");
+    for (ns, what) in [(&net.b, "EstabResets"), (&net.a, "OutRsts")] {
+        assert_eq!(net.tcp_counter(ns, what), 0, "{what} in {ns}");
+    }
+    drop(dumped);
+    drop(other);
+    drop(net);
+}
+
+#[test]
+fn tcp_half_closed_fin_wait1() {
+    half_closed("tcp_half_closed_fin_wait1", "5010", false);
+}
+
+#[test]
+fn tcp_half_closed_fin_wait2() {
+    half_closed("tcp_half_closed_fin_wait2", "5011", true);
+}
+
 /// `-R`: the connections leave repair mode, the lock goes, and the
 /// original finishes its exchange.
 #[test]

@@ -7,10 +7,11 @@
 //! for an established connection `tcp-stream-<ino>.img` (see [`stream`]).
 //!
 //! Dump: [`prepare`] looks at every inet socket of the tree before any task
-//! is dumped: it refuses what cannot be saved (raw sockets, half-closed or
-//! connecting TCP, established ones without `--tcp-established`, listeners
-//! with connections waiting to be accepted), then locks the network for
-//! the established ones ([`lock`]) and puts them in repair mode through
+//! is dumped: it refuses what cannot be saved (raw sockets, TCP connecting
+//! or half-closed by the peer, connections without `--tcp-established`,
+//! listeners with connections waiting to be accepted), then locks the
+//! network for the connections (established, or half-closed by us: see
+//! [`stream`]) ([`lock`]) and puts them in repair mode through
 //! stolen fds. [`Held`] keeps them so until the dump ends: on success with
 //! the tree killed the sockets close silently in repair mode and the lock
 //! stays for the restore to lift; otherwise (left running, or failure)
@@ -45,10 +46,23 @@ pub use lock::Conn;
 pub use stream::preload;
 
 pub const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_FIN_WAIT1: u32 = 4;
+pub const TCP_FIN_WAIT2: u32 = 5;
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;
 
 const IPV6_FREEBIND: i32 = 78;
+
+/// A connection saved through repair mode: established, or half-closed by
+/// us (our FIN queued or sent; the peer may still send).
+pub fn connected(state: u32) -> bool {
+    matches!(state, TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2)
+}
+
+/// Our FIN is in the sequence space (write_seq counts it).
+pub fn fin_sent(state: u32) -> bool {
+    matches!(state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2)
+}
 
 fn state_name(s: u32) -> &'static str {
     match s {
@@ -316,8 +330,8 @@ pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
         let pr = Probe::read(sk.as_fd(), family)
             .map_err(|e| err(format!("inet socket ino {ino}: {e}")))?;
         check(&pr, opts).map_err(err)?;
-        if pr.is_tcp() && pr.state == TCP_ESTABLISHED {
-            conns.push(pr.conn().expect("established has a peer"));
+        if pr.is_tcp() && connected(pr.state) {
+            conns.push(pr.conn().expect("a connection has a peer"));
             repair.push((ino, sk));
         }
         t.inet.probes.insert(ino, pr);
@@ -363,14 +377,14 @@ fn check(p: &Probe, o: InetOpts) -> std::result::Result<(), String> {
             i.unacked
         )),
         TCP_LISTEN => Ok(()),
-        TCP_ESTABLISHED if !o.tcp_established => Err(format!(
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 if !o.tcp_established => Err(format!(
             "{} is an established connection: use --tcp-established to dump it",
             p.what()
         )),
-        TCP_ESTABLISHED => Ok(()),
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 => Ok(()),
         2 | 3 => Err(format!("{} is still connecting", p.what())),
         _ => Err(format!(
-            "{} is half-closed or closing, which is not supported",
+            "{} is half-closed by its peer or closing, which is not supported",
             p.what()
         )),
     }
@@ -423,8 +437,9 @@ pub fn dump_fd(
         (Some(i), TCP_LISTEN) => i.sacked,
         _ => 0,
     };
-    if pr.is_tcp() && pr.state == TCP_ESTABLISHED {
-        stream::dump(t.dir, fd, ino as u32).map_err(|e| cx.err(format!("{}: {e}", pr.what())))?;
+    if pr.is_tcp() && connected(pr.state) {
+        stream::dump(t.dir, fd, ino as u32, pr.state)
+            .map_err(|e| cx.err(format!("{}: {e}", pr.what())))?;
     } else if !pr.is_tcp() {
         let q = sock::inq(fd).unwrap_or(0);
         if q > 0 {
@@ -537,8 +552,8 @@ pub fn check_restore(plan: &Plan, tcp_established: bool, tcp_close: bool) -> Res
         match (e.r#type as i32, e.proto as i32) {
             (libc::SOCK_STREAM, libc::IPPROTO_TCP) => match e.state {
                 TCP_CLOSE | TCP_LISTEN => {}
-                TCP_ESTABLISHED if tcp_established || tcp_close => {}
-                TCP_ESTABLISHED => {
+                s if connected(s) && (tcp_established || tcp_close) => {}
+                s if connected(s) => {
                     return Err(Error::Other(format!(
                         "{}: restore with --tcp-established (or --tcp-close)",
                         what()
@@ -562,7 +577,7 @@ fn lock_ino(files: &HashMap<u32, FileEntry>) -> Option<u32> {
     files
         .values()
         .filter_map(|f| f.isk.as_ref())
-        .filter(|e| e.proto as i32 == libc::IPPROTO_TCP && e.state == TCP_ESTABLISHED)
+        .filter(|e| e.proto as i32 == libc::IPPROTO_TCP && connected(e.state))
         .map(|e| e.ino)
         .min()
 }
@@ -588,7 +603,7 @@ pub fn lock_for_restore(
     let conns: Vec<Conn> = files
         .values()
         .filter_map(|f| f.isk.as_deref())
-        .filter(|e| e.proto as i32 == libc::IPPROTO_TCP && e.state == TCP_ESTABLISHED)
+        .filter(|e| e.proto as i32 == libc::IPPROTO_TCP && connected(e.state))
         .filter_map(|e| {
             Some(Conn {
                 local: (ip_of(e.family, &e.src_addr)?, e.src_port as u16),
@@ -651,7 +666,7 @@ pub fn open(e: &InetSkEntry, cx: &OpenCtx<'_>) -> R<OwnedFd> {
     let local = ip_of(e.family, &e.src_addr).ok_or_else(|| format!("{what}: bad address"))?;
     let peer = ip_of(e.family, &e.dst_addr);
     let shared = shares_port(cx.files, e);
-    let estab = tcp && e.state == TCP_ESTABLISHED;
+    let estab = tcp && connected(e.state);
     if estab && cx.tcp_close {
         // --tcp-close: a socket of the same kind that was never connected.
         info!(
@@ -845,7 +860,7 @@ mod tests {
             proto,
             state,
             local: ("10.0.0.1".parse().unwrap(), 80),
-            peer: (state == TCP_ESTABLISHED).then(|| ("10.0.0.2".parse().unwrap(), 4000)),
+            peer: connected(state).then(|| ("10.0.0.2".parse().unwrap(), 4000)),
             tcp: (proto == libc::IPPROTO_TCP).then_some(tcp::Info {
                 state: state as u8,
                 unacked,
@@ -872,6 +887,13 @@ mod tests {
             ..on
         };
         assert!(check(&l, skip).is_ok());
+        for fw in [TCP_FIN_WAIT1, TCP_FIN_WAIT2] {
+            let p = probe(libc::SOCK_STREAM, libc::IPPROTO_TCP, fw, 0);
+            assert!(check(&p, off).unwrap_err().contains("--tcp-established"));
+            assert!(check(&p, on).is_ok());
+            assert!(connected(fw) && fin_sent(fw));
+        }
+        assert!(connected(TCP_ESTABLISHED) && !fin_sent(TCP_ESTABLISHED));
         let cw = probe(libc::SOCK_STREAM, libc::IPPROTO_TCP, 8, 0);
         assert!(check(&cw, on).unwrap_err().contains("CLOSE_WAIT"));
         let raw = probe(libc::SOCK_RAW, libc::IPPROTO_ICMP, TCP_CLOSE, 0);

@@ -5,7 +5,11 @@
 //! or `peer-server` for the other end (never dumped), or `pair`: a server
 //! whose forked child (role `peer`) is its peer, both ends in the tree. The
 //! connection is made in set-up (a server keeps its listener open as well).
-//! `pair-netns` is `pair` in a network namespace of the tree's own.
+//! `pair-netns` is `pair` in a network namespace of the tree's own;
+//! `client-shut` is a client that shuts down for writing once its send
+//! queue is full (half-closed: FIN_WAIT1, or FIN_WAIT2 once the peer read
+//! it all), its total in `sent-before-dump`, which the test copies to the
+//! peer's `expect-total`.
 //!
 //! - The dumped side sets TCP_NODELAY and keepalive (idle 123 s), sends its
 //!   stream without waiting until the kernel takes no more (the peer is not
@@ -116,9 +120,17 @@ fn pull(c: &mut TcpStream, dir: u8, s: &mut Stream) -> Result<(), String> {
 }
 
 /// Finish both directions: send the rest and shut down, read all and EOF.
-fn exchange(c: &mut TcpStream, me: u8, s: &mut Stream) -> Result<(), String> {
+/// `mine`/`theirs`: the totals of the two streams; `shut`: we already shut
+/// down for writing.
+fn exchange(
+    c: &mut TcpStream,
+    me: u8,
+    s: &mut Stream,
+    mine: u64,
+    theirs: u64,
+    mut shut: bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut shut = false;
     while !(shut && s.eof) {
         if Instant::now() > deadline {
             return Err(format!(
@@ -126,8 +138,8 @@ fn exchange(c: &mut TcpStream, me: u8, s: &mut Stream) -> Result<(), String> {
                 s.sent, s.got, s.eof
             ));
         }
-        push(c, me, s, TOTAL)?;
-        if s.sent == TOTAL && !shut {
+        push(c, me, s, mine)?;
+        if s.sent == mine && !shut {
             c.shutdown(Shutdown::Write)
                 .map_err(|e| format!("shutdown: {e}"))?;
             shut = true;
@@ -135,14 +147,15 @@ fn exchange(c: &mut TcpStream, me: u8, s: &mut Stream) -> Result<(), String> {
         pull(c, 1 - me, s)?;
         let mut p = [libc::pollfd {
             fd: c.as_raw_fd(),
-            events: libc::POLLIN | if shut { 0 } else { libc::POLLOUT },
+            // After EOF the socket stays readable: wait for room only.
+            events: if s.eof { 0 } else { libc::POLLIN } | if shut { 0 } else { libc::POLLOUT },
             revents: 0,
         }; 1];
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(p.as_mut_ptr(), 1, 100) };
     }
-    if s.got != TOTAL {
-        return Err(format!("EOF after {} of {TOTAL} bytes", s.got));
+    if s.got != theirs {
+        return Err(format!("EOF after {} of {theirs} bytes", s.got));
     }
     Ok(())
 }
@@ -153,6 +166,7 @@ fn dumped_side(
     ctx: &mut Ctx,
     mut c: TcpStream,
     listener: Option<TcpListener>,
+    shut_early: bool,
     before_ready: impl FnOnce(&Ctx),
 ) -> Verdict {
     let fd = c.as_raw_fd();
@@ -189,6 +203,18 @@ fn dumped_side(
     // Settle: whatever the peer's kernel acknowledges has left our queue.
     std::thread::sleep(Duration::from_millis(200));
     push(&mut c, me, &mut s, TOTAL).unwrap_or_else(|e| fail(ctx, e));
+    // Half-closed: our stream ends here (the FIN waits behind the data).
+    let mine = if shut_early {
+        c.shutdown(Shutdown::Write)
+            .unwrap_or_else(|e| fail(ctx, format!("shutdown: {e}")));
+        s.sent
+    } else {
+        TOTAL
+    };
+    let _ = stasis_integration::workload::write_atomic(
+        &ctx.path("sent-before-dump"),
+        &s.sent.to_string(),
+    );
     before_ready(ctx);
     ctx.write_ready("root");
     ctx.wait_for_check(|| {});
@@ -214,7 +240,10 @@ fn dumped_side(
     v.check(avail as u64 >= PEER_BURST, || {
         format!("only {avail} unread bytes after restore, {PEER_BURST} were waiting")
     });
-    v.result("exchange", exchange(&mut c, me, &mut s));
+    v.result(
+        "exchange",
+        exchange(&mut c, me, &mut s, mine, TOTAL, shut_early),
+    );
     if let Some(l) = &listener {
         // The listener still takes connections.
         let a = l.local_addr().map_err(|e| e.to_string());
@@ -253,10 +282,16 @@ fn peer_side(ctx: &mut Ctx, mut c: TcpStream, role: &str) -> ! {
     }
     ctx.write_ready(role);
     let go = ctx.path("go");
+    let expect = ctx.path("expect-total");
     let mut done: Option<Result<(), String>> = None;
     ctx.wait_for_check(|| {
         if done.is_none() && go.exists() {
-            done = Some(exchange(&mut c, me, &mut s));
+            // A half-closed dumped side says how much it sent in all.
+            let theirs = std::fs::read_to_string(&expect)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(TOTAL);
+            done = Some(exchange(&mut c, me, &mut s, TOTAL, theirs, false));
         }
     });
     let mut v = Verdict::new();
@@ -350,7 +385,7 @@ fn main() {
                     }
                     Ok(child) => {
                         let c = accept(&ctx, &l);
-                        let v = dumped_side(&mut ctx, c, Some(l), |ctx| {
+                        let v = dumped_side(&mut ctx, c, Some(l), false, |ctx| {
                             if let Err(e) = ctx.wait_ready_of(&["peer"], Duration::from_secs(10)) {
                                 ctx.setup_failed("root", &e);
                             }
@@ -364,15 +399,15 @@ fn main() {
             }
             let c = accept(&ctx, &l);
             if mode == "server" {
-                let v = dumped_side(&mut ctx, c, Some(l), |_| {});
+                let v = dumped_side(&mut ctx, c, Some(l), false, |_| {});
                 ctx.finish("root", v);
             }
             peer_side(&mut ctx, c, "root");
         }
-        "client" | "peer-client" => {
+        "client" | "client-shut" | "peer-client" => {
             let c = connect(addr).unwrap_or_else(|e| fail(&ctx, e));
-            if mode == "client" {
-                let v = dumped_side(&mut ctx, c, None, |_| {});
+            if mode != "peer-client" {
+                let v = dumped_side(&mut ctx, c, None, mode == "client-shut", |_| {});
                 ctx.finish("root", v);
             }
             peer_side(&mut ctx, c, "root");

@@ -5,6 +5,12 @@
 //! numbers, queue lengths, negotiated options, window state, timestamp)
 //! followed by the receive queue bytes (`inq_len`) and the send queue bytes
 //! (`outq_len`, of which the last `unsq_len` were never sent).
+//!
+//! Half-closed by us (FIN_WAIT1, FIN_WAIT2): rebuilt as established, then
+//! shut down for writing, which sends the FIN again with its old sequence
+//! number (the peer takes it, or acknowledges a duplicate). Half-closed by
+//! the peer (CLOSE_WAIT, LAST_ACK, CLOSING) would need its FIN put back in
+//! the receive path, which repair mode cannot do: refused.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -42,7 +48,16 @@ fn peek(fd: BorrowedFd<'_>, q: tcp::Queue, len: usize) -> std::result::Result<Ve
 }
 
 /// Save the connection of `fd` (in repair mode) to its tcp-stream image.
-pub fn dump(dir: &ImageDir, fd: BorrowedFd<'_>, ino: u32) -> std::result::Result<(), String> {
+/// `state`: the TCP state; in FIN_WAIT1 our FIN is still unacknowledged
+/// and counted by SIOCOUTQ (and by SIOCOUTQNSD while unsent) though it is
+/// no queued byte; the image keeps the data only, with write_seq as the
+/// kernel has it (FIN included, see [`restore`]).
+pub fn dump(
+    dir: &ImageDir,
+    fd: BorrowedFd<'_>,
+    ino: u32,
+    state: u32,
+) -> std::result::Result<(), String> {
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("{what}: {e}")
@@ -53,8 +68,13 @@ pub fn dump(dir: &ImageDir, fd: BorrowedFd<'_>, ino: u32) -> std::result::Result
     let inq = peek(fd, tcp::Queue::Recv, inq_len)?;
     tcp::set_queue(fd, tcp::Queue::Send).map_err(io("select the send queue"))?;
     let outq_seq = tcp::queue_seq(fd).map_err(io("send sequence"))?;
-    let outq_len = tcp::outq(fd).map_err(io("SIOCOUTQ"))? as usize;
-    let unsq_len = tcp::outq_unsent(fd).map_err(io("SIOCOUTQNSD"))?;
+    let mut outq_len = tcp::outq(fd).map_err(io("SIOCOUTQ"))? as usize;
+    let mut unsq_len = tcp::outq_unsent(fd).map_err(io("SIOCOUTQNSD"))?;
+    if state == super::TCP_FIN_WAIT1 {
+        // The FIN is last in sequence: unsent if anything is.
+        outq_len = outq_len.saturating_sub(1);
+        unsq_len = unsq_len.saturating_sub(1);
+    }
     let outq = peek(fd, tcp::Queue::Send, outq_len)?;
     tcp::set_queue(fd, tcp::Queue::None).map_err(io("leave the queues"))?;
     // In repair mode TCP_MAXSEG reads the MSS clamp.
@@ -130,7 +150,7 @@ fn read_one(dir: &ImageDir, ino: u32) -> Result<Stream> {
 pub fn preload<'a>(dir: &ImageDir, entries: impl Iterator<Item = &'a InetSkEntry>) -> Result<()> {
     let mut m = HashMap::new();
     for e in entries {
-        if e.proto as i32 == libc::IPPROTO_TCP && e.state == super::TCP_ESTABLISHED {
+        if e.proto as i32 == libc::IPPROTO_TCP && super::connected(e.state) {
             m.insert(e.ino, read_one(dir, e.ino)?);
         }
     }
@@ -181,7 +201,11 @@ pub fn restore(
     tcp::set_queue(fd, tcp::Queue::Recv).map_err(io("select the receive queue"))?;
     tcp::set_queue_seq(fd, t.inq_seq.wrapping_sub(t.inq_len)).map_err(io("receive sequence"))?;
     tcp::set_queue(fd, tcp::Queue::Send).map_err(io("select the send queue"))?;
-    tcp::set_queue_seq(fd, t.outq_seq.wrapping_sub(t.outq_len)).map_err(io("send sequence"))?;
+    // A half-closed connection's write_seq counts its FIN, which is sent
+    // again (same sequence number) by shutdown() at the end.
+    let fin = super::fin_sent(e.state);
+    let send_seq = t.outq_seq.wrapping_sub(t.outq_len).wrapping_sub(fin as u32);
+    tcp::set_queue_seq(fd, send_seq).map_err(io("send sequence"))?;
     nix::sys::socket::bind(fd.as_raw_fd(), &local).map_err(|err| format!("bind {local}: {err}"))?;
     nix::sys::socket::connect(fd.as_raw_fd(), &peer)
         .map_err(|err| format!("connect {peer} in repair mode: {err}"))?;
@@ -239,6 +263,10 @@ pub fn restore(
         MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
     )
     .map_err(|e| format!("unsent data: {e}"))?;
+    if fin {
+        nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(|e| format!("shut down for writing again: {e}"))?;
+    }
     debug!(
         ino = e.ino,
         inq = s.inq.len(),
