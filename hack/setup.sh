@@ -7,7 +7,8 @@
 set -euo pipefail
 
 PACKAGES=(build-essential pkg-config util-linux procps psmisc jq busybox-static libseccomp-dev
-    runc containerd podman conmon umoci containernetworking-plugins golang-github-containers-common)
+    runc containerd podman conmon umoci containernetworking-plugins golang-github-containers-common
+    nftables iproute2)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

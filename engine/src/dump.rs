@@ -68,6 +68,12 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// Longest wait for any thread to stop while seizing (`--timeout`).
     pub timeout: Option<std::time::Duration>,
+    /// Save established TCP connections (`--tcp-established`); refused
+    /// without it.
+    pub tcp_established: bool,
+    /// Drop connections waiting in a listener's accept queue
+    /// (`--tcp-skip-in-flight`); refused without it.
+    pub tcp_skip_in_flight: bool,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -125,6 +131,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             file_locks: opts.file_locks,
             ext_unix_sk: opts.ext_unix_sk,
             orphan_pts: opts.orphan_pts_master,
+            tcp_established: opts.tcp_established,
+            tcp_skip_in_flight: opts.tcp_skip_in_flight,
         },
     ));
     let mut d = Dumper {
@@ -209,6 +217,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         &mut *tables::lock(&files),
         FileTable::new(&dir, FileOpts::default()),
     );
+    let mut table = table;
+    // Connections in repair mode and the network lock: undone on any
+    // error from here (drop), settled once the tree is killed or let go.
+    let held = table.take_inet_held();
     table.write()?;
     let st = DumpStats {
         freezing_time: frozen_at - t0,
@@ -231,13 +243,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         ..Default::default()
     })?;
     if let Err(e) = crate::hook::run(&opts.post_dump, opts.pid) {
+        drop(held);
         tree.release()?;
         return Err(e);
     }
     if opts.leave_running {
+        held.finish(false)?;
         tree.release()?;
     } else {
         tree.kill()?;
+        held.finish(true)?;
     }
     let mut st = st;
     st.frozen_time = frozen_at.elapsed();

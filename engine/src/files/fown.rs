@@ -61,6 +61,9 @@ fn saved<'a>(
     if let Some(e) = &f.usk {
         return Some((&e.fown, e.flags));
     }
+    if let Some(e) = &f.isk {
+        return Some((&e.fown, e.flags));
+    }
     if let Some(e) = &f.tty {
         return Some((&e.fown, e.flags));
     }

@@ -11,6 +11,7 @@ pub mod eventfd;
 pub mod fanotify;
 mod fdscan;
 pub mod fown;
+pub mod inet;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -150,6 +151,12 @@ pub struct FileOpts {
     pub ext_unix_sk: bool,
     /// Pty slaves whose master is outside the tree are saved as pty ends.
     pub orphan_pts: bool,
+    /// Established TCP connections are saved (`--tcp-established`), else
+    /// refused.
+    pub tcp_established: bool,
+    /// Connections waiting in a listener's accept queue are dropped
+    /// (`--tcp-skip-in-flight`), else refused.
+    pub tcp_skip_in_flight: bool,
 }
 
 /// Collects every file object of a dump.
@@ -166,6 +173,7 @@ pub struct FileTable<'a> {
     pub(crate) memfds: memfd::Dumped,
     pub(crate) locks: locks::LockTable,
     pub(crate) unix: unix::DumpState,
+    pub(crate) inet: inet::DumpState,
     pub(crate) tty: tty::DumpState,
     pub(crate) fdscan: fdscan::FdScan,
 }
@@ -185,17 +193,30 @@ impl<'a> FileTable<'a> {
             memfds: memfd::Dumped::default(),
             locks: locks::LockTable::default(),
             unix: unix::DumpState::default(),
+            inet: inet::DumpState::new(inet::InetOpts {
+                tcp_established: opts.tcp_established,
+                skip_in_flight: opts.tcp_skip_in_flight,
+            }),
             tty: tty::DumpState::default(),
             fdscan: fdscan::FdScan::default(),
         }
     }
 
     /// Look at the tree's shared objects before any task is dumped (`pids`:
-    /// its live processes, root first): unix sockets and their peers.
+    /// its live processes, root first): unix sockets and their peers; inet
+    /// sockets (established connections are locked and put in repair mode
+    /// here).
     pub fn prepare_tree(&mut self, pids: &[i32]) -> Result<()> {
         self.fdscan = fdscan::FdScan::scan(pids)?;
         unix::prepare(self, pids)?;
+        inet::prepare(self, pids)?;
         tty::prepare(self, pids)
+    }
+
+    /// The established connections held in repair mode and the network
+    /// lock, for the end of the dump (see [`inet::Held`]).
+    pub fn take_inet_held(&mut self) -> inet::Held {
+        self.inet.take_held()
     }
 
     pub fn new_id(&mut self) -> u32 {
@@ -289,6 +310,25 @@ impl<'a> FileTable<'a> {
             0
         };
         let kind = classify(&link, st.mode(), libc::major(st.rdev()));
+        // Inet sockets go to their own module; others to unix (which
+        // refuses the families it does not know by name).
+        let mut inet_sk = None;
+        if kind == Kind::Socket {
+            let sk = shared::steal(pid, fd)?;
+            let fam = crate::sys::sock::getsockopt_int(
+                std::os::fd::AsFd::as_fd(&sk),
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+            )
+            .map_err(|e| Error::Fd {
+                pid,
+                fd,
+                why: format!("getsockopt(SO_DOMAIN) on {link}: {e}"),
+            })?;
+            if fam == libc::AF_INET || fam == libc::AF_INET6 {
+                inet_sk = Some((sk, fam));
+            }
+        }
         let ty = match kind {
             Kind::Reg => FdTypes::Reg,
             Kind::Epoll => FdTypes::Eventpoll,
@@ -303,6 +343,7 @@ impl<'a> FileTable<'a> {
             Kind::Signalfd => FdTypes::Signalfd,
             Kind::Timerfd => FdTypes::Timerfd,
             Kind::Memfd => FdTypes::Memfd,
+            Kind::Socket if inet_sk.is_some() => FdTypes::Inetsk,
             Kind::Socket => FdTypes::Unixsk,
             Kind::Tty => {
                 return Err(Error::Fd {
@@ -359,7 +400,10 @@ impl<'a> FileTable<'a> {
             Kind::Signalfd => signalfd::dump_fd(&cx)?,
             Kind::Timerfd => timerfd::dump_fd(&cx)?,
             Kind::Memfd => memfd::dump_fd(self, &cx)?,
-            Kind::Socket => unix::dump_fd(self, &cx)?,
+            Kind::Socket => match inet_sk {
+                Some((sk, fam)) => inet::dump_fd(self, &cx, sk, fam)?,
+                None => unix::dump_fd(self, &cx)?,
+            },
             Kind::Unsupported(_) => unreachable!("refused above"),
         };
         self.push(entry);
@@ -434,6 +478,8 @@ pub struct OpenCtx<'a> {
     pub inherit_fds: &'a HashMap<String, i32>,
     /// Pty index -> restorer fd of the new master of an orphan slave.
     pub orphan_masters: &'a HashMap<u32, i32>,
+    /// Established TCP connections are restored closed (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 impl OpenCtx<'_> {
@@ -493,6 +539,9 @@ pub fn open_one(id: u32, cx: &OpenCtx<'_>) -> std::result::Result<std::os::fd::O
     }
     if let Some(e) = &f.memfd {
         return memfd::open(e, cx);
+    }
+    if let Some(e) = &f.isk {
+        return inet::open(e, cx);
     }
     let e = f
         .reg

@@ -125,8 +125,9 @@ pub(crate) fn read_opts(fd: BorrowedFd<'_>) -> io::Result<SkOptsEntry> {
         so_priority: Some(int(libc::SO_PRIORITY)? as u32),
         so_rcvlowat: Some(int(libc::SO_RCVLOWAT)? as u32),
         so_mark: Some(int(libc::SO_MARK)? as u32),
-        so_passcred: Some(flag(libc::SO_PASSCRED)?),
-        so_passsec: Some(flag(libc::SO_PASSSEC)?),
+        // Unix and netlink sockets only on recent kernels (EOPNOTSUPP).
+        so_passcred: flag(libc::SO_PASSCRED).ok(),
+        so_passsec: flag(libc::SO_PASSSEC).ok(),
         so_dontroute: Some(flag(libc::SO_DONTROUTE)?),
         so_no_check: Some(flag(libc::SO_NO_CHECK)?),
         so_bound_dev: None,

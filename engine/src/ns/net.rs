@@ -93,6 +93,25 @@ fn read(dir: &ImageDir, id: u32, p: &mut NsPlan) -> Result<()> {
     Ok(())
 }
 
+/// A fresh network namespace made by the restorer ahead of the root (so
+/// it can be prepared from outside, e.g. locked, before any socket is made
+/// in it), its devices set as dumped. The root joins it instead of
+/// unsharing its own.
+pub fn fresh(p: &NsPlan) -> Result<std::fs::File> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<std::fs::File> {
+            // Only this helper thread moves into the new namespace.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::Other(format!("unshare a network namespace: {e}")))?;
+            setup(p).map_err(Error::Other)?;
+            let path = "/proc/thread-self/ns/net";
+            std::fs::File::open(path).map_err(|e| Error::io(path, e))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Other("network namespace thread panicked".into())))
+    })
+}
+
 fn setup(p: &NsPlan) -> std::result::Result<(), String> {
     let Some(n) = &p.net else {
         return Ok(());

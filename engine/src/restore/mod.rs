@@ -80,6 +80,11 @@ pub struct RestoreOptions {
     pub cgroup_root: Vec<String>,
     /// `--join-ns NS:PATH`: namespaces to enter instead of creating.
     pub join_ns: Vec<String>,
+    /// Rebuild established TCP connections (`--tcp-established`); images
+    /// holding some are refused without it or `tcp_close`.
+    pub tcp_established: bool,
+    /// Restore established TCP connections as closed sockets (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 #[derive(Debug)]
@@ -140,16 +145,22 @@ pub struct Prep {
     /// every stub inherits them (stubs fork their children before setting
     /// their own), so it only sets the actions of its image that differ.
     pub inherited_sigactions: HashMap<u32, [u8; 32]>,
+    /// Established TCP connections are restored closed.
+    pub tcp_close: bool,
 }
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
     let mut plan = plan::read(&dir)?;
+    files::inet::check_restore(&plan, opts.tcp_established, opts.tcp_close)?;
     // Kept until the end: the mount yard is removed on drop.
     let _mnt_yard = crate::ns::mnt::configure(&mut plan.ns, opts.root.as_deref(), &opts.external)?;
     // Kept open until the root is forked.
-    let joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
+    let mut joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
+    // Established connections: packets held back in the tree's network
+    // namespace until it runs (may make that namespace here).
+    let net_lock = files::inet::lock_for_restore(&mut plan.ns, &plan.files, &mut joined)?;
     let plan = plan;
     let mut cg_target = crate::cgroup::prepare(
         &dir,
@@ -309,6 +320,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     }
     tree.released = true;
     drop(keep_fds);
+    // The connections are back: let their packets through.
+    if let Some(l) = net_lock {
+        if let Err(e) = l.unlock() {
+            warn!("{e}");
+        }
+    }
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, format!("{root_pid}")).path_ctx(p)?;
     }
@@ -461,6 +478,7 @@ fn prepare(
     let mut prep = Prep {
         base,
         images_dir: dir.path().to_path_buf(),
+        tcp_close: opts.tcp_close,
         ..Default::default()
     };
     // Error and start pipes: read/write ends for us stay below `base`.
@@ -541,6 +559,10 @@ fn prepare(
     files::memo::prepare(&plan.files);
     // Queued unix socket data, read once here rather than in every stub.
     files::unix::preload_queues(dir.path()).map_err(Error::Other)?;
+    // Established TCP connections' queues, likewise.
+    if !opts.tcp_close {
+        files::inet::preload(dir, plan.files.values().filter_map(|f| f.isk.as_deref()))?;
+    }
     // Open file descriptions in fd tables: staged once, by the lowest
     // common ancestor of their holders.
     let mut holders: BTreeMap<Group, Vec<usize>> = BTreeMap::new();

@@ -61,6 +61,7 @@ fn open_ctx<'a>(plan: &'a Plan, prep: &'a Prep) -> files::OpenCtx<'a> {
         orphan_masters: &prep.orphan_masters,
         tty_fd: prep.tty_fd,
         images_dir: &prep.images_dir,
+        tcp_close: prep.tcp_close,
     }
 }
 

@@ -29,6 +29,7 @@ pub mod ptrace;
 pub mod sig;
 pub mod sock;
 pub mod stub;
+pub mod tcp;
 pub mod uffd;
 pub mod vm;
 

@@ -103,6 +103,13 @@ pub fn unix_file(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(owned(r))
 }
 
+/// socket(2).
+pub fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments; the result is a new fd.
+    let r = cvt(unsafe { libc::socket(domain, ty, proto) } as libc::c_long)?;
+    Ok(owned(r))
+}
+
 /// listen(2) with any backlog (the kernel clamps it to somaxconn).
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     // SAFETY: integer arguments only.

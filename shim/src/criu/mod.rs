@@ -73,7 +73,7 @@ pub struct CriuCli {
     #[arg(long = "tcp-close")]
     tcp_close: bool,
     /// Skip in-flight TCP connections.
-    #[arg(long = "skip-in-flight")]
+    #[arg(long = "tcp-skip-in-flight", alias = "skip-in-flight")]
     skip_in_flight: bool,
     /// Allow linking unlinked files back (link remap).
     #[arg(long = "link-remap")]
@@ -394,6 +394,7 @@ impl CriuCli {
             ext_unix_sk: self.ext_unix_sk.is_some(),
             tcp_established: self.tcp_established,
             tcp_close: self.tcp_close,
+            tcp_skip_in_flight: self.skip_in_flight,
             link_remap: self.link_remap,
             evasive_devices: self.evasive_devices,
             restore_sibling: self.restore_sibling,

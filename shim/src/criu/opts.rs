@@ -102,6 +102,7 @@ pub struct Opts {
     pub ext_unix_sk: bool,
     pub tcp_established: bool,
     pub tcp_close: bool,
+    pub tcp_skip_in_flight: bool,
     pub link_remap: bool,
     pub evasive_devices: bool,
     pub restore_sibling: bool,
@@ -303,9 +304,6 @@ impl Opts {
     }
 
     pub fn dump_options(&self, pid: i32) -> dump::DumpOptions {
-        if self.tcp_established {
-            debug!("--tcp-established: TCP sockets are refused by the engine for now");
-        }
         dump::DumpOptions {
             pid,
             images_dir: self.images_dir.clone(),
@@ -322,6 +320,8 @@ impl Opts {
                 .timeout
                 .filter(|&s| s > 0)
                 .map(|s| std::time::Duration::from_secs(u64::from(s))),
+            tcp_established: self.tcp_established,
+            tcp_skip_in_flight: self.tcp_skip_in_flight,
         }
     }
 
@@ -387,6 +387,8 @@ impl Opts {
                 })
                 .collect(),
             join_ns: self.join_ns.clone(),
+            tcp_established: self.tcp_established,
+            tcp_close: self.tcp_close,
         }
     }
 }

@@ -369,6 +369,7 @@ impl Server {
             ext_unix_sk: o.ext_unix_sk(),
             tcp_established: o.tcp_established(),
             tcp_close: o.tcp_close(),
+            tcp_skip_in_flight: o.tcp_skip_in_flight(),
             link_remap: o.link_remap(),
             evasive_devices: o.evasive_devices(),
             restore_sibling: o.rst_sibling(),
