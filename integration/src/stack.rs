@@ -180,7 +180,8 @@ pub fn oci_image(env: &Env, rootfs: &Path) -> PathBuf {
 
 /// How a private podman runs its containers.
 pub enum PodmanRuntime<'a> {
-    /// `--runtime <stasis>` with the runtime's state under the test dir.
+    /// `--runtime <stasis>` with the runtime's state under the test dir,
+    /// and `<stasis>` as the `criu` first on PATH (podman's version probe).
     Stasis(&'a Path),
     /// Stock runc, with `<stasis>` as the `criu` first on PATH.
     RuncWithCriu(&'a Path),
@@ -203,16 +204,22 @@ impl Podman {
         let dir = env.dir("podman");
         fs::create_dir_all(dir.join("tmp")).expect("mkdir tmp");
         let (runtime_line, runtime_args, path_head) = match runtime {
-            PodmanRuntime::Stasis(bin) => (
-                String::new(),
-                vec![
-                    "--runtime".to_string(),
-                    bin.display().to_string(),
-                    "--runtime-flag".to_string(),
-                    format!("root={}", dir.join("rt").display()),
-                ],
-                None,
-            ),
+            PodmanRuntime::Stasis(bin) => {
+                // podman asks the `criu` on PATH for its version before a
+                // checkpoint: stasis answers that probe too.
+                let cbin = env.dir("criu-bin");
+                symlink(bin, cbin.join("criu")).expect("symlink criu");
+                (
+                    String::new(),
+                    vec![
+                        "--runtime".to_string(),
+                        bin.display().to_string(),
+                        "--runtime-flag".to_string(),
+                        format!("root={}", dir.join("rt").display()),
+                    ],
+                    Some(cbin),
+                )
+            }
             PodmanRuntime::RuncWithCriu(bin) => {
                 let cbin = env.dir("criu-bin");
                 symlink(bin, cbin.join("criu")).expect("symlink criu");
