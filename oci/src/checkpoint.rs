@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use oci_spec::runtime::{Mount, Spec};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::cgroup::{self, Cgroup};
 use crate::container::{check_id, write_pid_file, Undo};
@@ -371,7 +371,7 @@ impl Runtime {
             }
         }
         let stats = r.map_err(|e| Error::msg(format!("checkpoint of container {id}: {e}")))?;
-        info!(id, pid, elapsed = ?t0.elapsed(), "container checkpointed");
+        debug!(id, pid, elapsed = ?t0.elapsed(), "container checkpointed");
         stats_to_work(&o.image_path, o.work_path.as_deref(), stats::STATS_DUMP);
         if !o.leave_running {
             // runc destroys the container once CRIU has dumped (and killed) it.
@@ -567,7 +567,7 @@ impl Runtime {
             write_pid_file(p, pid)?;
         }
         std::mem::forget(undo);
-        info!(id, pid, elapsed = ?t0.elapsed(), "container restored");
+        debug!(id, pid, elapsed = ?t0.elapsed(), "container restored");
         stats_to_work(&images, o.work_path.as_deref(), stats::STATS_RESTORE);
         Ok(Restored {
             state: st,
