@@ -242,6 +242,18 @@ fn stats_to_work(images: &Path, work: Option<&Path>, name: &str) {
     }
 }
 
+/// runc's clients look for CRIU's dump.log/restore.log in the work dir
+/// when an operation fails: the outcome goes there.
+fn work_log<T>(dir: &Path, name: &str, r: &Result<T>) {
+    let line = match r {
+        Ok(_) => format!("{name}: done\n"),
+        Err(e) => format!("Error: {e}\n"),
+    };
+    if let Err(e) = std::fs::write(dir.join(name), line) {
+        debug!("cannot write {name} into {}: {e}", dir.display());
+    }
+}
+
 fn mkdir(p: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(p) {
@@ -370,7 +382,13 @@ impl Runtime {
                 }
             }
         }
-        let stats = r.map_err(|e| Error::msg(format!("checkpoint of container {id}: {e}")))?;
+        let r = r.map_err(|e| Error::msg(format!("checkpoint of container {id}: {e}")));
+        work_log(
+            o.work_path.as_deref().unwrap_or(&o.image_path),
+            "dump.log",
+            &r,
+        );
+        let stats = r?;
         debug!(id, pid, elapsed = ?t0.elapsed(), "container checkpointed");
         stats_to_work(&o.image_path, o.work_path.as_deref(), stats::STATS_DUMP);
         if !o.leave_running {
@@ -555,8 +573,14 @@ impl Runtime {
             debug!("--tcp-established: TCP sockets are refused by the engine for now");
         }
         let t0 = Instant::now();
-        let done = restore::restore(&r)
-            .map_err(|e| Error::msg(format!("restore of container {id}: {e}")))?;
+        let done =
+            restore::restore(&r).map_err(|e| Error::msg(format!("restore of container {id}: {e}")));
+        work_log(
+            o.work_path.as_deref().unwrap_or(&images),
+            "restore.log",
+            &done,
+        );
+        let done = done?;
         drop(_inside);
         let pid = done.root_pid;
         undo.pid = pid;
