@@ -174,6 +174,13 @@ fn ckpt_busybox_checkpoint_restore() {
         "stasis checkpoint (busybox, paused): {:?}",
         c.elapsed
     ));
+    // The dumped tree is gone at once (a pid namespace's init exits only
+    // once the dumper has taken its children's exits).
+    assert!(
+        c.elapsed < Duration::from_secs(5),
+        "checkpoint took {:?}",
+        c.elapsed
+    );
     assert!(
         rt.run(&["state", &id2]).stderr.contains("does not exist"),
         "checkpoint without --leave-running must destroy the container"

@@ -599,3 +599,55 @@ impl Runtime {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_cleaned() {
+        assert_eq!(clean(Path::new("/etc//hosts")), "/etc/hosts");
+        assert_eq!(clean(Path::new("dev/../proc/./kcore")), "/proc/kcore");
+        assert_eq!(clean(Path::new("/")), "/");
+    }
+
+    #[test]
+    fn cgroup_modes_and_empty_ns() {
+        assert_eq!(cg_mode(None).unwrap(), CgMode::Soft);
+        assert_eq!(cg_mode(Some("ignore")).unwrap(), CgMode::Ignore);
+        assert!(cg_mode(Some("bogus")).is_err());
+        check_empty_ns(&["network".into()]).unwrap();
+        assert!(check_empty_ns(&["pid".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("\"pid\""));
+    }
+
+    #[test]
+    fn externals_follow_runc() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/u/hosts", "options": ["rbind"]},
+                {"destination": "/data", "type": "none", "source": "data", "options": ["bind", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}
+            ],
+            "linux": {
+                "maskedPaths": ["/proc/kcore"],
+                "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+            }
+        }))
+        .unwrap();
+        let e = externals(&spec, Path::new("/b"), Some(Path::new("/cg/c1")));
+        let get = |k: &str| e.iter().find(|(d, _)| d == k).map(|(_, v)| v.clone());
+        assert_eq!(get("/etc/hosts"), Some(PathBuf::from("/u/hosts")));
+        assert_eq!(get("/data"), Some(PathBuf::from("/b/data")));
+        assert_eq!(get("/sys/fs/cgroup"), Some(PathBuf::from("/cg/c1")));
+        assert_eq!(get("/proc/kcore"), Some(PathBuf::from("/dev/null")));
+        assert_eq!(get("/dev/fuse"), Some(PathBuf::from("/dev/fuse")));
+        assert_eq!(get("/dev/null"), Some(PathBuf::from("/dev/null")));
+        assert_eq!(get("/proc"), None);
+    }
+}
