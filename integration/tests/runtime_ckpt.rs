@@ -125,10 +125,30 @@ fn ckpt_busybox_checkpoint_restore() {
     assert_eq!(rt.status(&id), "running");
     let t1 = ticks_past(&rootfs, t0 + 1);
 
+    // While the original runs its pids are taken (the engine restores a
+    // pid namespace's host pids too): a clean refusal, nothing left.
+    let id2 = uniq("ck2");
+    let r = rt.run(&[
+        "restore",
+        "-d",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        bs,
+        &id2,
+    ]);
+    assert!(
+        !r.success() && r.stderr.contains("in use"),
+        "{}",
+        r.describe()
+    );
+    no_leftovers(&id2, 0);
+    assert!(!rt.root.join(&id2).exists(), "state dir left for {id2}");
+    assert_eq!(rt.status(&id), "running");
+
     // Restore into a new container once the original is gone.
     remove(&rt, &id);
     let frozen_at = tick(&rootfs);
-    let id2 = uniq("ck2");
     let pidf = env.path("ck2.pid");
     let r = rt.ok(&[
         "restore",
@@ -410,6 +430,28 @@ fn ckpt_restore_bad_images() {
     reap_zombie_children(&[]);
     std::fs::write(cimg.join("pstree.img"), b"garbage").unwrap();
     expect_fail(&cimg, &["pstree.img"]);
+    // A restore into the id of a running container: refused, it runs on.
+    let dup = uniq("ckdup");
+    run_detached(&rt, bs, &dup);
+    let r = rt.run(&[
+        "restore",
+        "-d",
+        "--image-path",
+        cimg.to_str().unwrap(),
+        "--bundle",
+        bs,
+        &dup,
+    ]);
+    assert!(
+        !r.success() && r.stderr.contains("already exists"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(rt.status(&dup), "running");
+    let dpid = pid_of(&rt, &dup);
+    rt.ok(&["delete", "--force", &dup]);
+    reap_zombie_children(&[]);
+    no_leftovers(&dup, dpid);
     // Flags that need missing engine features are refused by name.
     let r = rt.run(&[
         "restore",
@@ -475,7 +517,11 @@ fn ckpt_under_podman() {
     assert!(st == "exited" || st == "stopped", "after checkpoint: {st}");
     reap_zombie_children(&[]);
     let t = Instant::now();
-    pm.ok(&["container", "restore", &name]);
+    let out = pm.ok(&["container", "restore", "--print-stats", &name]);
+    assert!(
+        out.contains("runtime_restore_duration"),
+        "--print-stats: {out}"
+    );
     say(&format!(
         "podman container restore (stasis): {:?}",
         t.elapsed()
@@ -489,13 +535,18 @@ fn ckpt_under_podman() {
 
     // Export, then import into a new container.
     let export = env.path("export.tar.gz");
-    pm.ok(&[
+    let out = pm.ok(&[
         "container",
         "checkpoint",
+        "--print-stats",
         "--export",
         export.to_str().unwrap(),
         &name,
     ]);
+    assert!(
+        out.contains("criu_statistics") && out.contains("pages_written"),
+        "--print-stats shows our stats-dump: {out}"
+    );
     assert!(
         std::fs::metadata(&export).is_ok_and(|m| m.len() > 0),
         "--export wrote {}",
