@@ -101,6 +101,9 @@ pub struct RestoreOpts {
     /// Our fds that replace the checkpointed stdio pipes (fd 0, 1, 2 of
     /// `descriptors.json`); default: our own 0, 1 and 2, as runc does.
     pub stdio: Option<[RawFd; 3]>,
+    /// For in-process callers (a shim): given the restored terminal's new
+    /// pty master instead of sending it to `console_socket`.
+    pub on_console: Option<engine::hook::FdHook>,
 }
 
 /// A restored container.
@@ -453,7 +456,7 @@ impl Runtime {
         let rootfs = spec::rootfs(&bundle, &spec)?;
         let process = spec.process().clone().expect("validated");
         let terminal = process.terminal().unwrap_or(false);
-        if terminal && o.console_socket.is_none() {
+        if terminal && o.console_socket.is_none() && o.on_console.is_none() {
             bail!("cannot allocate tty if runc will detach without setting console socket")
         }
         if !terminal && o.console_socket.is_some() {
@@ -543,11 +546,12 @@ impl Runtime {
                 })
                 .map_err(|e| e.to_string())
         });
-        let on_orphan_pts = console.map(|sock| {
-            engine::hook::FdHook::new(move |fd| {
+        let on_orphan_pts = match console {
+            Some(sock) => Some(engine::hook::FdHook::new(move |fd| {
                 tty::send_master(&sock, fd).map_err(|e| e.to_string())
-            })
-        });
+            })),
+            None => o.on_console.clone(),
+        };
         let r = restore::RestoreOptions {
             images_dir: images.clone(),
             detach: true,

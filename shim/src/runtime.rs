@@ -777,6 +777,7 @@ fn run(cli: RtCli) -> Result<i32> {
                 lsm_profile: r.lsm_profile,
                 lsm_mount_context: r.lsm_mount_context,
                 stdio: None,
+                on_console: None,
             };
             let done = rt.restore(&r.id, &bundle, &o).context(err_ctx("restore"))?;
             if r.detach {
