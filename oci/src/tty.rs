@@ -54,3 +54,14 @@ pub fn setup(sock: &UnixStream, size: Option<(u16, u16)>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Send an existing pty master (a restored container's) over `sock`, as
+/// runc forwards CRIU's orphan-pts-master.
+pub fn send_master(sock: &UnixStream, master: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    let fds = [master.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [IoSlice::new(b"orphan-pts-master")];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .what("send the restored pty master to the console socket")?;
+    Ok(())
+}
