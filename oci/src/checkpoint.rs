@@ -314,7 +314,6 @@ impl Runtime {
             bail!("invalid directory to save checkpoint")
         }
         debug!(
-            tcp_skip_in_flight = o.tcp_skip_in_flight,
             link_remap = o.link_remap,
             status_fd = ?o.status_fd,
             "checkpoint options without engine counterpart accepted"
@@ -374,6 +373,9 @@ impl Runtime {
             orphan_pts_master: true,
             external,
             freeze_cgroup: st.cgroup.as_ref().map(|c| c.dir.clone()),
+            tcp_established: o.tcp_established,
+            tcp_skip_in_flight: o.tcp_skip_in_flight,
+            timeout: None,
         };
         let t0 = Instant::now();
         let r = dump::dump(&d);
@@ -570,12 +572,10 @@ impl Runtime {
             external,
             manage_cgroups: Some(mode),
             cgroup_root: vec![cg_rel],
-            inherit_fd: Vec::new(),
             join_ns: Vec::new(),
+            tcp_established: o.tcp_established,
+            tcp_close: false,
         };
-        if o.tcp_established {
-            debug!("--tcp-established: TCP sockets are refused by the engine for now");
-        }
         let t0 = Instant::now();
         let done =
             restore::restore(&r).map_err(|e| Error::msg(format!("restore of container {id}: {e}")));
