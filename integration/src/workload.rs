@@ -44,13 +44,18 @@ pub fn result_name(role: &str) -> String {
 }
 
 /// Writes `content` to `path` atomically: a temporary file in the same
-/// directory, then `rename`.
+/// directory, then `rename`. The temporary name has the time in it too: a
+/// restored copy running beside its original has the same pids inside its
+/// pid namespace.
 pub fn write_atomic(path: &Path, content: &str) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let tmp = path.with_file_name(format!(
-        ".{}.tmp.{}",
+        ".{}.tmp.{}.{nanos}",
         name.to_string_lossy(),
         std::process::id()
     ));

@@ -10,6 +10,9 @@
 //! - `*_leave_running`: dump with `-R`, the original verifies and exits
 //!   (its pids and IPC ids must be free again), restore, verify again.
 //!
+//! And `*_beside_original`: restored from a `-R` dump while the original
+//! still runs (their host pids differ, the pids inside match).
+//!
 //! Also: a user namespace, and a child in another UTS namespace than the
 //! root's, are refused with one clear line and the target keeps running.
 //!
@@ -157,12 +160,14 @@ impl NsTree {
         reap_zombie_children(&[]);
     }
 
+    /// Only the pids inside the tree's pid namespace are restored (the
+    /// workload checks them); the host pid of the init is the kernel's
+    /// choice, as with CRIU: it becomes `init`.
     fn restore(&mut self, env: &Env, img: &Path, extra: &[&str]) {
         let pidfile = env.path("restore.pid");
         let run = env.restore(img, &pidfile, extra);
         run.expect_success("restore");
-        let pid = read_pidfile(&pidfile).unwrap();
-        assert_eq!(pid, self.init, "restored init has another host pid");
+        self.init = read_pidfile(&pidfile).unwrap();
     }
 
     /// The restored init is our child (subreaper): wait for its clean exit.
@@ -301,6 +306,33 @@ fn nested_pid_leave_running() {
     leave_running("nested_pid_leave_running", PID_IPC_UTS, &["nested"], &[]);
 }
 
+/// A container restored while its original still runs (dump `-R`): the
+/// pids inside its pid namespaces (nested one included) are the dumped
+/// ones, its host pids are new. Both trees verify themselves on the same
+/// check and both finish cleanly (each process exits 0 only if all it
+/// checked was right).
+#[test]
+fn pid_ns_restore_beside_original() {
+    let Some(env) = Env::setup("pid_ns_restore_beside_original") else {
+        return;
+    };
+    let mut t = NsTree::start(&env, PID_IPC_UTS, &["nested"]);
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    let original = t.init;
+    t.restore(&env, &img, &[]);
+    assert_ne!(t.init, original);
+    assert!(
+        process_exists(original),
+        "the original is gone\n{}",
+        t.diag()
+    );
+    t.check("original and restored side by side");
+    t.wait_restored();
+    t.init = original;
+    t.wait_original(true);
+}
+
 #[test]
 fn all_ns_dump_restore() {
     dump_restore("all_ns_dump_restore", ALL, &["net"], &[]);
@@ -430,4 +462,30 @@ fn timers_in_pid_ns_dump_restore() {
     t.restore(&env, &img, &[]);
     t.check("after restore");
     t.wait_restored();
+}
+
+/// Four threads in a process that is pid 1 of its own pid namespace (with
+/// its own /proc), restored beside its still-running original: every
+/// thread gets its dumped tid inside the namespace and a new one outside.
+#[test]
+fn threads_in_pid_ns_beside_original() {
+    let Some(env) = Env::setup("threads_in_pid_ns_beside_original") else {
+        return;
+    };
+    let mut t = NsTree::start_bin(
+        &env,
+        &["--pid", "--fork", "--mount-proc", "--mount"],
+        env!("CARGO_BIN_EXE_wl-threads"),
+        &[],
+        &["root"],
+    );
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    let original = t.init;
+    t.restore(&env, &img, &["--root", "/"]);
+    assert_ne!(t.init, original);
+    t.check("original and restored side by side");
+    t.wait_restored();
+    t.init = original;
+    t.wait_original(true);
 }

@@ -11,14 +11,23 @@
 //!
 //! Restore: the plan is turned into the restorer's view (host pids, which
 //! is what ptrace, /proc and kill use), keeping per task what clone3 needs
-//! (`set_tid`, innermost first: every level gets its dumped pid) and the
-//! pids the task itself sees (for syscalls run inside it). A task deeper
-//! than its parent is created with `CLONE_NEWPID` (it is the init of its
-//! namespace).
+//! (`set_tid`, innermost first) and the pids the task itself sees (for
+//! syscalls run inside it). A task deeper than its parent is created with
+//! `CLONE_NEWPID` (it is the init of its namespace).
+//!
+//! Which levels are pinned, as CRIU does: a tree without a pid namespace of
+//! its own gets its dumped pid at every level (host pids included). A tree
+//! with one (a container) pins only the levels from its root's namespace
+//! inward (the root: `[1]`); the outer levels are what the kernel gives, so
+//! the tree can be restored beside its still-running original. Its host
+//! pids are then unknown until each task exists: the plan keeps the dumped
+//! ones as placeholders, the restorer learns each task's new host pid when
+//! it is created ([`HostIndex`], [`clone_event_tid`]) and rewrites the plan
+//! ([`rehost`], [`set_threads`]) before anything uses them as host pids.
 
 use std::collections::HashMap;
 
-use stasis_proto::criu::{NsTid, PstreeEntry};
+use stasis_proto::criu::{FileLockEntry, NsTid, PstreeEntry};
 use stasis_proto::image::magic;
 
 use super::KindOps;
@@ -209,16 +218,17 @@ pub struct TaskPids {
 }
 
 impl TaskPids {
-    /// Pid namespace depth below the restorer's.
+    /// Pid namespace depth below the outermost pinned level.
     pub fn depth(&self) -> usize {
         self.set_tid.len() - 1
     }
 }
 
 /// Turn the plan's pids (the root namespace's view) into the restorer's
-/// (host pids from the level lists), keeping what clone3 and in-task
-/// syscalls need in `TaskPlan::pids`. Images without lists are left alone;
-/// a tree with a pid namespace of its own must have them.
+/// (host pids from the level lists: the dumped ones, placeholders when the
+/// tree owns its pid namespace), keeping what clone3 and in-task syscalls
+/// need in `TaskPlan::pids`. Images without lists are left alone; a tree
+/// with a pid namespace of its own must have them.
 pub fn to_host(tasks: &mut [TaskPlan], pstree: &[PstreeEntry], owns_pid_ns: bool) -> Result<()> {
     if !pstree.iter().any(|p| !p.ns_pid.is_empty()) {
         if owns_pid_ns {
@@ -236,16 +246,34 @@ pub fn to_host(tasks: &mut [TaskPlan], pstree: &[PstreeEntry], owns_pid_ns: bool
         let h = *p.ns_pid.first().ok_or_else(|| bad(p.pid, "no ns_pid"))?;
         host.insert(p.pid, h as i32);
     }
+    // Levels above the root's own pid namespace are not pinned.
+    let skip = if owns_pid_ns {
+        pstree[0].ns_pid.len() - 1
+    } else {
+        0
+    };
+    if owns_pid_ns && pstree[0].ns_pid.last() != Some(&1) {
+        return Err(bad(pstree[0].pid, "the root is not pid 1 of its namespace"));
+    }
     for (t, p) in tasks.iter_mut().zip(pstree) {
         if p.tids.len() != p.threads.len().max(1) && !p.threads.is_empty() {
             return Err(bad(p.pid, "tids do not match threads"));
         }
-        let rev = |v: &[u32]| v.iter().rev().map(|&x| x as i32).collect::<Vec<i32>>();
+        if p.ns_pid.len() <= skip {
+            return Err(bad(p.pid, "outside the root's pid namespace"));
+        }
+        let rev = |v: &[u32]| {
+            v.iter()
+                .skip(skip)
+                .rev()
+                .map(|&x| x as i32)
+                .collect::<Vec<i32>>()
+        };
         let mut thread_set_tid: Vec<Vec<i32>> = p.tids.iter().map(|x| rev(&x.tid)).collect();
         if thread_set_tid.is_empty() {
             thread_set_tid.push(rev(&p.ns_pid));
         }
-        if thread_set_tid.iter().any(|v| v.len() != p.ns_pid.len()) {
+        if p.tids.iter().any(|v| v.tid.len() != p.ns_pid.len()) {
             return Err(bad(p.pid, "a thread's levels differ from its process's"));
         }
         t.pid = p.ns_pid[0] as i32;
@@ -254,7 +282,11 @@ pub fn to_host(tasks: &mut [TaskPlan], pstree: &[PstreeEntry], owns_pid_ns: bool
         }
         t.pgid = p.ns_pgid.first().map(|&x| x as i32).unwrap_or(t.pgid);
         t.sid = p.ns_sid.first().map(|&x| x as i32).unwrap_or(t.sid);
-        t.threads = thread_set_tid.iter().map(|v| *v.last().unwrap()).collect();
+        t.threads = if p.tids.is_empty() {
+            vec![t.pid]
+        } else {
+            p.tids.iter().map(|x| x.tid[0] as i32).collect()
+        };
         t.pids = Some(TaskPids {
             set_tid: rev(&p.ns_pid),
             local_pgid: p.ns_pgid.last().map(|&x| x as i32).unwrap_or(t.pgid),
@@ -262,6 +294,82 @@ pub fn to_host(tasks: &mut [TaskPlan], pstree: &[PstreeEntry], owns_pid_ns: bool
         });
     }
     Ok(())
+}
+
+/// Finds which task of the plan a new process is, by its pinned levels
+/// (the innermost ones of its `NSpid`), when host pids are not pinned.
+pub struct HostIndex {
+    by_levels: HashMap<Vec<i32>, usize>,
+}
+
+impl HostIndex {
+    pub fn new(tasks: &[TaskPlan]) -> HostIndex {
+        let by_levels = tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let p = t.pids.as_ref()?;
+                Some((p.set_tid.iter().rev().copied().collect(), i))
+            })
+            .collect();
+        HostIndex { by_levels }
+    }
+
+    /// The index of the task whose host pid is `host`, None for a process
+    /// that is no task of the plan.
+    pub fn identify(&self, host: i32) -> Result<Option<usize>> {
+        let l = status_levels(host, None)?;
+        Ok((0..l.pid.len()).find_map(|k| self.by_levels.get(&l.pid[k..]).copied()))
+    }
+}
+
+/// The new tid a `PTRACE_EVENT_CLONE` reported among injection `events`.
+pub fn clone_event_tid(events: &[(i32, u64)]) -> Option<i32> {
+    events
+        .iter()
+        .find(|e| e.0 == crate::sys::ptrace::PTRACE_EVENT_CLONE)
+        .map(|e| e.1 as i32)
+}
+
+/// Give the plan the host pids its tasks got (`host[i]` for task `i`):
+/// pids, parents, groups, sessions, leaders' tids, file lock owners. Ids
+/// naming no task of the tree (outside its pid namespace) become 0.
+/// Threads other than leaders get theirs when created ([`set_threads`]).
+pub fn rehost(tasks: &mut [TaskPlan], locks: &mut [FileLockEntry], host: &[i32]) {
+    let map: HashMap<i32, i32> = tasks.iter().zip(host).map(|(t, &h)| (t.pid, h)).collect();
+    let get = |p: i32| map.get(&p).copied().unwrap_or(0);
+    for (t, &h) in tasks.iter_mut().zip(host) {
+        t.ppid = get(t.ppid);
+        t.pgid = get(t.pgid);
+        t.sid = get(t.sid);
+        t.pid = h;
+        let mut tids = t.threads.clone();
+        tids[0] = h;
+        set_threads(t, tids);
+    }
+    for l in locks {
+        l.pid = get(l.pid);
+    }
+}
+
+/// Give task `t` the host tids its threads got (leader first), and its
+/// POSIX timers' target threads with them.
+pub fn set_threads(t: &mut TaskPlan, tids: Vec<i32>) {
+    let posix = t
+        .cores
+        .first_mut()
+        .and_then(|c| c.tc.as_mut())
+        .and_then(|tc| tc.timers.as_mut())
+        .map(|tm| &mut tm.posix);
+    for p in posix.into_iter().flatten() {
+        if let Some(k) = p
+            .notify_thread_id
+            .and_then(|id| t.threads.iter().position(|&x| x == id))
+        {
+            p.notify_thread_id = Some(tids[k]);
+        }
+    }
+    t.threads = tids;
 }
 
 /// clone3 `set_tid` for a task's leader (innermost first).
@@ -368,5 +476,81 @@ mod tests {
         assert_eq!((c.pid, c.ppid), (3, 1));
         assert_eq!(c.ns_pid, vec![102, 3, 1]);
         assert_eq!(m.vpid(102), 3);
+    }
+
+    fn task(pid: i32, ppid: i32, threads: Vec<i32>) -> TaskPlan {
+        TaskPlan {
+            pid,
+            ppid,
+            pgid: pid,
+            sid: pid,
+            threads,
+            state: 1,
+            exit_code: 0,
+            parent: None,
+            children: vec![],
+            pids: None,
+            cores: vec![],
+            mm: None,
+            pagemap: None,
+            fds: vec![],
+            fs: None,
+        }
+    }
+
+    /// A tree owning its pid namespace pins only the levels from its root's
+    /// inward; the host pids are placeholders until `rehost`.
+    #[test]
+    fn own_namespace_pins_inner_levels_only() {
+        let e = |pid: u32, ppid: u32, ns: &[u32], tids: &[&[u32]]| PstreeEntry {
+            pid,
+            ppid,
+            pgid: 1,
+            sid: 1,
+            threads: tids.iter().map(|t| *t.last().unwrap()).collect(),
+            ns_pid: ns.to_vec(),
+            ns_pgid: vec![100, 1],
+            ns_sid: vec![100, 1],
+            tids: tids.iter().map(|t| NsTid { tid: t.to_vec() }).collect(),
+        };
+        let pstree = vec![
+            e(1, 0, &[100, 1], &[&[100, 1], &[101, 2]]),
+            e(3, 1, &[102, 3, 1], &[&[102, 3, 1]]),
+        ];
+        let mut tasks = vec![task(1, 0, vec![1, 2]), task(3, 1, vec![3])];
+        to_host(&mut tasks, &pstree, true).unwrap();
+        assert_eq!(set_tid(&tasks[0]), vec![1]);
+        assert_eq!(thread_set_tid(&tasks[0], 1), vec![2]);
+        assert_eq!(set_tid(&tasks[1]), vec![1, 3]);
+        assert_eq!((tasks[0].pid, tasks[1].ppid), (100, 100));
+        assert_eq!(tasks[0].threads, vec![100, 101]);
+        assert_eq!(clone_flags(None, &tasks[0]), 0);
+        assert_eq!(
+            clone_flags(Some(&tasks[0]), &tasks[1]),
+            libc::CLONE_NEWPID as u64
+        );
+        let mut locks = vec![FileLockEntry {
+            pid: 102,
+            ..Default::default()
+        }];
+        rehost(&mut tasks, &mut locks, &[5000, 4000]);
+        assert_eq!(
+            (tasks[0].pid, tasks[0].pgid, tasks[0].sid),
+            (5000, 5000, 5000)
+        );
+        assert_eq!(
+            (tasks[1].pid, tasks[1].ppid, tasks[1].pgid),
+            (4000, 5000, 5000)
+        );
+        assert_eq!(tasks[0].threads, vec![5000, 101]);
+        assert_eq!(locks[0].pid, 4000);
+        set_threads(&mut tasks[0], vec![5000, 5001]);
+        assert_eq!(local_tid(&tasks[0], 1), 2);
+
+        // Without a namespace of its own every level stays pinned.
+        let mut tasks = vec![task(1, 0, vec![1, 2]), task(3, 1, vec![3])];
+        to_host(&mut tasks, &pstree, false).unwrap();
+        assert_eq!(set_tid(&tasks[0]), vec![1, 100]);
+        assert_eq!(set_tid(&tasks[1]), vec![1, 3, 102]);
     }
 }

@@ -240,7 +240,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         | ptrace::PTRACE_O_EXITKILL;
     ptrace::seize(root_pid, opts_ptrace).task_ctx(root_pid, "seize restored root")?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
-    wait_stubs(&plan, &mut tree, err_r)?;
+    let host = wait_stubs(&plan, &mut tree, err_r, root_pid)?;
+    let mut plan = plan;
+    if !pids_pinned(&plan) {
+        crate::ns::pid::rehost(&mut plan.tasks, &mut plan.locks, &host);
+    }
     crate::hook::run(&opts.on_forked, root_pid)?;
     let forking = t0.elapsed();
     debug!(?forking, "tree forked");
@@ -250,16 +254,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let cur_vdso = own_vdso()?;
     let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(plan.tasks.len());
     let mut pages = 0u64;
-    for (i, t) in plan.tasks.iter().enumerate() {
+    for i in 0..plan.tasks.len() {
         crate::error::check_interrupt()?;
-        if !t.alive() {
+        if !plan.tasks[i].alive() {
             remotes.push(None);
             continue;
         }
-        let (r, n) = puppet(&plan, &prep, i, cur_vdso, &mut tree, opts.progress)?;
+        let (r, n, tids) = puppet(&plan, &prep, i, cur_vdso, &mut tree, opts.progress)?;
+        crate::ns::pid::set_threads(&mut plan.tasks[i], tids);
         pages += n;
         remotes.push(Some(r));
     }
+    let plan = plan;
     // Seals that forbid new writable mappings, now that all are mapped.
     files::memfd::late_seals(&dir, &prep.memfd_fds)?;
     // Process groups: leaders first, then members.
@@ -361,10 +367,20 @@ pub fn wait_root(pid: i32) -> Result<i32> {
     }
 }
 
-/// Every PID and TID of the image must be free here. A zombie of the dumped
+/// Whether tasks get the plan's host pids: not in a tree with a pid
+/// namespace of its own, whose outer levels the kernel picks (`ns::pid`).
+fn pids_pinned(plan: &Plan) -> bool {
+    !plan.ns.owns(proc::NsKind::Pid)
+}
+
+/// Every PID and TID of the image must be free here (when they are pinned:
+/// levels inside a fresh pid namespace always are). A zombie of the dumped
 /// tree that its parent has not reaped yet, or a task still exiting, is
 /// waited for a little.
 fn check_pids_free(plan: &Plan) -> Result<()> {
+    if !pids_pinned(plan) {
+        return Ok(());
+    }
     let deadline = Instant::now() + std::time::Duration::from_secs(3);
     for t in &plan.tasks {
         for &tid in &t.threads {
@@ -651,24 +667,32 @@ fn pick_scratch(avoid: &[(u64, u64)]) -> Option<u64> {
 }
 
 /// Drive the stubs until every live task stopped itself and every dead one
-/// exited; a stub that fails reports on the error pipe.
-fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32) -> Result<()> {
-    let alive: HashSet<i32> = plan
-        .tasks
-        .iter()
-        .filter(|t| t.alive())
-        .map(|t| t.pid)
-        .collect();
-    let dead: HashSet<i32> = plan
-        .tasks
-        .iter()
-        .filter(|t| !t.alive())
-        .map(|t| t.pid)
-        .collect();
+/// exited; a stub that fails reports on the error pipe. Returns each task's
+/// host pid (learnt from its `NSpid` at its first stop when not pinned).
+fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32, root_pid: i32) -> Result<Vec<i32>> {
+    let pinned = pids_pinned(plan);
+    let mut host = vec![0; plan.tasks.len()];
+    let mut index: HashMap<i32, usize> = HashMap::new();
+    if pinned {
+        for (i, t) in plan.tasks.iter().enumerate() {
+            host[i] = t.pid;
+            index.insert(t.pid, i);
+        }
+    }
+    let learn = (!pinned).then(|| crate::ns::pid::HostIndex::new(&plan.tasks));
+    host[0] = root_pid;
+    index.insert(root_pid, 0);
+    let alive = plan.tasks.iter().filter(|t| t.alive()).count();
+    let dead = plan.tasks.len() - alive;
+    let is = |index: &HashMap<i32, usize>, tid: i32, live: bool| {
+        index
+            .get(&tid)
+            .is_some_and(|&i| plan.tasks[i].alive() == live)
+    };
     let mut ready = HashSet::new();
     let mut gone = HashSet::new();
-    tree.traced.insert(plan.tasks[0].pid);
-    while ready.len() < alive.len() || gone.len() < dead.len() {
+    tree.traced.insert(root_pid);
+    while ready.len() < alive || gone.len() < dead {
         let (tid, st) = ptrace::wait_any()
             .map_err(|e| Error::Other(format!("waiting for restored tasks: {e}")))?;
         use ptrace::WaitStatus as W;
@@ -676,12 +700,18 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32) -> Result<()> {
             W::PtraceEvent { event, .. } if event == ptrace::PTRACE_EVENT_STOP => {
                 // A new task's first stop (auto-attached by TRACEFORK).
                 tree.traced.insert(tid);
+                if let Some(l) = &learn {
+                    if let Some(i) = l.identify(tid)? {
+                        host[i] = tid;
+                        index.insert(tid, i);
+                    }
+                }
                 ptrace::cont(tid, 0).task_ctx(tid, "start stub")?;
             }
             W::PtraceEvent { .. } => {
                 ptrace::cont(tid, 0).task_ctx(tid, "resume stub")?;
             }
-            W::Stopped { sig } if sig == libc::SIGSTOP && alive.contains(&tid) => {
+            W::Stopped { sig } if sig == libc::SIGSTOP && is(&index, tid, true) => {
                 tree.traced.insert(tid);
                 ready.insert(tid);
             }
@@ -690,7 +720,7 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32) -> Result<()> {
             }
             W::Exited(code) | W::Signaled(code) => {
                 tree.traced.remove(&tid);
-                if dead.contains(&tid) {
+                if is(&index, tid, false) {
                     gone.insert(tid);
                     continue;
                 }
@@ -708,7 +738,7 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(host)
 }
 
 /// A thread stopped inside an rseq critical section must restart at the
@@ -755,7 +785,7 @@ fn final_regs(e: &stasis_proto::criu::UserX86RegsEntry) -> libc::user_regs_struc
 }
 
 /// Rebuild one task's memory, mm and threads. Returns its remote context
-/// (injectors held) and the pages written.
+/// (injectors held), the pages written and the host tids of its threads.
 fn puppet(
     plan: &Plan,
     prep: &Prep,
@@ -763,7 +793,7 @@ fn puppet(
     cur_vdso: (u64, u64),
     tree: &mut Tree,
     progress: bool,
-) -> Result<(Remote, u64)> {
+) -> Result<(Remote, u64, Vec<i32>)> {
     let t = &plan.tasks[i];
     let tp = &prep.tasks[i];
     let pid = t.pid;
@@ -808,6 +838,7 @@ fn puppet(
 
     // Threads, each with its own TID, by clone3 run in the leader.
     let data = tp.scratch + SCRATCH_DATA;
+    let mut threads = t.threads.clone();
     for (k, &tid) in t.threads.iter().enumerate().skip(1) {
         let flags = (libc::CLONE_VM
             | libc::CLONE_FS
@@ -838,6 +869,13 @@ fn puppet(
                 "pid {pid}: thread {tid} came back as {got}"
             )));
         }
+        // Our view of it (its host tid is not pinned in a pid namespace of
+        // the tree's own): the clone event's message.
+        let events = r.injector(pid)?.take_events();
+        let tid = crate::ns::pid::clone_event_tid(&events).ok_or_else(|| {
+            Error::Other(format!("pid {pid}: no clone event for new thread {tid}"))
+        })?;
+        threads[k] = tid;
         tree.traced.insert(tid);
         // The new thread reports its first stop before running any code.
         loop {
@@ -851,11 +889,10 @@ fn puppet(
                 _ => {}
             }
         }
-        r.injector(pid)?.take_events();
     }
 
     // Per-thread kernel state.
-    for (k, &tid) in t.threads.iter().enumerate() {
+    for (k, &tid) in threads.iter().enumerate() {
         let c = &t.cores[k];
         let ti = c.thread_info.as_ref().unwrap();
         let tc = c.thread_core.as_ref().unwrap();
@@ -941,7 +978,7 @@ fn puppet(
             queue_signal(&mut r, pid, lp, None, &s.siginfo, data)?;
         }
     }
-    Ok((r, pages))
+    Ok((r, pages, threads))
 }
 
 /// Queue a signal from inside task `pid`; `local`/`tid` are the ids the

@@ -11,7 +11,8 @@
 //! - ITIMER_REAL every 30 ms (SIGALRM).
 //!
 //! Verification: `/proc/self/timers` is unchanged (ids, signals, values,
-//! notification targets, clocks); the deleted id is still unused; T2 has
+//! notification targets, clocks; our own pid as /proc names it may change
+//! in a pid namespace); the deleted id is still unused; T2 has
 //! between 900 and 1000 s left and no period, T4 is disarmed, T1/T3 and
 //! ITIMER_REAL keep their periods; then within 3 s T1, T3 and ITIMER_REAL
 //! must each fire at least 3 more times, T1 and T3 with SI_TIMER, their own
@@ -224,9 +225,24 @@ fn setup() -> Result<Ids, String> {
     Ok(ids)
 }
 
+/// `/proc/self/timers` with our own pid (as that /proc sees it, i.e. the
+/// host's when we are pid 1 of a namespace without a /proc of its own: a
+/// new one after restore) written `SELF`, so targets still compare.
+fn proc_timers() -> String {
+    let s = fs::read_to_string("/proc/self/timers").unwrap_or_default();
+    let Some(me) = fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().map(String::from))
+    else {
+        return s;
+    };
+    s.replace(&format!("pid.{me}\n"), "pid.SELF\n")
+        .replace(&format!("tid.{me}\n"), "tid.SELF\n")
+}
+
 fn verify(ids: &Ids, timers_before: &str) -> Verdict {
     let mut v = Verdict::new();
-    let now = fs::read_to_string("/proc/self/timers").unwrap_or_default();
+    let now = proc_timers();
     v.eq("/proc/self/timers", now.as_str(), timers_before);
     v.eq(
         "deleted timer id still unused",
@@ -291,7 +307,7 @@ fn main() {
     {
         ctx.setup_failed("root", "timer ids are not consecutive");
     }
-    let before = fs::read_to_string("/proc/self/timers").unwrap_or_default();
+    let before = proc_timers();
     // Let every timer fire before the dump.
     let t0 = Instant::now();
     while (R1.snapshot().0 < 2 || R3.snapshot().0 < 2 || ALRM.load(Ordering::SeqCst) < 2)
