@@ -15,11 +15,14 @@
 # 5. `stasis run -d` of a busybox container until its process runs, against
 #    `runc run -d` in the same run (median of 5 each).
 #
+# 5b. ckpt: `stasis checkpoint` and `stasis restore -d` of an idle busybox
+#    container end to end (median of 5 each; target: each under 100 ms).
+#
 # 6. container: a 100-process busybox container (pivot_root, own mount/pid/
 #    uts/ipc namespaces, own cgroup2 cgroup): freeze-to-frozen latency of
 #    --freeze-cgroup, dump and restore (--root) times.
 #
-# `hack/bench.sh fdtree` (or mem, small, runtime, container) runs only that part.
+# `hack/bench.sh fdtree` (or mem, small, runtime, ckpt, container) runs only that part.
 #
 # Times are wall-clock around the whole `stasis` command (process start
 # included), taken by target/release/timeit. When `--display-stats` prints CRIU-style
@@ -259,6 +262,57 @@ if want runtime; then
             "<= runc" "$(meets "$s_med" "<=" "$r_med")"
     else
         note "runtime: runc or busybox-static missing, skipped"
+    fi
+fi
+
+# OCI checkpoint/restore: an idle busybox container (`sleep 1000`, started
+# with `stasis run -d`) checkpointed (kill mode) and restored as a new
+# container with `stasis restore -d`, end to end, median of 5 each. The
+# restore starts once the checkpointed init is gone (reaping it is not
+# restore work). podman with CRIU takes over a second for each.
+if want ckpt; then
+    if [[ -x /bin/busybox ]]; then
+        b=$work/ck-bundle
+        mkdir -p "$b"/rootfs/{bin,dev,etc,proc,sys,tmp,root}
+        cp /bin/busybox "$b/rootfs/bin/busybox"
+        for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -sf busybox "$b/rootfs/bin/$a"; done
+        "$STASIS" spec --bundle "$b"
+        jq '.process.terminal=false | .process.args=["sleep","1000"]' "$b/config.json" >"$b/c.json"
+        mv "$b/c.json" "$b/config.json"
+        root=$work/ck-root
+        c_runs=() r_runs=()
+        for i in 1 2 3 4 5; do
+            id=bench-ck-$i-$$
+            "$STASIS" --root "$root" run -d --bundle "$b" "$id" </dev/null >/dev/null 2>&1 || die "stasis run -d $id failed"
+            cpid=$("$STASIS" --root "$root" state "$id" | jq .pid)
+            img=$work/ck-img-$i
+            if "$T/timeit" "$work/t" "$STASIS" --root "$root" checkpoint --image-path "$img" "$id" \
+                </dev/null >"$work/ck.out" 2>&1; then
+                c_runs+=("$(<"$work/t")")
+                wait_gone "$cpid" || die "pid $cpid still there after checkpoint"
+                if "$T/timeit" "$work/t" "$STASIS" --root "$root" restore -d --image-path "$img" \
+                    --bundle "$b" "$id" </dev/null >"$work/ck-r.out" 2>&1; then
+                    if "$STASIS" --root "$root" state "$id" | grep '"running"' >/dev/null; then
+                        r_runs+=("$(<"$work/t")")
+                    else
+                        note "ckpt: restored container $id is not running"
+                    fi
+                else
+                    note "stasis restore failed: $(tail -n 1 "$work/ck-r.out")"
+                fi
+            else
+                note "stasis checkpoint failed: $(tail -n 1 "$work/ck.out")"
+            fi
+            "$STASIS" --root "$root" delete --force "$id" >/dev/null 2>&1 || true
+        done
+        c_med=$(printf '%s\n' "${c_runs[@]}" | median)
+        r_med=$(printf '%s\n' "${r_runs[@]}" | median)
+        row "stasis checkpoint, idle busybox container (median of ${#c_runs[@]})" "$c_med ms" "-" "-" \
+            "< 100 ms" "$(meets "$c_med" "<=" 100)"
+        row "stasis restore -d, idle busybox container (median of ${#r_runs[@]})" "$r_med ms" "-" "-" \
+            "< 100 ms" "$(meets "$r_med" "<=" 100)"
+    else
+        note "ckpt: busybox-static missing, skipped"
     fi
 fi
 

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{say, Env};
+use std::os::fd::{FromRawFd, RawFd};
+
+use crate::harness::{say, Env, StasisRun};
 
 /// The cgroup2 mount on our machines (hybrid hierarchy).
 pub const CG2: &str = "/sys/fs/cgroup/unified";
@@ -178,7 +180,8 @@ pub fn oci_image(env: &Env, rootfs: &Path) -> PathBuf {
 
 /// How a private podman runs its containers.
 pub enum PodmanRuntime<'a> {
-    /// `--runtime <stasis>` with the runtime's state under the test dir.
+    /// `--runtime <stasis>` with the runtime's state under the test dir,
+    /// and `<stasis>` as the `criu` first on PATH (podman's version probe).
     Stasis(&'a Path),
     /// Stock runc, with `<stasis>` as the `criu` first on PATH.
     RuncWithCriu(&'a Path),
@@ -201,16 +204,22 @@ impl Podman {
         let dir = env.dir("podman");
         fs::create_dir_all(dir.join("tmp")).expect("mkdir tmp");
         let (runtime_line, runtime_args, path_head) = match runtime {
-            PodmanRuntime::Stasis(bin) => (
-                String::new(),
-                vec![
-                    "--runtime".to_string(),
-                    bin.display().to_string(),
-                    "--runtime-flag".to_string(),
-                    format!("root={}", dir.join("rt").display()),
-                ],
-                None,
-            ),
+            PodmanRuntime::Stasis(bin) => {
+                // podman asks the `criu` on PATH for its version before a
+                // checkpoint: stasis answers that probe too.
+                let cbin = env.dir("criu-bin");
+                symlink(bin, cbin.join("criu")).expect("symlink criu");
+                (
+                    String::new(),
+                    vec![
+                        "--runtime".to_string(),
+                        bin.display().to_string(),
+                        "--runtime-flag".to_string(),
+                        format!("root={}", dir.join("rt").display()),
+                    ],
+                    Some(cbin),
+                )
+            }
             PodmanRuntime::RuncWithCriu(bin) => {
                 let cbin = env.dir("criu-bin");
                 symlink(bin, cbin.join("criu")).expect("symlink criu");
@@ -404,4 +413,130 @@ impl Drop for Containerd {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
     }
+}
+
+// ---- a runc-compatible `stasis` on busybox bundles ----
+
+/// The container's process: the counter.
+pub const TICKER_ARGS: &[&str] = &["sh", "-c", TICKER];
+
+/// A bundle whose rootfs is busybox-static; `args` is the process.
+pub fn bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
+    let b = env.dir(name);
+    busybox_rootfs(&b.join("rootfs"));
+    let r = env.stasis(&["spec", "--bundle", b.to_str().unwrap()]);
+    r.expect_success("stasis spec");
+    let args_json = format!(
+        "[{}]",
+        args.iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    jq(
+        &b.join("config.json"),
+        &format!(".process.terminal=false | .root.readonly=false | .process.args={args_json}"),
+    );
+    b
+}
+
+/// `stasis --root <test dir>/state …`; deletes whatever is left when dropped.
+pub struct Rt<'a> {
+    pub env: &'a Env,
+    pub root: PathBuf,
+}
+
+impl<'a> Rt<'a> {
+    pub fn new(env: &'a Env) -> Rt<'a> {
+        Rt {
+            env,
+            root: env.path("state"),
+        }
+    }
+    pub fn run(&self, args: &[&str]) -> StasisRun {
+        let mut a = vec!["--root", self.root.to_str().unwrap()];
+        a.extend_from_slice(args);
+        self.env.stasis(&a)
+    }
+    pub fn ok(&self, args: &[&str]) -> StasisRun {
+        let r = self.run(args);
+        r.expect_success(&format!("stasis {}", args.join(" ")));
+        r
+    }
+    pub fn status(&self, id: &str) -> String {
+        let r = self.ok(&["state", id]);
+        let l = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("\"status\""))
+            .unwrap_or_default()
+            .to_string();
+        l.split('"').nth(3).unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Rt<'_> {
+    fn drop(&mut self) {
+        // Whatever a failed test left: kill and delete it.
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.run(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+/// No cgroup, mount or process of container `id` (init `pid`) is left.
+pub fn no_leftovers(id: &str, pid: i32) {
+    assert!(
+        !Path::new(CG2).join(id).exists(),
+        "cgroup {CG2}/{id} left behind"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(id),
+        "a mount naming {id} is left: {mounts}"
+    );
+    if pid > 0 {
+        // Processes exec'd into the container re-parent to this test (a
+        // subreaper); their zombies hold the pid namespace's init until
+        // reaped.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            while let Ok(st) =
+                nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            {
+                if st == nix::sys::wait::WaitStatus::StillAlive {
+                    break;
+                }
+            }
+            if std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+        assert!(!alive, "container process {pid} still runs");
+    }
+}
+
+/// The fd sent with SCM_RIGHTS (runc's console protocol).
+pub fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::fs::File {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    s.set_nonblocking(false).unwrap();
+    let mut name = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+        .expect("recvmsg on the console socket");
+    for c in msg.cmsgs().expect("cmsgs") {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+            return unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd on the console socket")
 }

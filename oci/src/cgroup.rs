@@ -39,7 +39,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// This process's cgroup v2 path (`0::/path`).
-fn own_cgroup() -> Result<String> {
+pub(crate) fn own_cgroup() -> Result<String> {
     let s = std::fs::read_to_string("/proc/self/cgroup").at("/proc/self/cgroup")?;
     for l in s.lines() {
         if let Some(p) = l.strip_prefix("0::") {

@@ -130,7 +130,7 @@ impl Waiter {
     }
 }
 
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_id(id: &str) -> Result<()> {
     if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.len() > 1024 {
         bail!("invalid container id {id:?}")
     }
@@ -138,10 +138,10 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 /// Undo a half-made container on failure.
-struct Undo {
-    dir: Option<PathBuf>,
-    cgroup: Option<Cgroup>,
-    pid: i32,
+pub(crate) struct Undo {
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) cgroup: Option<Cgroup>,
+    pub(crate) pid: i32,
 }
 
 impl Drop for Undo {
@@ -160,14 +160,14 @@ impl Drop for Undo {
     }
 }
 
-fn wait_empty(cg: &Cgroup, max: Duration) {
+pub(crate) fn wait_empty(cg: &Cgroup, max: Duration) {
     let deadline = Instant::now() + max;
     while cg.populated() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+pub(crate) fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
     // runc writes it atomically, without a newline.
     let tmp = p.with_extension("stasis-tmp");
     std::fs::write(&tmp, pid.to_string()).at(&tmp)?;

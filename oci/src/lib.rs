@@ -15,6 +15,7 @@
 pub use stasis_engine as engine;
 
 pub mod cgroup;
+pub mod checkpoint;
 pub mod container;
 pub mod error;
 mod hooks;
@@ -27,6 +28,7 @@ mod sys;
 pub mod tty;
 pub mod util;
 
-pub use container::{CreateOpts, ExecOpts, Runtime};
+pub use checkpoint::{CheckpointOpts, RestoreOpts, Restored};
+pub use container::{CreateOpts, ExecOpts, Runtime, Waiter};
 pub use error::{Error, Result};
 pub use state::{State, Status};

@@ -83,4 +83,14 @@ pub fn recv_master(sock: &UnixStream) -> Result<OwnedFd> {
 /// Set the size of a terminal (the pty master a shim holds).
 pub fn resize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> Result<()> {
     sys::set_winsize(fd, rows, cols).what("TIOCSWINSZ")
+
+/// Send an existing pty master (a restored container's) over `sock`, as
+/// runc forwards CRIU's orphan-pts-master.
+pub fn send_master(sock: &UnixStream, master: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    let fds = [master.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [IoSlice::new(b"orphan-pts-master")];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .what("send the restored pty master to the console socket")?;
+    Ok(())
 }

@@ -77,8 +77,13 @@ where
 /// Returns true when logs go to a file (errors must then also be printed
 /// on stderr, as runc does).
 pub fn init(file: Option<&Path>, json: bool, debug: bool) -> Result<bool> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(if debug {
+            "debug"
+        } else {
+            "info,stasis_engine=warn"
+        })
+    });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use oci_spec::runtime::LinuxResources;
-use stasis_oci::{util, CreateOpts, ExecOpts, Runtime};
+use stasis_oci::{util, CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts, Runtime, Waiter};
 
 use crate::rtlog;
 
@@ -111,9 +111,9 @@ pub enum Cmd {
     },
     /// What this runtime implements (JSON).
     Features,
-    /// Checkpoint a running container (not supported yet).
+    /// Checkpoint a running container.
     Checkpoint(CheckpointArgs),
-    /// Restore a container from a checkpoint (not supported yet).
+    /// Restore a container from a checkpoint.
     Restore(RestoreArgs),
 }
 
@@ -495,7 +495,7 @@ fn features() -> serde_json::Value {
             "selinux": {"enabled": false},
         },
         "annotations": {
-            "org.opencontainers.runc.checkpoint.enabled": "false",
+            "org.opencontainers.runc.checkpoint.enabled": "true",
             "io.github.seccomp.libseccomp.version": "2.5",
         },
     })
@@ -725,12 +725,69 @@ fn run(cli: RtCli) -> Result<i32> {
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
         Cmd::Checkpoint(c) => {
-            let _ = c;
-            bail!("checkpoint: not supported yet (the in-process container checkpoint is still being built)")
+            let image_path = c.image_path.clone().unwrap_or_else(|| {
+                // runc's default: ./checkpoint
+                std::env::current_dir()
+                    .unwrap_or_default()
+                    .join("checkpoint")
+            });
+            let o = CheckpointOpts {
+                image_path,
+                work_path: c.work_path,
+                parent_path: c.parent_path,
+                leave_running: c.leave_running,
+                tcp_established: c.tcp_established,
+                tcp_skip_in_flight: c.tcp_skip_in_flight,
+                link_remap: c.link_remap,
+                ext_unix_sk: c.ext_unix_sk,
+                shell_job: c.shell_job,
+                file_locks: c.file_locks,
+                pre_dump: c.pre_dump,
+                lazy_pages: c.lazy_pages,
+                status_fd: c.status_fd.filter(|&f| f >= 0),
+                page_server: c.page_server.filter(|s| !s.is_empty()),
+                auto_dedup: c.auto_dedup,
+                manage_cgroups_mode: c.manage_cgroups_mode,
+                empty_ns: c.empty_ns,
+            };
+            rt.checkpoint(&c.id, &o).context(err_ctx("checkpoint"))?;
         }
         Cmd::Restore(r) => {
-            let _ = r;
-            bail!("restore: not supported yet (the in-process container restore is still being built)")
+            let image_path = r.image_path.clone().unwrap_or_else(|| {
+                std::env::current_dir()
+                    .unwrap_or_default()
+                    .join("checkpoint")
+            });
+            let bundle = r.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
+            let o = RestoreOpts {
+                image_path,
+                work_path: r.work_path,
+                console_socket: r.console_socket,
+                pid_file: r.pid_file,
+                detach: r.detach,
+                no_subreaper: r.no_subreaper,
+                no_pivot: r.no_pivot,
+                tcp_established: r.tcp_established,
+                ext_unix_sk: r.ext_unix_sk,
+                shell_job: r.shell_job,
+                file_locks: r.file_locks,
+                manage_cgroups_mode: r.manage_cgroups_mode,
+                empty_ns: r.empty_ns,
+                auto_dedup: r.auto_dedup,
+                lazy_pages: r.lazy_pages,
+                lsm_profile: r.lsm_profile,
+                lsm_mount_context: r.lsm_mount_context,
+                stdio: None,
+            };
+            let done = rt.restore(&r.id, &bundle, &o).context(err_ctx("restore"))?;
+            if r.detach {
+                return Ok(0);
+            }
+            // Foreground, like runc: wait for the container, then delete it.
+            let mut w = Waiter::new()?;
+            let code = w.wait(done.state.pid)?;
+            rt.delete(&r.id, true)?;
+            return Ok(code);
         }
     }
     Ok(0)

@@ -315,14 +315,22 @@ impl SeizedTree {
             }
         }
         // Non-leader threads first: a traced leader is reported dead only
-        // once its other threads have been reaped.
+        // once its other threads have been reaped. Then children before
+        // parents: a pid namespace's dying init waits for its children,
+        // whose exits we (their tracer) must take first.
         let leaders: BTreeSet<i32> = self.tasks.iter().map(|t| t.pid).collect();
         let order: Vec<i32> = self
             .traced
             .iter()
             .filter(|t| !leaders.contains(t))
-            .chain(self.traced.iter().filter(|t| leaders.contains(t)))
             .copied()
+            .chain(
+                self.tasks
+                    .iter()
+                    .rev()
+                    .map(|t| t.pid)
+                    .filter(|p| self.traced.contains(p)),
+            )
             .collect();
         std::thread::spawn(move || {
             for tid in order {
