@@ -83,6 +83,7 @@ pub fn recv_master(sock: &UnixStream) -> Result<OwnedFd> {
 /// Set the size of a terminal (the pty master a shim holds).
 pub fn resize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> Result<()> {
     sys::set_winsize(fd, rows, cols).what("TIOCSWINSZ")
+}
 
 /// Send an existing pty master (a restored container's) over `sock`, as
 /// runc forwards CRIU's orphan-pts-master.
