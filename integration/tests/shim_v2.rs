@@ -273,3 +273,137 @@ fn shim_v2_attached_stdio_and_exit_codes() {
         &format!("$C task kill -s KILL {id}; sleep 0.3; $C task rm -f {id}; $C c rm {id}"),
     );
 }
+
+/// Waits until the counter in `id` passes `min`.
+fn counter_past(cd: &Containerd, id: &str, min: u64) -> u64 {
+    let mut v = 0;
+    for n in 0..100 {
+        v = counter(cd, id, &format!("w{n}"));
+        if v > min {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("counter of {id} stuck at {v} (wanted more than {min})");
+}
+
+#[test]
+fn shim_v2_checkpoint_restore() {
+    let Some(env) = Env::setup("shim_v2_checkpoint_restore") else {
+        return;
+    };
+    let Some((mut cd, image)) = setup(&env, "shim_v2_checkpoint_restore") else {
+        return;
+    };
+    // ctr task checkpoint: pause, checkpoint (leave running), resume.
+    let id = cd.id("shimck");
+    cd.sh(
+        "ctr run -d",
+        &format!("$C run -d --runtime {RUNTIME} {image} {id} </dev/null >/dev/null 2>&1"),
+    );
+    counter_past(&cd, &id, 2);
+    let t = std::time::Instant::now();
+    let out = cd.sh("ctr task checkpoint", &format!("$C task checkpoint {id}"));
+    say(&format!(
+        "ctr task checkpoint (stasis shim): {:?}",
+        t.elapsed()
+    ));
+    assert!(out.contains("containerd.io/checkpoint/"), "{out}");
+    let ck = out.trim().to_string();
+    let info = cd.sh("ctr images ls", "$C images ls");
+    assert!(info.contains(&ck), "{info}");
+    assert_eq!(task_status(&cd, &id), "RUNNING");
+    let a = counter(&cd, &id, "after-ck");
+    counter_past(&cd, &id, a);
+    cd.sh(
+        "remove the first container",
+        &format!("$C task kill -s KILL {id}; sleep 0.3; $C task rm -f {id}; $C c rm {id}"),
+    );
+
+    // ctr c checkpoint --task --rw --image, then the container goes and
+    // comes back with its counter.
+    let id = cd.id("shimck2");
+    cd.sh(
+        "ctr run -d",
+        &format!("$C run -d --runtime {RUNTIME} {image} {id} </dev/null >/dev/null 2>&1"),
+    );
+    counter_past(&cd, &id, 2);
+    let ck = format!("localhost/ckpt/{id}:1");
+    let t1 = counter(&cd, &id, "before");
+    let t = std::time::Instant::now();
+    cd.sh(
+        "ctr c checkpoint",
+        &format!("$C c checkpoint --task --rw --image {id} {ck}"),
+    );
+    say(&format!(
+        "ctr c checkpoint --task (stasis shim): {:?}",
+        t.elapsed()
+    ));
+    let tar = env.dir("export").join("ck.tar");
+    cd.sh(
+        "ctr images export",
+        &format!(
+            "$C images export --skip-manifest-json {} {ck}",
+            tar.display()
+        ),
+    );
+    cd.sh(
+        "remove the container",
+        &format!("$C task kill -s KILL {id}; sleep 0.3; $C task rm -f {id}; $C c rm {id}"),
+    );
+    let t = std::time::Instant::now();
+    cd.sh(
+        "ctr c restore",
+        &format!("$C c restore --live --rw {id} {ck} </dev/null"),
+    );
+    say(&format!(
+        "ctr c restore --live (stasis shim): {:?}",
+        t.elapsed()
+    ));
+    assert_eq!(task_status(&cd, &id), "RUNNING");
+    let t2 = counter(&cd, &id, "restored");
+    assert!(t2 >= t1, "counter restarted: {t2} after {t1}");
+    counter_past(&cd, &id, t2);
+    cd.sh(
+        "ctr task kill",
+        &format!("$C task kill -s KILL {id}; sleep 0.5; $C task rm -f {id}; $C c rm {id}"),
+    );
+    let cg = Path::new(CG2).join(&cd.ns).join(&id);
+    assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+
+    // Migration: the exported checkpoint restored by a second containerd
+    // (own root and state) with the same namespace and id.
+    let Some(mut cd2) = Containerd::start(&env, "shim_v2_checkpoint_restore", "ctrd2") else {
+        return;
+    };
+    cd2.install_shim(&shim_bin(&env));
+    let base = env.dir("img").join("busybox-oci.tar");
+    cd2.sh(
+        "ctr images import (base)",
+        &format!(
+            "$C images import --base-name localhost/busybox {}",
+            base.display()
+        ),
+    );
+    cd2.sh(
+        "ctr images import (checkpoint)",
+        &format!("$C images import --no-unpack {}", tar.display()),
+    );
+    let id2 = cd2.id("shimck2");
+    assert_eq!(id2, id);
+    cd2.sh(
+        "ctr c restore on the second containerd",
+        &format!("$C c restore --live --rw {id} {ck} </dev/null"),
+    );
+    assert_eq!(task_status(&cd2, &id), "RUNNING");
+    let t3 = counter(&cd2, &id, "migrated");
+    assert!(
+        t3 >= t1,
+        "counter restarted after migration: {t3} after {t1}"
+    );
+    counter_past(&cd2, &id, t3);
+    cd2.sh(
+        "ctr task kill",
+        &format!("$C task kill -s KILL {id}; sleep 0.5; $C task rm -f {id}; $C c rm {id}"),
+    );
+}

@@ -14,12 +14,13 @@ use containerd_shim as shim;
 use nix::sys::signal::Signal;
 use shim::api;
 use shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
-    TaskResumed, TaskStart,
+    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO,
+    TaskPaused, TaskResumed, TaskStart,
 };
 use shim::protos::protobuf::well_known_types::any::Any;
 use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use shim::protos::protobuf::{Message, MessageDyn, MessageField};
+use shim::protos::shim::oci::CheckpointOptions;
 use shim::protos::ttrpc::{self, Code};
 use shim::publisher::RemotePublisher;
 use shim::{ExitSignal, TtrpcContext, TtrpcResult};
@@ -102,6 +103,9 @@ impl Proc {
 struct Container {
     id: String,
     bundle: PathBuf,
+    /// Create from a checkpoint: the image dir, restored at Start (as
+    /// runc's shim does).
+    restore_from: Option<PathBuf>,
     init: Proc,
     execs: HashMap<String, Proc>,
 }
@@ -320,15 +324,21 @@ impl shim::Task for Service {
                 format!("container {}: already exists", req.id),
             ));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "create from a checkpoint: not supported by this shim yet",
-            ));
-        }
         let bundle = PathBuf::from(&req.bundle);
         io::mount_rootfs(&bundle, &req.rootfs).map_err(|e| internal("rootfs", e))?;
         let mut init = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        if !req.checkpoint.is_empty() {
+            // The task stays CREATED with pid 0 until Start restores it.
+            t.ctr = Some(Container {
+                id: req.id.clone(),
+                bundle: bundle.clone(),
+                restore_from: Some(PathBuf::from(&req.checkpoint)),
+                init,
+                execs: HashMap::new(),
+            });
+            s.publish("/tasks/create", Box::new(create_event(&req, 0)));
+            return Ok(api::CreateTaskResponse::new());
+        }
         let mut pio = match init.io() {
             Ok(p) => p,
             Err(e) => {
@@ -361,25 +371,11 @@ impl shim::Task for Service {
         t.ctr = Some(Container {
             id: req.id.clone(),
             bundle: bundle.clone(),
+            restore_from: None,
             init,
             execs: HashMap::new(),
         });
-        let ev = TaskCreate {
-            container_id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            rootfs: req.rootfs.clone(),
-            io: MessageField::some(TaskIO {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-                ..Default::default()
-            }),
-            checkpoint: req.checkpoint.clone(),
-            pid: st.pid as u32,
-            ..Default::default()
-        };
-        s.publish("/tasks/create", Box::new(ev));
+        s.publish("/tasks/create", Box::new(create_event(&req, st.pid)));
         drop(t);
         if let Some(code) = early {
             s.on_exit(st.pid, code);
@@ -405,10 +401,19 @@ impl shim::Task for Service {
                     format!("container {}: already started", req.id),
                 ));
             }
-            s.rt.start(&req.id)
-                .map_err(|e| oci_err(&format!("start {}", req.id), e))?;
+            let mut early = None;
+            if let Some(images) = c.restore_from.clone() {
+                let pid = restore(&s.rt, c, &images)?;
+                c.restore_from = None;
+                c.init.pid = pid;
+                early = Some(pid);
+            } else {
+                s.rt.start(&req.id)
+                    .map_err(|e| oci_err(&format!("start {}", req.id), e))?;
+            }
             c.init.state = PState::Running;
             let pid = c.init.pid;
+            let early = early.and_then(|p| Inner::claim_early(&mut t, p));
             s.publish(
                 "/tasks/start",
                 Box::new(TaskStart {
@@ -417,6 +422,10 @@ impl shim::Task for Service {
                     ..Default::default()
                 }),
             );
+            drop(t);
+            if let Some(code) = early {
+                s.on_exit(pid, code);
+            }
             return Ok(api::StartResponse {
                 pid: pid as u32,
                 ..Default::default()
@@ -714,6 +723,64 @@ impl shim::Task for Service {
         })
     }
 
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let s = &self.0;
+        let mut t = s.lock();
+        let c = get(&mut t, &req.id)?;
+        if c.init.state != PState::Running {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("container {}: not running", req.id),
+            ));
+        }
+        let opts = match req.options.as_ref() {
+            Some(a) if !a.value.is_empty() => CheckpointOptions::parse_from_bytes(&a.value)
+                .map_err(|e| err(Code::INVALID_ARGUMENT, format!("checkpoint options: {e}")))?,
+            _ => CheckpointOptions::new(),
+        };
+        let image = if opts.image_path.is_empty() {
+            PathBuf::from(&req.path)
+        } else {
+            PathBuf::from(&opts.image_path)
+        };
+        let work = if opts.work_path.is_empty() {
+            c.bundle.join("work").join("criu-work")
+        } else {
+            PathBuf::from(&opts.work_path)
+        };
+        let o = stasis_oci::CheckpointOpts {
+            image_path: image,
+            work_path: Some(work),
+            leave_running: !opts.exit,
+            tcp_established: opts.open_tcp,
+            ext_unix_sk: opts.external_unix_sockets,
+            shell_job: opts.terminal,
+            file_locks: opts.file_locks,
+            empty_ns: opts.empty_namespaces.clone(),
+            manage_cgroups_mode: Some(opts.cgroups_mode.clone()).filter(|m| !m.is_empty()),
+            ..Default::default()
+        };
+        let rt = &s.rt;
+        let id = req.id.clone();
+        // A failed checkpoint leaves the container running (the library
+        // thaws it); containerd sees a failed precondition.
+        stasis_oci::util::in_child(|| rt.checkpoint(&id, &o).map(|_| String::new()))
+            .map_err(|e| precondition(&format!("checkpoint {}", req.id), e))?;
+        s.publish(
+            "/tasks/checkpointed",
+            Box::new(TaskCheckpointed {
+                container_id: req.id.clone(),
+                checkpoint: req.path.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
+    }
+
     fn delete(
         &self,
         _ctx: &TtrpcContext,
@@ -799,6 +866,53 @@ impl shim::Task for Service {
         s.exit.signal();
         Ok(api::Empty::new())
     }
+}
+
+fn create_event(req: &api::CreateTaskRequest, pid: i32) -> TaskCreate {
+    TaskCreate {
+        container_id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        rootfs: req.rootfs.clone(),
+        io: MessageField::some(TaskIO {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            ..Default::default()
+        }),
+        checkpoint: req.checkpoint.clone(),
+        pid: pid as u32,
+        ..Default::default()
+    }
+}
+
+/// Start of a task created from a checkpoint: restore it with this
+/// process's stdio; on failure the task stays CREATED (pid 0), which
+/// Delete removes at once.
+fn restore(rt: &Runtime, c: &mut Container, images: &Path) -> TtrpcResult<i32> {
+    let mut pio = c.init.io()?;
+    let o = stasis_oci::RestoreOpts {
+        image_path: images.to_path_buf(),
+        work_path: Some(c.bundle.join("work")),
+        console_socket: pio.console_socket(),
+        detach: true,
+        no_subreaper: true,
+        stdio: pio.child_fds(),
+        ..Default::default()
+    };
+    let id = c.id.clone();
+    let bundle = c.bundle.clone();
+    let pid = stasis_oci::util::in_child(|| {
+        rt.restore(&id, &bundle, &o)
+            .map(|r| r.state.pid.to_string())
+    })
+    .map_err(|e| precondition(&format!("restore {id}"), e))?;
+    let pid: i32 = pid
+        .parse()
+        .map_err(|_| internal("restore", format!("bad pid {pid:?}")))?;
+    pio.attach().map_err(|e| internal("console", e))?;
+    c.init.io = Some(pio);
+    Ok(pid)
 }
 
 /// Errors of operations refused in the container's current state.
