@@ -315,6 +315,17 @@ fn shim_v2_checkpoint_restore() {
     assert_eq!(task_status(&cd, &id), "RUNNING");
     let a = counter(&cd, &id, "after-ck");
     counter_past(&cd, &id, a);
+    // A failed checkpoint (the image dir cannot be made) leaves the task
+    // running.
+    let o = run(
+        &cd,
+        "ctr task checkpoint (failing)",
+        &format!("$C task checkpoint --image-path /proc/stasis-no-such-dir {id}"),
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(task_status(&cd, &id), "RUNNING");
+    let a = counter(&cd, &id, "after-failed-ck");
+    counter_past(&cd, &id, a);
     cd.sh(
         "remove the first container",
         &format!("$C task kill -s KILL {id}; sleep 0.3; $C task rm -f {id}; $C c rm {id}"),
