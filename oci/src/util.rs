@@ -102,27 +102,6 @@ pub fn user_name(uid: u32) -> String {
     format!("#{uid}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn time_format() {
-        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 843_585_860);
-        assert_eq!(rfc3339_nano(t), "2023-11-14T22:13:20.84358586Z");
-        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-    }
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
-        assert!(parse_signal("NOPE").is_err());
-    }
-}
-
 /// Runs `f` in a forked, single-threaded child and returns what it
 /// returned. For callers with threads of their own (the containerd shim):
 /// checkpoint and restore ptrace, wait for and join the namespaces of
@@ -155,5 +134,26 @@ pub fn in_child(f: impl FnOnce() -> Result<String>) -> Result<String> {
                 _ => bail!("helper process {child} died without an answer"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn time_format() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 843_585_860);
+        assert_eq!(rfc3339_nano(t), "2023-11-14T22:13:20.84358586Z");
+        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
+        assert!(parse_signal("NOPE").is_err());
     }
 }

@@ -281,6 +281,8 @@ impl Inner {
                 Status::Stopped if is_init => api::Status::STOPPED,
                 _ => api::Status::RUNNING,
             },
+            // Created from a checkpoint, not restored yet.
+            Err(_) if p.state == PState::Created => api::Status::CREATED,
             Err(_) => api::Status::STOPPED,
         }
     }
