@@ -402,6 +402,32 @@ fn shim_v2_checkpoint_restore() {
     );
     let id2 = cd2.id("shimck2");
     assert_eq!(id2, id);
+    // First a restore that fails (no cgroup can be made under the
+    // namespace's cgroup, which this test owns; the checkpointed spec keeps
+    // the first containerd's cgroupsPath): ctr gets the error at once and
+    // the task is removed at once (runc's shim hangs here).
+    let ns_cg = Path::new(CG2).join(&cd.ns);
+    std::fs::create_dir_all(&ns_cg).expect("mkdir the namespace cgroup");
+    std::fs::write(ns_cg.join("cgroup.max.descendants"), "0").expect("cgroup.max.descendants");
+    let t = std::time::Instant::now();
+    let o = run(
+        &cd2,
+        "ctr c restore (failing)",
+        &format!("$C c restore --live --rw {id} {ck} </dev/null"),
+    );
+    assert!(
+        !o.status.success(),
+        "restore under a full cgroup: {}",
+        text(&o)
+    );
+    std::fs::write(ns_cg.join("cgroup.max.descendants"), "max").expect("cgroup.max.descendants");
+    cd2.sh(
+        "ctr task rm after a failed restore",
+        &format!("$C task rm -f {id}; $C c rm {id}"),
+    );
+    let took = t.elapsed();
+    say(&format!("failed restore and its cleanup: {took:?}"));
+    assert!(took < Duration::from_secs(20), "cleanup took {took:?}");
     cd2.sh(
         "ctr c restore on the second containerd",
         &format!("$C c restore --live --rw {id} {ck} </dev/null"),

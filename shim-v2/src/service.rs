@@ -591,6 +591,27 @@ impl shim::Task for Service {
         let sig = Signal::try_from(req.signal as i32)
             .map_err(|_| err(Code::INVALID_ARGUMENT, format!("signal {}", req.signal)))?;
         if req.exec_id.is_empty() {
+            if c.init.state == PState::Created && c.init.pid == 0 {
+                // Created from a checkpoint and never (or not successfully)
+                // restored: no process, so the kill ends it here, and
+                // `ctr task rm -f` does not wait forever for an exit.
+                let at = now();
+                c.init.state = PState::Stopped;
+                c.init.exit_status = 128 + sig as u32;
+                c.init.exited_at = Some(at.clone());
+                let ev = TaskExit {
+                    container_id: req.id.clone(),
+                    id: req.id.clone(),
+                    pid: 0,
+                    exit_status: c.init.exit_status,
+                    exited_at: MessageField::some(at),
+                    ..Default::default()
+                };
+                s.publish("/tasks/exit", Box::new(ev));
+                drop(t);
+                s.exited.notify_all();
+                return Ok(api::Empty::new());
+            }
             if c.init.state == PState::Stopped && !req.all {
                 return Err(err(
                     Code::NOT_FOUND,
