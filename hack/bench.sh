@@ -18,11 +18,16 @@
 # 5b. ckpt: `stasis checkpoint` and `stasis restore -d` of an idle busybox
 #    container end to end (median of 5 each; target: each under 100 ms).
 #
+# 5c. shim: under a private containerd 1.6, `ctr run -d` until the task is
+#    RUNNING and `ctr task checkpoint` with containerd-shim-stasis-v2
+#    (--runtime io.containerd.stasis.v2) against the stock runc shim with
+#    stasis as its runtime (--runc-binary), same run (median of 3 each).
+#
 # 6. container: a 100-process busybox container (pivot_root, own mount/pid/
 #    uts/ipc namespaces, own cgroup2 cgroup): freeze-to-frozen latency of
 #    --freeze-cgroup, dump and restore (--root) times.
 #
-# `hack/bench.sh fdtree` (or mem, small, runtime, ckpt, container) runs only that part.
+# `hack/bench.sh fdtree` (or mem, small, runtime, ckpt, shim, container) runs only that part.
 #
 # Times are wall-clock around the whole `stasis` command (process start
 # included), taken by target/release/timeit. When `--display-stats` prints CRIU-style
@@ -41,7 +46,7 @@ only=${1:-all}
 want() { [[ $only == all || $only == "$1" ]]; }
 
 note "building (release)"
-cargo build --release --quiet -p stasis-shim -p stasis-integration
+cargo build --release --quiet -p stasis-shim -p stasis-shim-v2 -p stasis-integration
 T=$PWD/target/release
 STASIS=${STASIS_BIN:-$T/stasis}
 [[ -x $STASIS ]] || die "no $STASIS (build it, or set STASIS_BIN)"
@@ -313,6 +318,93 @@ if want ckpt; then
             "< 100 ms" "$(meets "$r_med" "<=" 100)"
     else
         note "ckpt: busybox-static missing, skipped"
+    fi
+fi
+
+# shim: ctr run -d to RUNNING and ctr task checkpoint, our shim against the
+# runc shim running stasis, in one private containerd.
+if want shim; then
+    if command -v containerd >/dev/null && command -v ctr >/dev/null && command -v umoci >/dev/null && [[ -x /bin/busybox ]]; then
+        cd_dir=$work/ctrd
+        mkdir -p "$cd_dir/opt/bin" "$work/img"
+        ln -sf "$T/containerd-shim-stasis-v2" "$cd_dir/opt/bin/"
+        cat >"$cd_dir/config.toml" <<EOC
+version = 2
+root = "$cd_dir/root"
+state = "$cd_dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$cd_dir/containerd.sock"
+[ttrpc]
+  address = "$cd_dir/containerd.sock.ttrpc"
+[metrics]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$cd_dir/opt"
+EOC
+        containerd --config "$cd_dir/config.toml" </dev/null >"$cd_dir/log" 2>&1 &
+        cd_pid=$!
+        wait_for "$cd_dir/containerd.sock" 30 || die "containerd did not start"
+        ns=bench-$$
+        C=(timeout 60 ctr --address "$cd_dir/containerd.sock" -n "$ns")
+        (
+            cd "$work/img"
+            mkdir -p rfs/{bin,dev,etc,proc,sys,tmp,root}
+            cp /bin/busybox rfs/bin/
+            for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -sf busybox "rfs/bin/$a"; done
+            umoci init --layout l && umoci new --image l:bb && umoci unpack --image l:bb bb
+            cp -a rfs/. bb/rootfs/ && umoci repack --image l:bb bb
+            umoci config --image l:bb --config.cmd sh --config.cmd -c \
+                --config.cmd 'i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.2; done' \
+                --config.env PATH=/bin --architecture amd64 --os linux
+            umoci gc --layout l && tar -C l -cf bb.tar oci-layout index.json blobs
+        ) >/dev/null 2>&1 || die "shim: umoci image failed"
+        "${C[@]}" images import --base-name localhost/bb "$work/img/bb.tar" >/dev/null
+        for how in shim runc; do
+            r_runs=() k_runs=()
+            for i in 1 2 3; do
+                id=bench-$how-$i-$$
+                if [[ $how == shim ]]; then
+                    opts=(--runtime io.containerd.stasis.v2)
+                else
+                    opts=(--runc-binary "$STASIS")
+                fi
+                t0=$(date +%s%N)
+                "${C[@]}" run -d "${opts[@]}" localhost/bb:bb "$id" </dev/null >/dev/null 2>&1 || {
+                    note "shim: ctr run ($how) failed"
+                    continue
+                }
+                for ((j = 0; j < 1000; j++)); do
+                    "${C[@]}" task ls 2>/dev/null | grep -q "^$id .*RUNNING" && break
+                    sleep 0.005
+                done
+                r_runs+=("$((($(date +%s%N) - t0) / 1000000))")
+                sleep 0.5
+                t0=$(date +%s%N)
+                if "${C[@]}" task checkpoint "$id" >/dev/null 2>"$work/shim-ck.err"; then
+                    k_runs+=("$((($(date +%s%N) - t0) / 1000000))")
+                else
+                    note "shim: ctr task checkpoint ($how) failed: $(tail -n 1 "$work/shim-ck.err")"
+                fi
+                "${C[@]}" task kill -s KILL "$id" >/dev/null 2>&1 || true
+                sleep 0.3
+                "${C[@]}" task rm -f "$id" >/dev/null 2>&1 || true
+                "${C[@]}" c rm "$id" >/dev/null 2>&1 || true
+            done
+            label="containerd-shim-stasis-v2"
+            [[ $how == runc ]] && label="runc shim + stasis runtime"
+            row "ctr run -d to RUNNING, $label (median of ${#r_runs[@]})" \
+                "$(printf '%s\n' "${r_runs[@]}" | median) ms" "-" "-" "-" "-"
+            row "ctr task checkpoint, $label (median of ${#k_runs[@]})" \
+                "$(printf '%s\n' "${k_runs[@]}" | median) ms" "-" "-" "-" "-"
+        done
+        for i in $("${C[@]}" images ls -q); do "${C[@]}" images rm "$i" >/dev/null 2>&1 || true; done
+        kill "$cd_pid" 2>/dev/null || true
+        wait "$cd_pid" 2>/dev/null || true
+        rm -rf "/run/containerd/runc/$ns" /tmp/ctd-checkpoint* 2>/dev/null || true
+    else
+        note "shim: containerd, ctr, umoci or busybox-static missing, skipped"
     fi
 fi
 

@@ -368,6 +368,16 @@ impl Containerd {
         id
     }
 
+    /// Puts a shim binary on this containerd's PATH (`<opt>/bin` comes
+    /// first there), so `--runtime io.containerd.NAME.v2` finds it.
+    pub fn install_shim(&self, shim: &Path) {
+        let bin = self.dir.join("opt/bin");
+        fs::create_dir_all(&bin).expect("mkdir opt/bin");
+        let name = shim.file_name().expect("shim file name");
+        let _ = fs::remove_file(bin.join(name));
+        symlink(shim, bin.join(name)).expect("link the shim into opt/bin");
+    }
+
     /// Runs a script with `$C` set to the ctr prefix; returns stdout.
     pub fn sh(&self, what: &str, script: &str) -> String {
         sh(what, &format!("C='{}'; {script}", self.ctr))

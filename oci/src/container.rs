@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,9 @@ pub struct CreateOpts {
     /// `run` in the foreground: the caller waits for the init, so it must
     /// become the init's (sub)reaper before the fork.
     pub foreground: bool,
+    /// fds (in the caller) that become the process's stdin, stdout and
+    /// stderr; None inherits the caller's. Used by the containerd shim.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct ExecOpts {
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
     pub preserve_fds: i32,
+    /// As [`CreateOpts::stdio`].
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Signals the foreground `run`/`exec` forwards to the container process.
@@ -259,6 +264,7 @@ impl Runtime {
             cgroup: Some(&cg),
             console,
             preserve_fds: o.preserve_fds,
+            stdio: o.stdio,
             mode: Mode::Init {
                 fifo,
                 no_pivot: o.no_pivot,
@@ -578,6 +584,7 @@ impl Runtime {
             cgroup: st.cgroup.as_ref(),
             console,
             preserve_fds: o.preserve_fds,
+            stdio: o.stdio,
             mode: Mode::Exec { init_pid: st.pid },
         };
         let mut tmp = st.clone();

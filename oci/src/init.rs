@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,8 @@ pub struct Config<'a> {
     pub cgroup: Option<&'a Cgroup>,
     pub console: Option<UnixStream>,
     pub preserve_fds: i32,
+    /// Become stdin, stdout, stderr first thing in the child.
+    pub stdio: Option<[RawFd; 3]>,
     pub mode: Mode,
 }
 
@@ -112,6 +114,11 @@ fn ns_flag(t: LinuxNamespaceType) -> Result<CloneFlags> {
 }
 
 fn stage1(cfg: &Config<'_>, sock: &UnixStream) -> Result<()> {
+    if let Some(fds) = cfg.stdio {
+        for (to, from) in fds.into_iter().enumerate() {
+            nix::unistd::dup2(from, to as RawFd).what("dup2 the stdio fds")?;
+        }
+    }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .what("sigprocmask")?;
     if let Some(cg) = cfg.cgroup {

@@ -25,7 +25,7 @@ mod seccomp;
 pub mod spec;
 pub mod state;
 mod sys;
-mod tty;
+pub mod tty;
 pub mod util;
 
 pub use checkpoint::{CheckpointOpts, RestoreOpts, Restored};

@@ -6,11 +6,13 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 pub use nix::unistd::ForkResult;
 
-/// fork(2). Callers are single-threaded (the `stasis` CLI never starts
-/// threads), so the child may allocate and do anything before it execs.
+/// fork(2). The `stasis` CLI is single-threaded; the containerd shim is
+/// not, but its other threads hold no lock the child takes: glibc resets
+/// its malloc and stdio locks in the child, and the shim installs no
+/// `tracing` subscriber, so the child's logging takes no lock either.
 pub fn fork() -> nix::Result<ForkResult> {
-    // SAFETY: the runtime process is single-threaded, so no lock can be held
-    // by another thread at the time of the fork.
+    // SAFETY: see above: the child only takes locks that are either
+    // reset by glibc's fork or never held by the caller's other threads.
     unsafe { nix::unistd::fork() }
 }
 
@@ -39,4 +41,12 @@ pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> 
     // SAFETY: TIOCSWINSZ reads a winsize that lives on our stack.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     nix::errno::Errno::result(r).map(drop)
+}
+
+/// Take ownership of an fd the kernel just installed in this process
+/// (SCM_RIGHTS).
+pub fn own_received_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was created by recvmsg for us and nothing else refers to it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }

@@ -2,7 +2,7 @@
 //! caller's --console-socket with SCM_RIGHTS (runc's protocol: the payload
 //! is the pty name, the fd rides along).
 
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::error::{bail, IoCtx, Result, SysCtx};
 use crate::sys;
@@ -53,6 +53,36 @@ pub fn setup(sock: &UnixStream, size: Option<(u16, u16)>) -> Result<()> {
         nix::unistd::dup2(slave.as_raw_fd(), fd).what("dup2 the pty slave")?;
     }
     Ok(())
+}
+
+/// The console-socket side: the pty master a container process sent
+/// over `sock` (runc's protocol, see [`setup`]).
+pub fn recv_master(sock: &UnixStream) -> Result<OwnedFd> {
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .what("receive the pty master from the console socket")?;
+    let mut got = Vec::new();
+    for c in msg.cmsgs().what("console socket control message")? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            got.extend(fds.into_iter().map(sys::own_received_fd));
+        }
+    }
+    match got.into_iter().next() {
+        Some(fd) => Ok(fd),
+        None => bail!("console socket: no pty master in the message"),
+    }
+}
+
+/// Set the size of a terminal (the pty master a shim holds).
+pub fn resize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> Result<()> {
+    sys::set_winsize(fd, rows, cols).what("TIOCSWINSZ")
 }
 
 /// Send an existing pty master (a restored container's) over `sock`, as

@@ -102,6 +102,41 @@ pub fn user_name(uid: u32) -> String {
     format!("#{uid}")
 }
 
+/// Runs `f` in a forked, single-threaded child and returns what it
+/// returned. For callers with threads of their own (the containerd shim):
+/// checkpoint and restore ptrace, wait for and join the namespaces of
+/// their tasks, which another thread's `waitpid(-1)` or a shared fs
+/// context would break. The child's children outlive it (re-parented to
+/// the caller's subreaper); the child itself may be reaped by the caller's
+/// reaper, so the answer travels over a pipe, not the exit status.
+pub fn in_child(f: impl FnOnce() -> Result<String>) -> Result<String> {
+    use std::io::{Read, Write};
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| crate::Error::msg(format!("pipe2: {e}")))?;
+    match crate::sys::fork().map_err(|e| crate::Error::msg(format!("fork: {e}")))? {
+        crate::sys::ForkResult::Child => {
+            drop(r);
+            let msg = match f() {
+                Ok(s) => format!("O{s}"),
+                Err(e) => format!("E{e}"),
+            };
+            let _ = std::fs::File::from(w).write_all(msg.as_bytes());
+            crate::sys::exit_now(0)
+        }
+        crate::sys::ForkResult::Parent { child } => {
+            drop(w);
+            let mut out = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut out);
+            let _ = nix::sys::wait::waitpid(child, None);
+            match out.split_at_checked(1) {
+                Some(("O", s)) => Ok(s.to_string()),
+                Some(("E", e)) => Err(crate::Error::msg(e)),
+                _ => bail!("helper process {child} died without an answer"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -667,6 +667,7 @@ fn run(cli: RtCli) -> Result<i32> {
                 pid_file: e.pid_file,
                 detach: e.detach,
                 preserve_fds: e.preserve_fds,
+                stdio: None,
             };
             let _ = (e.process_label, e.apparmor, e.cgroup);
             return rt.exec(&e.id, &o).context(err_ctx("exec"));
@@ -807,6 +808,7 @@ fn create_opts(c: &CreateArgs, foreground: bool) -> CreateOpts {
         no_pivot: c.no_pivot,
         preserve_fds: c.preserve_fds,
         foreground,
+        stdio: None,
     }
 }
 
