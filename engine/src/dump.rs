@@ -123,6 +123,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
         stolen: tree.stolen.clone(),
+        seccomp: Default::default(),
     };
     let live: Vec<i32> = tree
         .tasks
@@ -176,6 +177,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         Ok(root_ids)
     })?;
     d.write_pstree(&tree)?;
+    d.seccomp.write(&dir)?;
     if let Some(ids) = &root_task_ids {
         crate::ns::dump(&dir, &tree_ns, opts.pid, ids)?;
     }
@@ -239,6 +241,7 @@ struct Dumper<'a> {
     shmem_done: HashSet<u64>,
     pages: PageStats,
     stolen: Vec<crate::task::seize::StolenSignal>,
+    seccomp: crate::task::seccomp::Filters,
 }
 
 /// What remote calls tell us about one thread.
@@ -330,8 +333,20 @@ impl<'a> Dumper<'a> {
         self.check_sharing(tree, task)?;
         let ids = self.ids(pid, id)?;
         let status = proc::read_status(pid)?;
-        if status.seccomp != 0 {
-            return Err(Error::unsupported(pid, "seccomp is not supported yet"));
+        // Our remote calls must not meet the task's seccomp filters.
+        for &tid in &task.threads {
+            let mode = if tid == pid {
+                status.seccomp
+            } else {
+                proc::read_status_tid(pid, tid)?.seccomp
+            };
+            if mode != 0 {
+                ptrace::set_options(
+                    tid,
+                    ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP,
+                )
+                .task_ctx(tid, "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP)")?;
+            }
         }
         let stat = proc::read_stat(pid)?;
         let smaps = proc::read_smaps(pid)?;
@@ -436,6 +451,10 @@ impl<'a> Dumper<'a> {
         for (i, &tid) in task.threads.iter().enumerate() {
             let ex = &extra[i];
             let mut core = self.thread_core(pid, tid, ex, &stolen)?;
+            let tcore = core.thread_core.as_mut().unwrap();
+            if tcore.seccomp_mode == Some(crate::task::seccomp::MODE_FILTER as i32) {
+                tcore.seccomp_filter = self.seccomp.dump_thread(tid)?;
+            }
             if tid == pid {
                 let limits = proc::read_limits(pid)?;
                 core.tc = Some(TaskCoreEntry {
@@ -655,7 +674,7 @@ impl<'a> Dumper<'a> {
                 pdeath_sig: Some(ex.pdeath_sig),
                 signals_p: signals::queue(pending),
                 creds: Some(creds::from_status(&st, ex.secbits)),
-                seccomp_mode: Some(0),
+                seccomp_mode: Some(st.seccomp as i32),
                 seccomp_filter: None,
                 comm: Some(proc::read_comm_tid(pid, tid)?),
                 blk_sigset_extended: None,

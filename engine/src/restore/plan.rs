@@ -75,6 +75,8 @@ pub struct Plan {
     pub locks: Vec<stasis_proto::criu::FileLockEntry>,
     /// Namespaces the tree has of its own.
     pub ns: crate::ns::NsPlan,
+    /// seccomp.img's filters, referenced by the thread cores.
+    pub seccomp: Vec<stasis_proto::criu::SeccompFilter>,
 }
 
 fn bad(image: impl Into<String>, why: impl Into<String>) -> Error {
@@ -301,6 +303,8 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     let root_ids = tasks[0].cores[0].ids.unwrap_or_default();
     let ns = crate::ns::read(dir, &inventory, &root_ids)?;
     crate::ns::pid::to_host(&mut tasks, &pstree, ns.owns(crate::proc::NsKind::Pid))?;
+    let seccomp = crate::task::seccomp::read_filters(dir)?;
+    crate::task::seccomp::check_plan(&tasks, &seccomp)?;
     Ok(Plan {
         inventory,
         tasks,
@@ -309,6 +313,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         shmem: shm,
         locks: crate::files::locks::read_image(dir)?,
         ns,
+        seccomp,
     })
 }
 
