@@ -282,6 +282,25 @@ impl Podman {
             .to_string()
     }
 
+    /// The [`TICKER`]'s current value inside container `name` (0 before the
+    /// first tick).
+    pub fn tick(&self, name: &str) -> u64 {
+        let o = output(self.cmd().args(["exec", name, "cat", "/tmp/tick"]));
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// The `Seccomp:` mode of the container's init, as it sees itself.
+    pub fn init_seccomp(&self, name: &str) -> String {
+        self.ok(&["exec", name, "sh", "-c", "grep Seccomp: /proc/1/status"])
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Loads the busybox [`oci_image`] as `localhost/busybox:latest`.
     pub fn load_busybox(&self, env: &Env, rootfs: &Path) -> &'static str {
         let tar = oci_image(env, rootfs);
