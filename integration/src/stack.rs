@@ -378,6 +378,23 @@ impl Containerd {
         id
     }
 
+    /// `<stasis>` as the `criu` in containerd's opt bin dir, which the runc
+    /// shim puts first on runc's PATH.
+    pub fn use_criu(&self, bin: &Path) {
+        let d = self.dir.join("opt/bin");
+        fs::create_dir_all(&d).expect("mkdir opt/bin");
+        symlink(bin, d.join("criu")).expect("symlink opt/bin/criu");
+    }
+
+    /// The mounted rootfs of container `id`'s running task (its bundle's).
+    pub fn task_rootfs(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.ns)
+            .join(id)
+            .join("rootfs")
+    }
+
     /// Runs a script with `$C` set to the ctr prefix; returns stdout.
     pub fn sh(&self, what: &str, script: &str) -> String {
         sh(what, &format!("C='{}'; {script}", self.ctr))
