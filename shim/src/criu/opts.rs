@@ -445,6 +445,7 @@ pub fn feature(name: &str) -> Option<Result<(), String>> {
         | "ipv6_freebind"
         | "sockopt_buf_lock"
         | "seccomp_suspend"
+        | "seccomp_filters"
         | "net_diag_raw"
         | "timer_cr_ids"
         | "overlayfs_maps"
@@ -456,7 +457,6 @@ pub fn feature(name: &str) -> Option<Result<(), String>> {
         "mem_dirty_track" => no("no soft-dirty bits and no pre-dump in stasis"),
         "uffd" | "uffd-noncoop" => no("lazy pages are not supported by stasis"),
         "compat_cr" => no("32-bit tasks are not supported"),
-        "seccomp_filters" => no("seccomp filters are not dumped yet"),
         "tun"
         | "tun_ns"
         | "sk_ns"
