@@ -1,17 +1,20 @@
-//! Restore from incremental images (CRIU's pre-dump layout): pagemap
-//! entries flagged PE_PARENT whose pages are in the `parent` image
-//! directory. The images are made from two dumps of `wl-mem` (the first
-//! with `-R`): every page of the second that the first already holds
-//! unchanged is moved to the parent, as a CRIU dump with
-//! `--prev-images-dir ../A` writes it. The restored workload verifies its
-//! memory.
+//! Incremental images (CRIU's pre-dump layout): pagemap entries flagged
+//! PE_PARENT whose pages are in the `parent` image directory.
+//! - restore: images made from two full dumps of `wl-mem` (the first with
+//!   `-R`), every page of the second that the first holds unchanged moved
+//!   to the parent by the test;
+//! - `criu pre-dump --track-mem` then `criu dump --track-mem
+//!   --prev-images-dir ../pre`: only pages written in between are saved
+//!   again (uffd write-protect tracking); `wl-mem` verifies its memory and
+//!   `wl-counter` counts on without a gap after the restore.
 
 use std::fs;
 use std::io::{BufReader, BufWriter};
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use stasis_integration::harness::{Env, Workload};
+use stasis_integration::harness::{process_exists, wait_gone, Env, Spawn, Workload};
 use stasis_proto::criu::{PagemapEntry, PagemapHead};
 use stasis_proto::image::{magic, Header, ImageReader, ImageWriter};
 
@@ -146,4 +149,110 @@ fn restore_without_the_parent_fails_clearly() {
     assert!(make_incremental(&a, &b).0 > 0);
     let run = env.restore(&b, &env.path("pid"), &[]);
     run.expect_clear_failure("restore without parent", &["parent"]);
+}
+
+/// Bytes in the pages images of a directory.
+fn pages_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .expect("read image dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// The memory tracker a pre-dump left running.
+fn tracker(pre: &Path) -> i32 {
+    fs::read_to_string(pre.join("stasis-mem-track"))
+        .expect("the pre-dump names its memory tracker")
+        .trim()
+        .parse()
+        .expect("tracker pid")
+}
+
+#[test]
+fn pre_dump_then_dump_saves_only_written_pages() {
+    let Some(env) = Env::setup("pre_dump_then_dump_saves_only_written_pages") else {
+        return;
+    };
+    let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-mem"), &[], &["child"]);
+    let pre = env.dir("pre");
+    let fin = env.dir("dump");
+    env.pre_dump(wl.root_pid(), &pre, &["--track-mem"])
+        .expect_success("wl-mem: pre-dump");
+    wl.expect_running("after pre-dump");
+    let holder = tracker(&pre);
+    assert!(process_exists(holder), "the memory tracker runs");
+    env.dump(
+        wl.root_pid(),
+        &fin,
+        &["--track-mem", "--prev-images-dir", "../pre"],
+    )
+    .expect_success("wl-mem: dump on the pre-dump");
+    wl.expect_killed_and_reap();
+    let (full, inc) = (pages_bytes(&pre), pages_bytes(&fin));
+    println!("pre-dump pages: {full} bytes, dump pages: {inc} bytes");
+    assert!(
+        inc * 20 < full,
+        "the dump saves only what changed ({inc} of {full} bytes)"
+    );
+    wait_gone(&[holder], Duration::from_secs(5)).expect("the dump ends the tracking");
+    wl.restore_from(&env, &fin, &[]);
+    wl.verify_and_finish("after restore from a dump on a pre-dump");
+}
+
+#[test]
+fn pre_dump_counter_continues() {
+    let Some(env) = Env::setup("pre_dump_counter_continues") else {
+        return;
+    };
+    let mut wl = Workload::start_with(
+        &env,
+        env!("CARGO_BIN_EXE_wl-counter"),
+        &[],
+        &[],
+        Spawn::default(),
+    );
+    let log = wl.path("stdout");
+    let count = || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("count "))
+            .count()
+    };
+    let wait = |n: usize| {
+        let t = Instant::now();
+        while count() < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "counter stuck");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(3);
+    let pre = env.dir("pre");
+    let fin = env.dir("dump");
+    env.pre_dump(wl.root_pid(), &pre, &[])
+        .expect_success("wl-counter: pre-dump");
+    // The counter runs on and writes its memory before the dump.
+    let after_pre = count();
+    wait(after_pre + 3);
+    env.dump(wl.root_pid(), &fin, &["--prev-images-dir", "../pre"])
+        .expect_success("wl-counter: dump on the pre-dump");
+    wl.expect_killed_and_reap();
+    let before = count();
+    wl.restore_from(&env, &fin, &[]);
+    wait(before + 5);
+    let text = fs::read_to_string(&log).expect("counter log");
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let got: Vec<u64> = complete
+        .lines()
+        .map(|l| {
+            l.strip_prefix("count ")
+                .and_then(|n| n.parse().ok())
+                .expect("count line")
+        })
+        .collect();
+    let want: Vec<u64> = (0..got.len() as u64).collect();
+    assert_eq!(got, want, "count 0, 1, 2, ... without gaps or repeats");
+    wl.verify_and_finish("after restore");
 }

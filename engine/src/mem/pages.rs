@@ -83,6 +83,13 @@ fn read_pagemap(pm: &File, start: u64, end: u64, out: &mut Vec<u64>) -> std::io:
     Ok(())
 }
 
+/// A pte marker (uffd write-protection of an empty pte, a guard region)
+/// reads as a swap entry of the last swap type (SWP_PTE_MARKER, 31): no
+/// page behind it.
+fn is_marker(e: u64) -> bool {
+    e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & 0x1f == 31
+}
+
 /// Which pages of the private VMAs hold data worth saving, as runs.
 pub fn collect_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<Run>, u64)> {
     let path = format!("/proc/{pid}/pagemap");
@@ -101,6 +108,9 @@ pub fn collect_runs(pid: i32, vmas: &[Vma]) -> Result<(Vec<Run>, u64)> {
         scanned += ents.len() as u64;
         let readable = v.entry.prot & libc::PROT_READ as u32 != 0;
         for (i, &e) in ents.iter().enumerate() {
+            if is_marker(e) {
+                continue;
+            }
             let keep = if whole {
                 true
             } else if cow_only {
@@ -181,6 +191,57 @@ pub fn dump_private_as(
         pages_id,
         runs.iter().map(|r| (r.addr, r.len)),
     )?;
+    let pages_name = format!("pages-{pages_id}.img");
+    let out = dir.raw_writer(&pages_name)?;
+    let total: u64 = runs.iter().map(|r| r.len).sum();
+    let bar = Progress::new(progress, total, format!("dump pid {pid}"));
+    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name), &bar)?;
+    bar.finish();
+    st.pages_scanned = scanned;
+    st.pages_written = total / PAGE_SIZE;
+    Ok(st)
+}
+
+/// [`dump_private_as`] on top of a parent image: pages the parent has and
+/// that were not written since (`parent`, `written`: sorted ranges) are
+/// recorded as the parent's (PE_PARENT) instead of saved.
+#[allow(clippy::too_many_arguments)]
+pub fn dump_private_incremental(
+    dir: &ImageDir,
+    pid: i32,
+    img_pid: i32,
+    vmas: &[Vma],
+    pages_id: u32,
+    progress: bool,
+    parent: &[(u64, u64)],
+    written: &[(u64, u64)],
+) -> Result<PageStats> {
+    let (all, scanned) = collect_runs(pid, vmas)?;
+    let (runs, up) = super::track::split_runs(&all, parent, written);
+    let pm_name = format!("pagemap-{img_pid}.img");
+    let mut ents: Vec<(u64, u64, u32)> = runs
+        .iter()
+        .map(|r| (r.addr, r.len, PE_PRESENT))
+        .chain(up.iter().map(|&(s, e)| (s, e - s, super::PE_PARENT)))
+        .collect();
+    ents.sort_unstable();
+    let mut w: Writer = dir.writer(&pm_name, common(magic::PAGEMAP))?;
+    dir.put(&mut w, &pm_name, &PagemapHead { pages_id })?;
+    for (addr, len, flags) in ents {
+        let nr = len / PAGE_SIZE;
+        dir.put(
+            &mut w,
+            &pm_name,
+            &PagemapEntry {
+                vaddr: addr,
+                compat_nr_pages: nr.min(u32::MAX as u64) as u32,
+                in_parent: None,
+                flags: Some(flags),
+                nr_pages: Some(nr),
+            },
+        )?;
+    }
+    dir.finish(w, &pm_name)?;
     let pages_name = format!("pages-{pages_id}.img");
     let out = dir.raw_writer(&pages_name)?;
     let total: u64 = runs.iter().map(|r| r.len).sum();
