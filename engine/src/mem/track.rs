@@ -35,11 +35,10 @@ fn tracked(v: &Vma) -> bool {
 /// returns our uffd, or None when the kernel refuses (nothing is tracked
 /// then and the next dump saves every page).
 pub fn start(r: &mut Remote, pid: i32, vmas: &[Vma]) -> Result<Option<OwnedFd>> {
-    let n = r.raw(
-        pid,
-        libc::SYS_userfaultfd,
-        [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
-    )?;
+    // User-mode-only: allowed without CAP_SYS_PTRACE in the task (a
+    // container's); async write-protect faults never reach the handler.
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY;
+    let n = r.raw(pid, libc::SYS_userfaultfd, [flags as u64, 0, 0, 0, 0, 0])?;
     if n < 0 {
         debug!(pid, err = -n, "no userfaultfd: memory not tracked");
         return Ok(None);
