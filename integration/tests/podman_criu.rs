@@ -129,3 +129,38 @@ fn podman_checkpoint_restore_and_import() {
     assert_eq!(pm.status(&copy), "running");
     expect_continues(&pm, &copy, before);
 }
+
+#[test]
+fn podman_pre_checkpoint_with_previous() {
+    let Some(env) = Env::setup("podman_pre_checkpoint_with_previous") else {
+        return;
+    };
+    let Some((pm, image)) = setup(&env, "podman_pre_checkpoint_with_previous") else {
+        return;
+    };
+    let name = format!("stasis-swrk-p{}", std::process::id());
+    pm.ok(&["run", "-d", "--name", &name, image]);
+    wait_until("the first ticks", WAIT, || pm.tick(&name) > 2);
+    // A pre-checkpoint (PRE_DUMP, memory tracked) leaves it running.
+    pm.ok(&["container", "checkpoint", "--pre-checkpoint", &name]);
+    assert_eq!(pm.status(&name), "running");
+    let after_pre = pm.tick(&name);
+    wait_until("ticks after the pre-checkpoint", WAIT, || {
+        pm.tick(&name) > after_pre + 1
+    });
+    let before = pm.tick(&name);
+    pm.ok(&["container", "checkpoint", "--with-previous", &name]);
+    assert_eq!(pm.status(&name), "exited");
+    // The dump was made on the tracked pre-checkpoint (runc's work dir is
+    // the container's userdata).
+    let userdata = pm.ok(&["inspect", "-f", "{{.StaticDir}}", &name]);
+    let userdata = std::path::Path::new(userdata.trim());
+    let log = fs::read_to_string(userdata.join("dump.log")).unwrap_or_default();
+    assert!(
+        userdata.join("checkpoint/parent").exists() && !log.contains("not tracked"),
+        "checkpoint --with-previous builds on the pre-checkpoint:\n{log}"
+    );
+    pm.ok(&["container", "restore", &name]);
+    assert_eq!(pm.status(&name), "running");
+    expect_continues(&pm, &name, before);
+}
