@@ -59,11 +59,12 @@ fn containerd_checkpoint_and_live_restore() {
 
     // Container checkpoint with its rw layer, removal, live restore.
     let ck = format!("localhost/ckpt/{id}:1");
+    // Read before: the task runs on after the checkpoint.
+    let before = tick(&task_fs);
     cd.sh(
         "ctr c checkpoint",
         &format!("$C c checkpoint --task --rw --image {id} {ck}"),
     );
-    let before = tick(&task_fs);
     cd.sh(
         "remove the container",
         &format!("$C task kill -s KILL {id}; sleep 0.5; $C task rm -f {id}; $C c rm {id}"),
