@@ -23,10 +23,11 @@ use stasis_proto::criu::{
 use stasis_proto::image::magic;
 use tracing::{debug, info};
 
-use crate::error::{Error, Result, TaskCtx};
+use crate::error::{Error, PathCtx, Result, TaskCtx};
 use crate::files::{tables, FileOpts, FileTable};
 use crate::images::{common, ImageDir};
 use crate::mem::pages::{self, PageStats};
+use crate::mem::track;
 use crate::mem::vma::{self, Contents, Vma};
 use crate::proc;
 use crate::stats::{self, DumpStats};
@@ -74,6 +75,12 @@ pub struct DumpOptions {
     /// Drop connections waiting in a listener's accept queue
     /// (`--tcp-skip-in-flight`); refused without it.
     pub tcp_skip_in_flight: bool,
+    /// A pre-dump: the tree runs on and its memory changes are tracked
+    /// from now on (see mem::track) for a dump on top of these images.
+    pub pre_dump: bool,
+    /// Images of an earlier (pre-)dump (`--prev-images-dir`, relative to
+    /// `images_dir`): pages unchanged since are left in it.
+    pub parent: Option<PathBuf>,
 }
 
 /// Remote-call scratch layout (offsets into the scratch area).
@@ -88,6 +95,29 @@ const INLINE_TABLES_MAX: usize = 64;
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
+    // The parent image, as CRIU links it; its pages count only while its
+    // memory tracking still runs. A pre-dump starts tracking afresh.
+    let parent = match &opts.parent {
+        Some(p) => {
+            let link = dir.file("parent");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(p, &link).path_ctx(&link)?;
+            Some(opts.images_dir.join(p))
+        }
+        None => None,
+    };
+    let tracked_parent = match &parent {
+        Some(p) if opts.pre_dump => {
+            track::stop(p);
+            None
+        }
+        Some(p) if track::active(p) => Some(p.clone()),
+        Some(p) => {
+            info!(parent = %p.display(), "parent images not tracked: every page is saved");
+            None
+        }
+        None => None,
+    };
     check_target(opts.pid)?;
     crate::ns::mnt::set_dump_externals(&opts.external)?;
     let t0 = Instant::now();
@@ -144,8 +174,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         pids: Default::default(),
         shmem_done: HashSet::new(),
         pages: PageStats::default(),
+        tracked_parent,
+        track_fds: Vec::new(),
         stolen: tree.stolen.clone(),
         ns_links: HashMap::new(),
+        seccomp: Default::default(),
     };
     let live: Vec<i32> = tree
         .tasks
@@ -208,10 +241,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         Ok(root_ids)
     })?;
     d.write_pstree(&tree)?;
+    d.seccomp.write(&dir)?;
     if let Some(ids) = &root_task_ids {
         crate::ns::dump(&dir, &tree_ns, opts.pid, ids)?;
     }
-    let Dumper { pages, .. } = d;
+    let Dumper {
+        pages,
+        track_fds,
+        tracked_parent,
+        ..
+    } = d;
     // The table is still borrowed by `d`'s type: take it out of its mutex.
     let table = std::mem::replace(
         &mut *tables::lock(&files),
@@ -247,7 +286,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         tree.release()?;
         return Err(e);
     }
-    if opts.leave_running {
+    if opts.pre_dump {
+        track::keep(&opts.images_dir, track_fds, &live)?;
+    } else if let Some(p) = &tracked_parent {
+        track::stop(p);
+    }
+    if opts.leave_running || opts.pre_dump {
         held.finish(false)?;
         tree.release()?;
     } else {
@@ -280,6 +324,11 @@ struct Dumper<'a> {
     stolen: Vec<crate::task::seize::StolenSignal>,
     /// Namespace links read by ns::collect, by pid.
     ns_links: HashMap<i32, Vec<proc::NsLink>>,
+    seccomp: crate::task::seccomp::Filters,
+    /// Parent images whose memory tracking runs: unchanged pages stay there.
+    tracked_parent: Option<PathBuf>,
+    /// Pre-dump: the uffds tracking each task's memory.
+    track_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// What remote calls tell us about one thread.
@@ -375,8 +424,20 @@ impl<'a> Dumper<'a> {
         self.check_sharing(tree, task)?;
         let ids = self.ids(pid, id)?;
         let status = proc::read_status(pid)?;
-        if status.seccomp != 0 {
-            return Err(Error::unsupported(pid, "seccomp is not supported yet"));
+        // Our remote calls must not meet the task's seccomp filters.
+        for &tid in &task.threads {
+            let mode = if tid == pid {
+                status.seccomp
+            } else {
+                proc::read_status_tid(pid, tid)?.seccomp
+            };
+            if mode != 0 {
+                ptrace::set_options(
+                    tid,
+                    ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP,
+                )
+                .task_ctx(tid, "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP)")?;
+            }
         }
         let stat = proc::read_stat(pid)?;
         let smaps = proc::read_smaps(pid)?;
@@ -475,12 +536,22 @@ impl<'a> Dumper<'a> {
         }
         let timers =
             crate::task::timers::dump(&mut remote, pid, &task.threads, scratch + SC_TIMERS)?;
+        // Tracking starts before the memory is read, the task still stopped.
+        if self.opts.pre_dump {
+            if let Some(fd) = track::start(&mut remote, pid, &vmas)? {
+                self.track_fds.push(fd);
+            }
+        }
         remote.finish()?;
 
         // Per-thread state.
         for (i, &tid) in task.threads.iter().enumerate() {
             let ex = &extra[i];
             let mut core = self.thread_core(pid, tid, ex, &stolen)?;
+            let tcore = core.thread_core.as_mut().unwrap();
+            if tcore.seccomp_mode == Some(crate::task::seccomp::MODE_FILTER as i32) {
+                tcore.seccomp_filter = self.seccomp.dump_thread(tid)?;
+            }
             if tid == pid {
                 let limits = proc::read_limits(pid)?;
                 core.tc = Some(TaskCoreEntry {
@@ -590,7 +661,24 @@ impl<'a> Dumper<'a> {
         self.dir
             .write_one(&format!("mm-{vpid}.img"), common(magic::MM), &mm)?;
         let pages_id = self.pages_id();
-        let st = pages::dump_private_as(self.dir, pid, vpid, &vmas, pages_id, self.opts.progress)?;
+        let st = match &self.tracked_parent {
+            Some(p) => {
+                let name = format!("pagemap-{vpid}.img");
+                pages::dump_private_incremental(
+                    self.dir,
+                    pid,
+                    vpid,
+                    &vmas,
+                    pages_id,
+                    self.opts.progress,
+                    &track::parent_ranges(p, &name)?,
+                    &track::written(pid, &vmas)?,
+                )?
+            }
+            None => {
+                pages::dump_private_as(self.dir, pid, vpid, &vmas, pages_id, self.opts.progress)?
+            }
+        };
         self.pages.add(&st);
         for v in vmas.iter().filter(|v| v.contents == Contents::Shmem) {
             if self.shmem_done.insert(v.entry.shmid) {
@@ -700,7 +788,7 @@ impl<'a> Dumper<'a> {
                 pdeath_sig: Some(ex.pdeath_sig),
                 signals_p: signals::queue(pending),
                 creds: Some(creds::from_status(&st, ex.secbits)),
-                seccomp_mode: Some(0),
+                seccomp_mode: Some(st.seccomp as i32),
                 seccomp_filter: None,
                 comm: Some(proc::read_comm_tid(pid, tid)?),
                 blk_sigset_extended: None,

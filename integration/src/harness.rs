@@ -190,6 +190,21 @@ impl Env {
         )
     }
 
+    /// `stasis criu pre-dump -t PID -D IMGDIR -o LOG -v4 EXTRA...`.
+    pub fn pre_dump(&self, pid: i32, imgdir: &Path, extra: &[&str]) -> StasisRun {
+        let pid = pid.to_string();
+        self.criu(
+            "pre-dump",
+            &[
+                "-t".as_ref(),
+                pid.as_ref(),
+                "-D".as_ref(),
+                imgdir.as_os_str(),
+            ],
+            extra,
+        )
+    }
+
     /// `stasis criu restore -D IMGDIR -d --pidfile PIDFILE -o LOG -v4 EXTRA...`.
     pub fn restore(&self, imgdir: &Path, pidfile: &Path, extra: &[&str]) -> StasisRun {
         self.criu(

@@ -291,6 +291,25 @@ impl Podman {
             .to_string()
     }
 
+    /// The [`TICKER`]'s current value inside container `name` (0 before the
+    /// first tick).
+    pub fn tick(&self, name: &str) -> u64 {
+        let o = output(self.cmd().args(["exec", name, "cat", "/tmp/tick"]));
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// The `Seccomp:` mode of the container's init, as it sees itself.
+    pub fn init_seccomp(&self, name: &str) -> String {
+        self.ok(&["exec", name, "sh", "-c", "grep Seccomp: /proc/1/status"])
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Loads the busybox [`oci_image`] as `localhost/busybox:latest`.
     pub fn load_busybox(&self, env: &Env, rootfs: &Path) -> &'static str {
         let tar = oci_image(env, rootfs);
@@ -368,14 +387,32 @@ impl Containerd {
         id
     }
 
-    /// Puts a shim binary on this containerd's PATH (`<opt>/bin` comes
-    /// first there), so `--runtime io.containerd.NAME.v2` finds it.
+    /// Links `bin` into containerd's opt bin dir as `name`: that dir comes
+    /// first on the PATH of shims (and so of the runc they run).
+    fn link_opt_bin(&self, bin: &Path, name: &std::ffi::OsStr) {
+        let d = self.dir.join("opt/bin");
+        fs::create_dir_all(&d).expect("mkdir opt/bin");
+        let _ = fs::remove_file(d.join(name));
+        symlink(bin, d.join(name)).expect("symlink into opt/bin");
+    }
+
+    /// `<stasis>` as the `criu` that the runc shim's runc finds.
+    pub fn use_criu(&self, bin: &Path) {
+        self.link_opt_bin(bin, "criu".as_ref());
+    }
+
+    /// Puts a shim binary where `--runtime io.containerd.NAME.v2` finds it.
     pub fn install_shim(&self, shim: &Path) {
-        let bin = self.dir.join("opt/bin");
-        fs::create_dir_all(&bin).expect("mkdir opt/bin");
-        let name = shim.file_name().expect("shim file name");
-        let _ = fs::remove_file(bin.join(name));
-        symlink(shim, bin.join(name)).expect("link the shim into opt/bin");
+        self.link_opt_bin(shim, shim.file_name().expect("shim file name"));
+    }
+
+    /// The mounted rootfs of container `id`'s running task (its bundle's).
+    pub fn task_rootfs(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.ns)
+            .join(id)
+            .join("rootfs")
     }
 
     /// Runs a script with `$C` set to the ctr prefix; returns stdout.

@@ -260,3 +260,78 @@ fn runc_checkpoint_of_a_paused_container() {
     );
     rc.wait_tick(frozen + 1);
 }
+
+/// `runc checkpoint --pre-dump` (PRE_DUMP over swrk, after runc's mem_track
+/// feature check), then `runc checkpoint --parent-path ../pre`: the dump
+/// saves only what changed since, and a restore from it continues counting.
+#[test]
+fn runc_pre_dump_then_checkpoint_and_restore() {
+    let Some(env) = Env::setup("runc_pre_dump_then_checkpoint_and_restore") else {
+        return;
+    };
+    let Some(mut rc) = Runc::new(&env) else {
+        return;
+    };
+    let c1 = rc.run(&env);
+    let t0 = rc.wait_tick(2);
+    let (pre, img, work) = (env.dir("pre"), env.dir("img"), env.dir("work"));
+    let checkpoint = |args: &[&str], dir: &Path, what: &str| {
+        let out = output(
+            rc.cmd()
+                .arg("checkpoint")
+                .args(args)
+                .arg("--image-path")
+                .arg(dir)
+                .arg("--work-path")
+                .arg(&work)
+                .arg(&c1),
+        );
+        assert!(
+            out.status.success(),
+            "runc checkpoint {what}: {}\ndump.log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(work.join("dump.log")).unwrap_or_default()
+        );
+    };
+    checkpoint(&["--pre-dump"], &pre, "--pre-dump");
+    // Still running after the pre-dump.
+    let t1 = rc.wait_tick(t0 + 1);
+    checkpoint(&["--parent-path", "../pre"], &img, "--parent-path");
+    let pages = |d: &Path| -> u64 {
+        fs::read_dir(d)
+            .expect("image dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    let (full, inc) = (pages(&pre), pages(&img));
+    assert!(
+        inc < full,
+        "the checkpoint on a pre-dump saves less ({inc} of {full} bytes)"
+    );
+    let _ = output(rc.cmd().args(["delete", "-f", &c1]));
+    reap_zombie_children(&[]);
+    let c2 = rc.name("c2");
+    let work2 = env.dir("work2");
+    let out = output(
+        rc.cmd()
+            .args(["restore", "-d", "--image-path"])
+            .arg(&img)
+            .arg("--work-path")
+            .arg(&work2)
+            .arg("--bundle")
+            .arg(&rc.bundle)
+            .arg(&c2)
+            .current_dir(&rc.bundle),
+    );
+    assert!(
+        out.status.success(),
+        "runc restore: {}\nrestore.log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(work2.join("restore.log")).unwrap_or_default()
+    );
+    let t = rc.tick();
+    assert!(t >= t1, "counter restarted: {t} after {t1}");
+    rc.wait_tick(t + 2);
+}

@@ -41,6 +41,13 @@ workload_tests!(
 workload_tests!(files_dump_restore, files_leave_running, "wl-files", [], []);
 workload_tests!(creds_dump_restore, creds_leave_running, "wl-creds", [], []);
 workload_tests!(
+    seccomp_dump_restore,
+    seccomp_leave_running,
+    "wl-seccomp",
+    [],
+    ["child"]
+);
+workload_tests!(
     memhog_dump_restore,
     memhog_leave_running,
     "wl-memhog",

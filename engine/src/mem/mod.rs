@@ -2,6 +2,7 @@
 
 pub mod pages;
 pub mod restore;
+pub mod track;
 pub mod vma;
 
 pub const PAGE_SIZE: u64 = 4096;

@@ -104,6 +104,11 @@ fn push_run(runs: &mut Vec<Run>, addr: u64, len: u64, readable: bool) {
             readable,
         }),
     }
+/// A pte marker (uffd write-protection of an empty pte, a guard region)
+/// reads as a swap entry of the last swap type (SWP_PTE_MARKER, 31): no
+/// page behind it.
+fn is_marker(e: u64) -> bool {
+    e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & 0x1f == 31
 }
 
 /// Which pages of the private VMAs hold data worth saving, as runs.
@@ -138,6 +143,7 @@ fn collect_runs_scan(pm: &File, vmas: &[Vma]) -> std::io::Result<(Vec<Run>, u64)
         pagemap::scan_with(pm, first.start(), last.end(), &params, &mut regions)?;
     }
     let mut runs: Vec<Run> = Vec::new();
+    let mut ents = Vec::new();
     let mut scanned = 0u64;
     // VMAs and regions are both in address order: walk them together.
     let mut ri = 0;
@@ -169,8 +175,21 @@ fn collect_runs_scan(pm: &File, vmas: &[Vma]) -> std::io::Result<(Vec<Run>, u64)
             }
             let a = r.start.max(v.start());
             let b = r.end.min(v.end());
-            if a < b {
+            if a >= b {
+                continue;
+            }
+            if r.categories & PAGE_IS_PRESENT != 0 {
                 push_run(&mut runs, a, b - a, readable);
+                continue;
+            }
+            // Not present: swapped out, or a pte marker (uffd-wp of an empty
+            // pte, left by a pre-dump), which the scan also calls swapped
+            // but holds no page. Rare: told apart page by page.
+            read_pagemap(pm, a, b, &mut ents)?;
+            for (i, &e) in ents.iter().enumerate() {
+                if !is_marker(e) {
+                    push_run(&mut runs, a + i as u64 * PAGE_SIZE, PAGE_SIZE, readable);
+                }
             }
         }
     }
@@ -193,6 +212,9 @@ fn collect_runs_read(pm: &File, path: &str, vmas: &[Vma]) -> Result<(Vec<Run>, u
         scanned += ents.len() as u64;
         let readable = v.entry.prot & libc::PROT_READ as u32 != 0;
         for (i, &e) in ents.iter().enumerate() {
+            if is_marker(e) {
+                continue;
+            }
             let keep = if whole {
                 true
             } else if cow_only {
@@ -273,6 +295,57 @@ pub fn dump_private_as(
         pages_id,
         runs.iter().map(|r| (r.addr, r.len)),
     )?;
+    let pages_name = format!("pages-{pages_id}.img");
+    let out = dir.raw_writer(&pages_name)?;
+    let total: u64 = runs.iter().map(|r| r.len).sum();
+    let bar = Progress::new(progress, total, format!("dump pid {pid}"));
+    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name), &bar)?;
+    bar.finish();
+    st.pages_scanned = scanned;
+    st.pages_written = total / PAGE_SIZE;
+    Ok(st)
+}
+
+/// [`dump_private_as`] on top of a parent image: pages the parent has and
+/// that were not written since (`parent`, `written`: sorted ranges) are
+/// recorded as the parent's (PE_PARENT) instead of saved.
+#[allow(clippy::too_many_arguments)]
+pub fn dump_private_incremental(
+    dir: &ImageDir,
+    pid: i32,
+    img_pid: i32,
+    vmas: &[Vma],
+    pages_id: u32,
+    progress: bool,
+    parent: &[(u64, u64)],
+    written: &[(u64, u64)],
+) -> Result<PageStats> {
+    let (all, scanned) = collect_runs(pid, vmas)?;
+    let (runs, up) = super::track::split_runs(&all, parent, written);
+    let pm_name = format!("pagemap-{img_pid}.img");
+    let mut ents: Vec<(u64, u64, u32)> = runs
+        .iter()
+        .map(|r| (r.addr, r.len, PE_PRESENT))
+        .chain(up.iter().map(|&(s, e)| (s, e - s, super::PE_PARENT)))
+        .collect();
+    ents.sort_unstable();
+    let mut w: Writer = dir.writer(&pm_name, common(magic::PAGEMAP))?;
+    dir.put(&mut w, &pm_name, &PagemapHead { pages_id })?;
+    for (addr, len, flags) in ents {
+        let nr = len / PAGE_SIZE;
+        dir.put(
+            &mut w,
+            &pm_name,
+            &PagemapEntry {
+                vaddr: addr,
+                compat_nr_pages: nr.min(u32::MAX as u64) as u32,
+                in_parent: None,
+                flags: Some(flags),
+                nr_pages: Some(nr),
+            },
+        )?;
+    }
+    dir.finish(w, &pm_name)?;
     let pages_name = format!("pages-{pages_id}.img");
     let out = dir.raw_writer(&pages_name)?;
     let total: u64 = runs.iter().map(|r| r.len).sum();

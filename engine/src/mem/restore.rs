@@ -8,7 +8,7 @@ use stasis_proto::criu::{MmEntry, VmaEntry};
 use super::pages::{split, Run};
 use super::vma::*;
 use super::PAGE_SIZE;
-use crate::error::{Error, Result};
+use crate::error::{Error, PathCtx, Result};
 use crate::progress::Progress;
 use crate::restore::plan::{Pagemap, TASK_SIZE};
 use crate::sys::misc::PrctlMmMap;
@@ -73,7 +73,7 @@ fn unmap_all_but(keep: &[(u64, u64)], calls: &mut Vec<Call>) {
 
 /// Does any page run touch `[s, e)`?
 fn has_pages(pm: &Pagemap, s: u64, e: u64) -> bool {
-    pm.runs.iter().any(|&(a, n)| a < e && s < a + n * PAGE_SIZE)
+    pm.all_runs().any(|(a, n)| a < e && s < a + n * PAGE_SIZE)
 }
 
 /// Replace the stub's address space with the dumped one and fill it.
@@ -205,13 +205,14 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         .collect();
     // A few pages are cheaper to fault in by process_vm_writev than setting
     // up the userfaultfd (two more remote round trips and five syscalls).
-    let private: u64 = pm.runs.iter().map(|r| r.1 * PAGE_SIZE).sum();
+    let private: u64 = pm.pages() * PAGE_SIZE;
     let uffd = if anon.is_empty() || private < UFFD_MIN {
         None
     } else {
         Uffd::open(r, &anon)
     };
-    let pages = fill(pid, pm, cx.pages, cx.progress, uffd.as_ref(), &skip)?;
+    let pages = fill(pid, pm, cx.pages, cx.progress, uffd.as_ref(), &skip)?
+        + fill_parent(pid, pm, uffd.as_ref(), &skip)?;
     if let Some(u) = uffd {
         u.close()?;
     }
@@ -342,6 +343,44 @@ fn fill(
         }
         Ok(())
     })?;
+    bar.finish();
+    Ok(total / PAGE_SIZE)
+}
+
+/// Fill the pages kept in parent images (incremental dumps): read into a
+/// buffer, then written as [`fill`] does.
+fn fill_parent(pid: i32, pm: &Pagemap, uffd: Option<&Uffd>, skip: &[(u64, u64)]) -> Result<u64> {
+    if pm.parent.is_empty() {
+        return Ok(0);
+    }
+    let total: u64 = pm.parent.iter().map(|p| p.len).sum();
+    let mut buf = vec![0u8; total as usize];
+    let mut files: HashMap<&std::path::Path, std::fs::File> = HashMap::new();
+    let mut off = 0usize;
+    for p in &pm.parent {
+        let path = p.file.as_path();
+        let f = match files.entry(path) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(std::fs::File::open(path).path_ctx(path)?)
+            }
+        };
+        let len = p.len as usize;
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut buf[off..off + len], p.off)
+            .path_ctx(path)?;
+        off += len;
+    }
+    let runs: Vec<Run> = pm
+        .parent
+        .iter()
+        .map(|p| Run {
+            addr: p.addr,
+            len: p.len,
+            readable: true,
+        })
+        .collect();
+    let bar = Progress::new(false, total, format!("restore pid {pid} (parent pages)"));
+    write_part(pid, &buf, &runs, 0, &bar, uffd, skip)?;
     bar.finish();
     Ok(total / PAGE_SIZE)
 }

@@ -149,6 +149,12 @@ pub struct Prep {
     pub tcp_close: bool,
 }
 
+/// The ptrace options of every restored task (inherited by its children).
+const RESTORE_PTRACE_OPTS: u64 = ptrace::PTRACE_O_TRACEFORK
+    | ptrace::PTRACE_O_TRACEVFORK
+    | ptrace::PTRACE_O_TRACECLONE
+    | ptrace::PTRACE_O_EXITKILL;
+
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
@@ -234,11 +240,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         Err(e) => return Err(Error::task(root.pid, "clone3", e)),
     };
     tree.pids.push(root_pid);
-    let opts_ptrace = ptrace::PTRACE_O_TRACEFORK
-        | ptrace::PTRACE_O_TRACEVFORK
-        | ptrace::PTRACE_O_TRACECLONE
-        | ptrace::PTRACE_O_EXITKILL;
-    ptrace::seize(root_pid, opts_ptrace).task_ctx(root_pid, "seize restored root")?;
+    ptrace::seize(root_pid, RESTORE_PTRACE_OPTS).task_ctx(root_pid, "seize restored root")?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
     let host = wait_stubs(&plan, &mut tree, err_r, root_pid)?;
     let mut plan = plan;
@@ -1031,6 +1033,16 @@ fn finish_task(
     let data = tp.scratch + SCRATCH_DATA;
     // POSIX timers exist (disarmed) before credentials change.
     crate::task::timers::create_task(r, t, data)?;
+    // Seccomp while the task still may install filters (see task::seccomp);
+    // its own seccomp is suspended for the remote calls that follow.
+    crate::task::seccomp::restore_task(
+        r,
+        t,
+        &plan.seccomp,
+        RESTORE_PTRACE_OPTS,
+        data,
+        crate::task::remote::BATCH_TABLE - SCRATCH_DATA,
+    )?;
     for (k, &tid) in t.threads.iter().enumerate() {
         if let Some(c) = t.cores[k]
             .thread_core

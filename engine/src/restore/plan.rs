@@ -3,6 +3,8 @@
 //! created.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use stasis_proto::criu::{
     CoreEntry, FdinfoEntry, FileEntry, FsEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead,
@@ -15,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::files::{FILES_IMG, REMAP_IMG};
 use crate::images::{common, ImageDir, INVENTORY};
 use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_SHARED};
-use crate::mem::{PAGE_SIZE, PE_PRESENT};
+use crate::mem::{PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
 /// Highest user address on x86_64 with 4-level paging.
 pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -25,12 +27,135 @@ pub struct Pagemap {
     pub pages_id: u32,
     /// (vaddr, nr_pages) of PRESENT runs, in file order.
     pub runs: Vec<(u64, u64)>,
+    /// Runs whose data is in a parent image (incremental dumps).
+    pub parent: Vec<ParentRun>,
+}
+
+/// Pages kept in a parent image: `len` bytes at `addr`, found at `off` in
+/// the parent's pages file `file`.
+#[derive(Debug, Clone)]
+pub struct ParentRun {
+    pub addr: u64,
+    pub len: u64,
+    pub file: Arc<PathBuf>,
+    pub off: u64,
 }
 
 impl Pagemap {
     pub fn pages(&self) -> u64 {
-        self.runs.iter().map(|r| r.1).sum()
+        self.runs.iter().map(|r| r.1).sum::<u64>()
+            + self.parent.iter().map(|p| p.len / PAGE_SIZE).sum::<u64>()
     }
+
+    /// Every run with data, here or in a parent: (vaddr, nr_pages).
+    pub fn all_runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.runs
+            .iter()
+            .copied()
+            .chain(self.parent.iter().map(|p| (p.addr, p.len / PAGE_SIZE)))
+    }
+}
+
+/// An entry's PE_* flags; old images say `in_parent` instead.
+fn entry_flags(e: &PagemapEntry) -> u32 {
+    e.flags.unwrap_or(if e.in_parent == Some(true) {
+        PE_PARENT
+    } else {
+        PE_PRESENT
+    })
+}
+
+/// A parent image directory holds at most this many ancestors.
+const MAX_PARENTS: usize = 64;
+
+/// Where the pages `want` (vaddr, nr_pages) of pagemap `name` are in the
+/// parent images of `dir` (its `parent` link, then the parent's, ...).
+fn resolve_parent(
+    dir: &Path,
+    name: &str,
+    want: &[(u64, u64)],
+    depth: usize,
+) -> Result<Vec<ParentRun>> {
+    let pdir = dir.join("parent");
+    if depth >= MAX_PARENTS {
+        return Err(bad(name, "chain of parent images too long"));
+    }
+    if !pdir.is_dir() {
+        return Err(bad(
+            name,
+            format!("pages in a parent image, but {} is missing", pdir.display()),
+        ));
+    }
+    let pd = ImageDir::open(&pdir)?;
+    let mut r = pd.reader(name, common(magic::PAGEMAP))?;
+    let head: PagemapHead = r
+        .read_entry()?
+        .ok_or_else(|| bad(name, "missing pagemap head in a parent image"))?;
+    // (start, end, offset in the pages file) here; (start, end) further up.
+    let mut here: Vec<(u64, u64, u64)> = Vec::new();
+    let mut up: Vec<(u64, u64)> = Vec::new();
+    let mut off = 0u64;
+    while let Some(e) = r.read_entry::<PagemapEntry>()? {
+        let nr = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+        let flags = entry_flags(&e);
+        let end = e
+            .vaddr
+            .checked_add(nr * PAGE_SIZE)
+            .ok_or_else(|| bad(name, format!("bad entry at {:#x} in a parent", e.vaddr)))?;
+        if flags & PE_PRESENT != 0 {
+            here.push((e.vaddr, end, off));
+            off += nr * PAGE_SIZE;
+        } else if flags & PE_PARENT != 0 {
+            up.push((e.vaddr, end));
+        }
+    }
+    here.sort_unstable();
+    up.sort_unstable();
+    let file = Arc::new(pd.file(&format!("pages-{}.img", head.pages_id)));
+    let have = std::fs::metadata(&*file)
+        .map_err(|e| Error::io(&*file, e))?
+        .len();
+    if have < off {
+        return Err(bad(
+            file.display().to_string(),
+            format!("holds {have} bytes but its pagemap describes {off}"),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut deeper = Vec::new();
+    for &(a, n) in want {
+        let end = a + n * PAGE_SIZE;
+        let mut cur = a;
+        while cur < end {
+            let i = here.partition_point(|p| p.1 <= cur);
+            if let Some(&(s, e, o)) = here.get(i).filter(|p| p.0 <= cur) {
+                let upto = e.min(end);
+                out.push(ParentRun {
+                    addr: cur,
+                    len: upto - cur,
+                    file: file.clone(),
+                    off: o + (cur - s),
+                });
+                cur = upto;
+                continue;
+            }
+            let j = up.partition_point(|p| p.1 <= cur);
+            if let Some(&(_, e)) = up.get(j).filter(|p| p.0 <= cur) {
+                let upto = e.min(end);
+                deeper.push((cur, (upto - cur) / PAGE_SIZE));
+                cur = upto;
+                continue;
+            }
+            return Err(bad(
+                name,
+                format!("page at {cur:#x} is in none of its parent images"),
+            ));
+        }
+    }
+    if !deeper.is_empty() {
+        out.extend(resolve_parent(&pdir, name, &deeper, depth + 1)?);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone)]
@@ -75,21 +200,25 @@ pub struct Plan {
     pub locks: Vec<stasis_proto::criu::FileLockEntry>,
     /// Namespaces the tree has of its own.
     pub ns: crate::ns::NsPlan,
+    /// seccomp.img's filters, referenced by the thread cores.
+    pub seccomp: Vec<stasis_proto::criu::SeccompFilter>,
 }
 
 fn bad(image: impl Into<String>, why: impl Into<String>) -> Error {
     Error::bad_image(image, why)
 }
 
-fn read_pagemap(dir: &ImageDir, name: &str) -> Result<Pagemap> {
+/// Read a pagemap; `parents`: pages may be in parent images.
+fn read_pagemap(dir: &ImageDir, name: &str, parents: bool) -> Result<Pagemap> {
     let mut r = dir.reader(name, common(magic::PAGEMAP))?;
     let head: PagemapHead = r
         .read_entry()?
         .ok_or_else(|| bad(name, "missing pagemap head"))?;
     let mut runs = Vec::new();
+    let mut in_parent = Vec::new();
     while let Some(e) = r.read_entry::<PagemapEntry>()? {
         let nr = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
-        let flags = e.flags.unwrap_or(PE_PRESENT);
+        let flags = entry_flags(&e);
         if e.vaddr % PAGE_SIZE != 0 || nr == 0 || e.vaddr.checked_add(nr * PAGE_SIZE).is_none() {
             return Err(bad(
                 name,
@@ -97,11 +226,14 @@ fn read_pagemap(dir: &ImageDir, name: &str) -> Result<Pagemap> {
             ));
         }
         if flags & PE_PRESENT == 0 {
-            if flags & 1 != 0 {
-                return Err(bad(
-                    name,
-                    "incremental images (pages in a parent) are not supported yet",
-                ));
+            if flags & PE_PARENT != 0 {
+                if !parents {
+                    return Err(bad(
+                        name,
+                        "pages of shared memory in a parent image are not supported",
+                    ));
+                }
+                in_parent.push((e.vaddr, nr));
             }
             continue;
         }
@@ -118,9 +250,15 @@ fn read_pagemap(dir: &ImageDir, name: &str) -> Result<Pagemap> {
             format!("holds {have} bytes but {name} describes {want}: truncated or mismatched"),
         ));
     }
+    let parent = if in_parent.is_empty() {
+        Vec::new()
+    } else {
+        resolve_parent(dir.path(), name, &in_parent, 0)?
+    };
     Ok(Pagemap {
         pages_id: head.pages_id,
         runs,
+        parent,
     })
 }
 
@@ -217,7 +355,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
             let mm: MmEntry = dir.read_one(&mm_name, common(magic::MM))?;
             check_vmas(&mm_name, &mm)?;
             let pm_name = format!("pagemap-{pid}.img");
-            let pm = read_pagemap(dir, &pm_name)?;
+            let pm = read_pagemap(dir, &pm_name, true)?;
             check_runs(&pm_name, &pm, &mm)?;
             // CRIU keeps the ids in ids-PID.img only; stasis also in the core.
             let files_id = match t.cores[0].ids.as_ref() {
@@ -287,7 +425,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     let mut shm = BTreeMap::new();
     for (id, (size, _)) in shmem {
         let name = format!("pagemap-shmem-{id}.img");
-        let pm = read_pagemap(dir, &name)?;
+        let pm = read_pagemap(dir, &name, false)?;
         for &(a, n) in &pm.runs {
             if a + n * PAGE_SIZE > size {
                 return Err(bad(
@@ -301,6 +439,8 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     let root_ids = tasks[0].cores[0].ids.unwrap_or_default();
     let ns = crate::ns::read(dir, &inventory, &root_ids)?;
     crate::ns::pid::to_host(&mut tasks, &pstree, ns.owns(crate::proc::NsKind::Pid))?;
+    let seccomp = crate::task::seccomp::read_filters(dir)?;
+    crate::task::seccomp::check_plan(&tasks, &seccomp)?;
     Ok(Plan {
         inventory,
         tasks,
@@ -309,6 +449,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         shmem: shm,
         locks: crate::files::locks::read_image(dir)?,
         ns,
+        seccomp,
     })
 }
 
@@ -391,7 +532,7 @@ fn check_vmas(name: &str, mm: &MmEntry) -> Result<()> {
 fn check_runs(name: &str, pm: &Pagemap, mm: &MmEntry) -> Result<()> {
     // vDSO pages are saved (as CRIU does) but never written back.
     let no_pages = VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_ANON_SHARED;
-    for &(a, n) in &pm.runs {
+    for (a, n) in pm.all_runs() {
         let end = a + n * PAGE_SIZE;
         let mut cur = a;
         while cur < end {

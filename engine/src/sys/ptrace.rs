@@ -38,6 +38,8 @@ const PTRACE_LISTEN: c_long = 0x4208;
 const PTRACE_PEEKSIGINFO: c_long = 0x4209;
 const PTRACE_GETSIGMASK: c_long = 0x420a;
 const PTRACE_SETSIGMASK: c_long = 0x420b;
+const PTRACE_SECCOMP_GET_FILTER: c_long = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: c_long = 0x420d;
 const PTRACE_GET_SYSCALL_INFO: c_long = 0x420e;
 const PTRACE_GET_RSEQ_CONFIGURATION: c_long = 0x420f;
 
@@ -115,6 +117,51 @@ pub fn seize(tid: Tid, options: u64) -> io::Result<()> {
 /// `PTRACE_SETOPTIONS`: replaces the options of a stopped tracee.
 pub fn set_options(tid: Tid, options: u64) -> io::Result<()> {
     request_int(PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+}
+
+/// `PTRACE_SECCOMP_GET_FILTER`: the BPF program (raw `struct sock_filter`
+/// array, 8 bytes an instruction) of the `index`-th seccomp filter of `tid`,
+/// 0 being the first installed (the kernel counts from the root of the
+/// chain); `None` past the newest one.
+pub fn seccomp_filter(tid: Tid, index: u64) -> io::Result<Option<Vec<u8>>> {
+    // With a null buffer the request returns the instruction count.
+    let n = match request_int(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, 0) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; n * 8];
+    // SAFETY: `buf` holds room for the `n` instructions the kernel just
+    // reported for this filter, which cannot change while `tid` is stopped.
+    let got = unsafe {
+        request(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as usize,
+            buf.as_mut_ptr() as usize,
+        )?
+    };
+    buf.truncate(got as usize * 8);
+    Ok(Some(buf))
+}
+
+/// `PTRACE_SECCOMP_GET_METADATA`: the `SECCOMP_FILTER_FLAG_*` flags the
+/// `index`-th filter of `tid` was installed with (only those the kernel
+/// remembers, e.g. `LOG`).
+pub fn seccomp_flags(tid: Tid, index: u64) -> io::Result<u64> {
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut md = [index, 0u64];
+    // SAFETY: `md` is a writable `struct seccomp_metadata` and `addr` says
+    // its size, as the request expects.
+    unsafe {
+        request(
+            PTRACE_SECCOMP_GET_METADATA,
+            tid,
+            mem::size_of_val(&md),
+            md.as_mut_ptr() as usize,
+        )?
+    };
+    Ok(md[1])
 }
 
 /// `PTRACE_INTERRUPT`: asks a seized thread to enter an event-stop

@@ -3,6 +3,7 @@
 pub mod creds;
 pub mod regs;
 pub mod remote;
+pub mod seccomp;
 pub mod seize;
 pub mod signals;
 pub mod timers;

@@ -186,20 +186,24 @@ impl SeizedTree {
             Err(_) if !is_root => return Ok(None),
             Err(_) => return Err(Error::NoProcess(pid)),
         };
+        let zombie = |stat: &proc::Stat| Task {
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            threads: vec![pid],
+            children: Vec::new(),
+            state: TaskState::Zombie {
+                exit_code: stat.exit_code,
+            },
+        };
         if stat.state == 'Z' {
-            return Ok(Some(Task {
-                pid,
-                ppid: stat.ppid,
-                pgid: stat.pgrp,
-                sid: stat.session,
-                threads: vec![pid],
-                children: Vec::new(),
-                state: TaskState::Zombie {
-                    exit_code: stat.exit_code,
-                },
-            }));
+            return Ok(Some(zombie(&stat)));
         }
         let mut group_stop = None;
+        // Threads that exited (or died) before we could seize them: their
+        // task entries may linger, and must not be retried forever.
+        let mut gone = BTreeSet::new();
         // Threads may be created until every existing one is stopped: repeat
         // until a listing shows nothing new.
         let mut threads: Vec<i32> = Vec::new();
@@ -219,7 +223,7 @@ impl SeizedTree {
             let new: Vec<i32> = listed
                 .iter()
                 .copied()
-                .filter(|t| !self.traced.contains(t))
+                .filter(|t| !self.traced.contains(t) && !gone.contains(t))
                 .collect();
             if new.is_empty() {
                 // Drop threads that exited meanwhile.
@@ -241,11 +245,21 @@ impl SeizedTree {
                         threads.push(tid);
                     }
                     None if self.traced.contains(&tid) => threads.push(tid),
-                    None => {}
+                    None => {
+                        gone.insert(tid);
+                    }
                 }
             }
         }
         if threads.is_empty() || !threads.contains(&pid) {
+            // Exited while we looked: a zombie its parent has not reaped.
+            if threads.is_empty() {
+                if let Ok(st) = proc::read_stat(pid) {
+                    if st.state == 'Z' {
+                        return Ok(Some(zombie(&st)));
+                    }
+                }
+            }
             if is_root {
                 return Err(Error::NoProcess(pid));
             }

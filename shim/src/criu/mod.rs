@@ -299,9 +299,7 @@ impl CriuCli {
         match self.action.as_str() {
             "check" => self.check(),
             "dump" => self.dump(),
-            "pre-dump" => bail!(
-                "pre-dump is not supported: stasis has no memory change tracking; dump in one go"
-            ),
+            "pre-dump" => self.dump(),
             "restore" => self.restore(),
             "swrk" => {
                 let Some(fd) = self.args.first().and_then(|a| a.parse::<i32>().ok()) else {
@@ -425,6 +423,7 @@ impl CriuCli {
             lsm_mount_context: self.lsm_mount_context.clone(),
             track_mem: self.track_mem,
             parent_img: self.prev_images_dir.clone(),
+            pre_dump: self.action == "pre-dump",
             lazy_pages: self.lazy_pages,
             page_server: self.page_server,
             leave_stopped: self.leave_stopped,

@@ -127,6 +127,9 @@ pub struct Opts {
     pub lsm_mount_context: Option<String>,
     pub track_mem: bool,
     pub parent_img: Option<String>,
+    /// `pre-dump` / PRE_DUMP: memory only matters, the tree runs on with its
+    /// memory changes tracked.
+    pub pre_dump: bool,
     pub lazy_pages: bool,
     pub page_server: bool,
     pub leave_stopped: bool,
@@ -195,18 +198,9 @@ impl Opts {
 
     pub fn check_dump(&self) -> Result<()> {
         self.check_common()?;
-        if self.track_mem {
-            bail!(not_yet(
-                "--track-mem",
-                "no soft-dirty tracking here: use one full dump"
-            ));
-        }
-        if self.parent_img.is_some() {
-            bail!(not_yet(
-                "--prev-images-dir",
-                "there are no pre-dumps to build on"
-            ));
-        }
+        // --track-mem: a pre-dump always tracks, a dump uses a tracked
+        // parent (--prev-images-dir) when it has one.
+        debug!(track_mem = self.track_mem, parent = ?self.parent_img, pre_dump = self.pre_dump, "memory tracking");
         // Harmless on dump: namespaces and mounts are not dumped yet, so
         // anything declared external stays external; the tree is frozen by
         // ptrace, so a freezer cgroup adds nothing; cgroups are not saved.
@@ -322,6 +316,8 @@ impl Opts {
                 .map(|s| std::time::Duration::from_secs(u64::from(s))),
             tcp_established: self.tcp_established,
             tcp_skip_in_flight: self.tcp_skip_in_flight,
+            pre_dump: self.pre_dump,
+            parent: self.parent_img.as_ref().map(PathBuf::from),
         }
     }
 
@@ -443,12 +439,14 @@ pub fn feature(name: &str) -> Option<Result<(), String>> {
         | "openat2"
         | "breakpoints"
         | "pagemap_scan"
+        | "mem_dirty_track"
         | "pagemap_scan_guard_pages"
         | "aio_remap"
         | "tcp_half_closed"
         | "ipv6_freebind"
         | "sockopt_buf_lock"
         | "seccomp_suspend"
+        | "seccomp_filters"
         | "net_diag_raw"
         | "timer_cr_ids"
         | "overlayfs_maps"
@@ -457,10 +455,8 @@ pub fn feature(name: &str) -> Option<Result<(), String>> {
             // Kernel facilities: present on the kernels stasis supports.
             Ok(())
         }
-        "mem_dirty_track" => no("no soft-dirty bits and no pre-dump in stasis"),
         "uffd" | "uffd-noncoop" => no("lazy pages are not supported by stasis"),
         "compat_cr" => no("32-bit tasks are not supported"),
-        "seccomp_filters" => no("seccomp filters are not dumped yet"),
         "tun"
         | "tun_ns"
         | "sk_ns"
@@ -507,7 +503,7 @@ mod tests {
 
     #[test]
     fn features_are_truthful() {
-        assert!(feature("mem_dirty_track").unwrap().is_err());
+        assert!(feature("mem_dirty_track").unwrap().is_ok());
         assert!(feature("uffd-noncoop").unwrap().is_err());
         assert!(feature("timerfd").unwrap().is_ok());
         assert!(feature("no_such_feature").is_none());
@@ -515,15 +511,6 @@ mod tests {
 
     #[test]
     fn refusals_name_the_option() {
-        let o = Opts {
-            track_mem: true,
-            ..Default::default()
-        };
-        assert!(o
-            .check_dump()
-            .unwrap_err()
-            .to_string()
-            .contains("--track-mem"));
         let o = Opts {
             external: vec!["tty[1:2]".into()],
             ..Default::default()

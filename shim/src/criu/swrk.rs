@@ -191,9 +191,7 @@ impl Server {
             Some(CriuReqType::FeatureCheck) => Ok(self.feature_check(&req)),
             Some(CriuReqType::Dump) => self.dump(&req),
             Some(CriuReqType::Restore) => self.restore(&req),
-            Some(CriuReqType::PreDump | CriuReqType::SinglePreDump) => Err(anyhow!(
-                "pre-dump is not supported: stasis has no memory change tracking (no soft-dirty bits); dump in one go"
-            )),
+            Some(CriuReqType::PreDump | CriuReqType::SinglePreDump) => self.dump(&req),
             Some(CriuReqType::PageServer | CriuReqType::PageServerChld) => Err(anyhow!(
                 "page server is not supported: stasis writes images locally"
             )),
@@ -257,8 +255,8 @@ impl Server {
         let ok = |n: &str| feats.iter().any(|f| f.name == n && f.ok);
         CriuResp {
             features: Some(CriuFeatures {
-                // Pre-dumps need soft-dirty tracking, which stasis lacks.
-                mem_track: asked.mem_track.map(|_| false),
+                // Pre-dumps track memory with uffd write-protection.
+                mem_track: asked.mem_track.map(|_| true),
                 lazy_pages: asked.lazy_pages.map(|_| ENGINE_LAZY_PAGES && ok("uffd")),
                 pidfd_store: asked.pidfd_store.map(|_| ok("pidfd")),
             }),
@@ -410,6 +408,7 @@ impl Server {
             lsm_mount_context: o.lsm_mount_context.clone(),
             track_mem: o.track_mem(),
             parent_img: o.parent_img.clone().filter(|p| !p.is_empty()),
+            pre_dump: false,
             lazy_pages: o.lazy_pages(),
             page_server: o
                 .ps
@@ -440,7 +439,11 @@ impl Server {
             .clone()
             .ok_or_else(|| anyhow!("DUMP without opts"))?;
         let (images, work) = self.dirs(&o, "dump.log")?;
-        let opts = Self::opts(&o, &images.path);
+        let mut opts = Self::opts(&o, &images.path);
+        opts.pre_dump = matches!(
+            CriuReqType::try_from(req.r#type),
+            Ok(CriuReqType::PreDump | CriuReqType::SinglePreDump)
+        );
         // Without a pid CRIU dumps the client itself.
         let pid = opts.pid.unwrap_or(self.peer);
         info!(pid, images = %images.path.display(), "swrk dump");
