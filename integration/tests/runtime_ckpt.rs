@@ -7,7 +7,7 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,24 +62,29 @@ fn remove(rt: &Rt, id: &str) {
     reap_zombie_children(&[]);
 }
 
+/// A busybox counter container `name` running from a fresh bundle, past
+/// its second tick: (bundle, id, tick).
+fn start_ticker(env: &Env, rt: &Rt, name: &str) -> (PathBuf, String, u64) {
+    let b = bundle(env, "b", TICKER_ARGS);
+    let id = uniq(name);
+    run_detached(rt, b.to_str().unwrap(), &id);
+    let t0 = ticks_past(&b.join("rootfs"), 2);
+    (b, id, t0)
+}
+
 #[test]
 fn ckpt_busybox_checkpoint_restore() {
     let Some(env) = Env::setup("ckpt_busybox_checkpoint_restore") else {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(&env, "b", TICKER_ARGS);
+    let (b, id, t0) = start_ticker(&env, &rt, "ck1");
     let rootfs = b.join("rootfs");
     let bs = b.to_str().unwrap();
-    let id = uniq("ck1");
-    run_detached(&rt, bs, &id);
-    let t0 = ticks_past(&rootfs, 2);
     let pid0 = pid_of(&rt, &id);
 
     // Not-yet features are refused by name; the container is untouched.
     for (flags, word) in [
-        (&["--pre-dump"][..], "pre-dump"),
-        (&["--parent-path", "p"][..], "pre-dump"),
         (&["--page-server", "127.0.0.1:1"][..], "page server"),
         (&["--lazy-pages"][..], "lazy pages"),
         (&["--auto-dedup"][..], "auto-dedup"),
@@ -474,13 +479,6 @@ fn ckpt_restore_bad_images() {
 // ---- podman and containerd ----
 
 /// The counter inside a podman container.
-fn podman_tick(pm: &Podman, name: &str) -> u64 {
-    pm.ok(&["exec", name, "cat", "/tmp/tick"])
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
 #[test]
 fn ckpt_under_podman() {
     let Some(env) = Env::setup("ckpt_under_podman") else {
@@ -492,19 +490,11 @@ fn ckpt_under_podman() {
     let b = bundle(&env, "b", TICKER_ARGS);
     let image = pm.load_busybox(&env, &b.join("rootfs"));
     let name = uniq("pck");
-    // seccomp=unconfined: the engine does not dump seccomp filters yet
-    // (being added by another helper); drop it once that lands.
-    pm.ok(&[
-        "run",
-        "-d",
-        "--security-opt",
-        "seccomp=unconfined",
-        "--name",
-        &name,
-        image,
-    ]);
+    // podman's default seccomp profile: its filter is dumped and restored.
+    pm.ok(&["run", "-d", "--name", &name, image]);
+    assert_eq!(pm.init_seccomp(&name), "2", "the container runs filtered");
     wait_until("the counter", Duration::from_secs(20), || {
-        podman_tick(&pm, &name) >= 3
+        pm.tick(&name) >= 3
     });
     let t = Instant::now();
     pm.ok(&["container", "checkpoint", &name]);
@@ -526,10 +516,11 @@ fn ckpt_under_podman() {
         t.elapsed()
     ));
     assert_eq!(pm.status(&name), "running");
-    let t1 = podman_tick(&pm, &name);
+    assert_eq!(pm.init_seccomp(&name), "2", "the filter is back");
+    let t1 = pm.tick(&name);
     assert!(t1 >= 3, "counter restarted after restore: {t1}");
     wait_until("the counter to go on", Duration::from_secs(10), || {
-        podman_tick(&pm, &name) > t1
+        pm.tick(&name) > t1
     });
 
     // Export, then import into a new container.
@@ -562,12 +553,12 @@ fn ckpt_under_podman() {
         &name2,
     ]);
     assert_eq!(pm.status(&name2), "running");
-    let t2 = podman_tick(&pm, &name2);
+    let t2 = pm.tick(&name2);
     assert!(t2 > t1, "counter restarted in the imported container: {t2}");
     wait_until(
         "the imported counter to go on",
         Duration::from_secs(10),
-        || podman_tick(&pm, &name2) > t2,
+        || pm.tick(&name2) > t2,
     );
     pm.ok(&["rm", "-f", &name2]);
     pm.ok(&["rm", "-f", &name]);
@@ -668,4 +659,72 @@ fn ckpt_under_containerd() {
         !Path::new(CG2).join(&cd.ns).join(&id).exists(),
         "cgroup left behind"
     );
+}
+
+/// runc's iterative migration: `--pre-dump` saves the memory while the
+/// container runs on and tracks what it writes; the checkpoint on top
+/// (`--parent-path`) saves only pages written since; the restore reads
+/// both and the counter continues.
+#[test]
+fn ckpt_pre_dump_then_checkpoint() {
+    let Some(env) = Env::setup("ckpt_pre_dump_then_checkpoint") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let (b, id, t0) = start_ticker(&env, &rt, "pre1");
+    let rootfs = b.join("rootfs");
+    let bs = b.to_str().unwrap();
+    let (pre, img) = (env.path("pre"), env.path("img"));
+    rt.ok(&[
+        "checkpoint",
+        "--pre-dump",
+        "--image-path",
+        pre.to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(rt.status(&id), "running", "a pre-dump leaves it running");
+    let t1 = ticks_past(&rootfs, t0 + 1);
+    rt.ok(&[
+        "checkpoint",
+        "--parent-path",
+        "../pre",
+        "--image-path",
+        img.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(
+        img.join("parent").exists(),
+        "the checkpoint links its parent images"
+    );
+    let pages = |d: &Path| -> u64 {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let (full, inc) = (pages(&pre), pages(&img));
+    assert!(
+        inc < full,
+        "the checkpoint on a pre-dump saves less: {inc} bytes of pages against {full}"
+    );
+    say(&format!(
+        "pre-dump pages {full} bytes, checkpoint on top {inc} bytes"
+    ));
+    reap_zombie_children(&[]);
+    let id2 = uniq("pre2");
+    rt.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        bs,
+        &id2,
+    ]);
+    let frozen_at = tick(&rootfs);
+    let t2 = ticks_past(&rootfs, frozen_at);
+    assert!(t2 > t1, "counter restarted: {t2} after {t1}");
+    remove(&rt, &id2);
 }

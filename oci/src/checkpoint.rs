@@ -43,7 +43,8 @@ pub struct CheckpointOpts {
     pub image_path: PathBuf,
     /// Where `stats-dump` goes (default: the image dir).
     pub work_path: Option<PathBuf>,
-    /// Pre-dump parent images: not supported yet.
+    /// Images of an earlier pre-dump, relative to `image_path` (runc's
+    /// `--parent-path`): pages unchanged since are left there.
     pub parent_path: Option<PathBuf>,
     /// Let the container run on (else it is destroyed after the dump).
     pub leave_running: bool,
@@ -53,7 +54,8 @@ pub struct CheckpointOpts {
     pub ext_unix_sk: bool,
     pub shell_job: bool,
     pub file_locks: bool,
-    /// Not supported yet (no memory tracking).
+    /// Save the memory and track its changes from now on; the container
+    /// runs on (runc's `--pre-dump`).
     pub pre_dump: bool,
     /// Not supported yet.
     pub lazy_pages: bool,
@@ -290,12 +292,6 @@ impl Runtime {
         if matches!(status, Status::Created | Status::Stopped) {
             bail!("container {id} cannot be checkpointed in {status} state")
         }
-        if o.pre_dump || o.parent_path.is_some() {
-            return Err(not_yet(
-                "pre-dump (--pre-dump, --parent-path)",
-                "memory changes are not tracked: use one full checkpoint",
-            ));
-        }
         if o.page_server.is_some() {
             return Err(not_yet(
                 "the page server",
@@ -375,11 +371,15 @@ impl Runtime {
             freeze_cgroup: st.cgroup.as_ref().map(|c| c.dir.clone()),
             tcp_established: o.tcp_established,
             tcp_skip_in_flight: o.tcp_skip_in_flight,
-            timeout: None,
+            // runc's --pre-dump / --parent-path (relative to the image dir,
+            // as CRIU's --prev-images-dir).
+            pre_dump: o.pre_dump,
+            parent: o.parent_path.clone(),
+            ..Default::default()
         };
         let t0 = Instant::now();
         let r = dump::dump(&d);
-        if status == Status::Paused && (r.is_err() || o.leave_running) {
+        if status == Status::Paused && (r.is_err() || o.leave_running || o.pre_dump) {
             // The dump thaws the cgroup to run its injected calls.
             if let Some(cg) = &st.cgroup {
                 if let Err(e) = cg.freeze(true) {
@@ -396,7 +396,7 @@ impl Runtime {
         let stats = r?;
         debug!(id, pid, elapsed = ?t0.elapsed(), "container checkpointed");
         stats_to_work(&o.image_path, o.work_path.as_deref(), stats::STATS_DUMP);
-        if !o.leave_running {
+        if !o.leave_running && !o.pre_dump {
             // runc destroys the container once CRIU has dumped (and killed) it.
             let deadline = Instant::now() + Duration::from_secs(5);
             while util::alive(pid, st.start_time) && Instant::now() < deadline {

@@ -104,6 +104,8 @@ fn push_run(runs: &mut Vec<Run>, addr: u64, len: u64, readable: bool) {
             readable,
         }),
     }
+}
+
 /// A pte marker (uffd write-protection of an empty pte, a guard region)
 /// reads as a swap entry of the last swap type (SWP_PTE_MARKER, 31): no
 /// page behind it.
