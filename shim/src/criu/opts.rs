@@ -247,7 +247,10 @@ impl Opts {
             .as_deref()
             .is_some_and(|s| !s.is_empty())
         {
-            bail!(not_yet("an LSM mount context", "mounts are not restored"));
+            bail!(not_yet(
+                "an LSM mount context",
+                "mount labels are not applied"
+            ));
         }
         if !self.exec_cmd.is_empty() {
             bail!(not_yet("--exec-cmd", "the restorer does not exec"));
