@@ -728,3 +728,46 @@ fn ckpt_pre_dump_then_checkpoint() {
     assert!(t2 > t1, "counter restarted: {t2} after {t1}");
     remove(&rt, &id2);
 }
+
+/// A foreground restore (no `-d`) with `--no-subreaper`, as go-runc passes
+/// it: stasis waits for the restored container, which goes on counting
+/// from where it was, exits with its own status, and is deleted.
+#[test]
+fn ckpt_foreground_restore_no_subreaper() {
+    let Some(env) = Env::setup("ckpt_foreground_restore_no_subreaper") else {
+        return;
+    };
+    let rt = Rt::new(&env);
+    let b = bundle(
+        &env,
+        "b",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 25 ]; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.1; done; exit 3",
+        ],
+    );
+    let rootfs = b.join("rootfs");
+    let bs = b.to_str().unwrap();
+    let id = uniq("fg1");
+    run_detached(&rt, bs, &id);
+    let t0 = ticks_past(&rootfs, 2);
+    let img = env.path("img");
+    rt.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    assert!(t0 < 25, "the counter ended before the checkpoint: {t0}");
+    reap_zombie_children(&[]);
+    let id2 = uniq("fg2");
+    let r = rt.run(&[
+        "restore",
+        "-no-subreaper",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        bs,
+        &id2,
+    ]);
+    assert_eq!(r.status.code(), Some(3), "{}", r.describe());
+    assert_eq!(tick(&rootfs), 25, "the restored counter ran to its end");
+    assert!(!rt.root.join(&id2).exists(), "state left for {id2}");
+    no_leftovers(&id2, 0);
+}

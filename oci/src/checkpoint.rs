@@ -83,6 +83,8 @@ pub struct RestoreOpts {
     /// Informational: `restore` always returns once the container runs;
     /// a foreground caller waits for it (see `Waiter`).
     pub detach: bool,
+    /// runc's `--no-subreaper`: a foreground caller's [`Waiter`] is then
+    /// not the child subreaper (`Waiter::with_subreaper(false)`).
     pub no_subreaper: bool,
     /// Accepted: the restored mount namespace is always pivoted into.
     pub no_pivot: bool,

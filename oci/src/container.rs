@@ -85,7 +85,15 @@ pub struct Waiter {
 }
 
 impl Waiter {
+    /// A waiter that is also the child subreaper (runc's default), so the
+    /// container's orphans re-parent to it and are reaped.
     pub fn new() -> Result<Waiter> {
+        Self::with_subreaper(true)
+    }
+
+    /// `subreaper` false: runc's `--no-subreaper` (the container's process
+    /// must then be our own child).
+    pub fn with_subreaper(subreaper: bool) -> Result<Waiter> {
         let mut set = SigSet::empty();
         for s in FORWARDED {
             set.add(s);
@@ -93,7 +101,9 @@ impl Waiter {
         set.add(Signal::SIGCHLD);
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
             .what("sigprocmask")?;
-        nix::sys::prctl::set_child_subreaper(true).what("PR_SET_CHILD_SUBREAPER")?;
+        if subreaper {
+            nix::sys::prctl::set_child_subreaper(true).what("PR_SET_CHILD_SUBREAPER")?;
+        }
         let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .what("signalfd")?;
         Ok(Waiter { sfd })

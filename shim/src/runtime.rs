@@ -784,8 +784,9 @@ fn run(cli: RtCli) -> Result<i32> {
             if r.detach {
                 return Ok(0);
             }
-            // Foreground, like runc: wait for the container, then delete it.
-            let mut w = Waiter::new()?;
+            // Foreground, like runc: wait for the container (our child: the
+            // engine forks the restored root), then delete it.
+            let mut w = Waiter::with_subreaper(!r.no_subreaper)?;
             let code = w.wait(done.state.pid)?;
             rt.delete(&r.id, true)?;
             return Ok(code);
