@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use oci_spec::runtime::{Mount, Spec};
 use tracing::{debug, warn};
 
-use crate::cgroup::{self, Cgroup};
-use crate::container::{check_id, write_pid_file, Undo};
+use crate::cgroup;
+use crate::container::{check_id, write_pid_file};
 use crate::engine::{self as engine, cgroup::CgMode, dump, restore, stats};
 use crate::error::{bail, Error, IoCtx, Result};
 use crate::state::{State, Status};
@@ -473,24 +473,7 @@ impl Runtime {
         if let Some(w) = &o.work_path {
             mkdir(w)?;
         }
-        std::fs::create_dir_all(&self.root).at(&self.root)?;
-        let dir = State::dir(&self.root, id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists),
-            Err(e) => return Err(e).at(&dir),
-        }
-        let mut undo = Undo {
-            dir: Some(dir.clone()),
-            cgroup: None,
-            pid: 0,
-        };
-        let linux = spec.linux().as_ref().expect("validated");
-        let cg = Cgroup::create(linux.cgroups_path().as_deref(), id)?;
-        undo.cgroup = Some(cg.clone());
-        if let Some(res) = linux.resources() {
-            cg.apply(res)?;
-        }
+        let (_, mut undo, cg) = self.claim(id, &spec)?;
         let cg_rel = cg
             .dir
             .strip_prefix(cgroup::cgroup2_mount()?)

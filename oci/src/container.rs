@@ -192,6 +192,32 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> bool {
 }
 
 impl Runtime {
+    /// Claim the state dir of a new container `id` (`Exists` if taken)
+    /// and create its cgroup with the spec's resources; the returned
+    /// `Undo` removes both unless disarmed.
+    pub(crate) fn claim(&self, id: &str, spec: &Spec) -> Result<(PathBuf, Undo, Cgroup)> {
+        std::fs::create_dir_all(&self.root).at(&self.root)?;
+        let _ = std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711));
+        let dir = State::dir(&self.root, id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists),
+            Err(e) => return Err(e).at(&dir),
+        }
+        let mut undo = Undo {
+            dir: Some(dir.clone()),
+            cgroup: None,
+            pid: 0,
+        };
+        let linux = spec.linux().as_ref().expect("validated");
+        let cg = Cgroup::create(linux.cgroups_path().as_deref(), id)?;
+        undo.cgroup = Some(cg.clone());
+        if let Some(res) = linux.resources() {
+            cg.apply(res)?;
+        }
+        Ok((dir, undo, cg))
+    }
+
     pub fn new(root: impl Into<PathBuf>) -> Runtime {
         Runtime { root: root.into() }
     }
@@ -220,25 +246,7 @@ impl Runtime {
         if !terminal && o.console_socket.is_some() {
             bail!("cannot use console socket if runc will not detach or allocate tty")
         }
-        std::fs::create_dir_all(&self.root).at(&self.root)?;
-        let _ = std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711));
-        let dir = State::dir(&self.root, &o.id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists),
-            Err(e) => return Err(e).at(&dir),
-        }
-        let mut undo = Undo {
-            dir: Some(dir.clone()),
-            cgroup: None,
-            pid: 0,
-        };
-        let linux = spec.linux().as_ref().expect("validated");
-        let cg = Cgroup::create(linux.cgroups_path().as_deref(), &o.id)?;
-        undo.cgroup = Some(cg.clone());
-        if let Some(res) = linux.resources() {
-            cg.apply(res)?;
-        }
+        let (dir, mut undo, cg) = self.claim(&o.id, &spec)?;
         let fifo_path = dir.join("exec.fifo");
         nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .what(format!("mkfifo {}", fifo_path.display()))?;

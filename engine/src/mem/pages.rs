@@ -241,16 +241,17 @@ fn collect_runs_read(pm: &File, path: &str, vmas: &[Vma]) -> Result<(Vec<Run>, u
     Ok((runs, scanned))
 }
 
-/// Write `pagemap-<name>.img` for `runs` (all PRESENT, in address order).
+/// Write `pagemap-<name>.img` for `ents` (addr, len, flags; in address
+/// order).
 fn write_pagemap(
     dir: &ImageDir,
     name: &str,
     pages_id: u32,
-    runs: impl Iterator<Item = (u64, u64)>,
+    ents: impl Iterator<Item = (u64, u64, u32)>,
 ) -> Result<()> {
     let mut w: Writer = dir.writer(name, common(magic::PAGEMAP))?;
     dir.put(&mut w, name, &PagemapHead { pages_id })?;
-    for (addr, len) in runs {
+    for (addr, len, flags) in ents {
         let nr = len / PAGE_SIZE;
         dir.put(
             &mut w,
@@ -259,12 +260,32 @@ fn write_pagemap(
                 vaddr: addr,
                 compat_nr_pages: nr.min(u32::MAX as u64) as u32,
                 in_parent: None,
-                flags: Some(PE_PRESENT),
+                flags: Some(flags),
                 nr_pages: Some(nr),
             },
         )?;
     }
     dir.finish(w, name)
+}
+
+/// Copy `runs` of `pid` into `pages-<pages_id>.img`.
+fn save_runs(
+    dir: &ImageDir,
+    pid: i32,
+    runs: &[Run],
+    scanned: u64,
+    pages_id: u32,
+    progress: bool,
+) -> Result<PageStats> {
+    let pages_name = format!("pages-{pages_id}.img");
+    let out = dir.raw_writer(&pages_name)?;
+    let total: u64 = runs.iter().map(|r| r.len).sum();
+    let bar = Progress::new(progress, total, format!("dump pid {pid}"));
+    let mut st = copy_runs(pid, runs, total, out, &dir.file(&pages_name), &bar)?;
+    bar.finish();
+    st.pages_scanned = scanned;
+    st.pages_written = total / PAGE_SIZE;
+    Ok(st)
 }
 
 /// Save the private memory of `pid`: `pagemap-<pid>.img` and
@@ -290,22 +311,13 @@ pub fn dump_private_as(
     progress: bool,
 ) -> Result<PageStats> {
     let (runs, scanned) = collect_runs(pid, vmas)?;
-    let pm_name = format!("pagemap-{img_pid}.img");
     write_pagemap(
         dir,
-        &pm_name,
+        &format!("pagemap-{img_pid}.img"),
         pages_id,
-        runs.iter().map(|r| (r.addr, r.len)),
+        runs.iter().map(|r| (r.addr, r.len, PE_PRESENT)),
     )?;
-    let pages_name = format!("pages-{pages_id}.img");
-    let out = dir.raw_writer(&pages_name)?;
-    let total: u64 = runs.iter().map(|r| r.len).sum();
-    let bar = Progress::new(progress, total, format!("dump pid {pid}"));
-    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name), &bar)?;
-    bar.finish();
-    st.pages_scanned = scanned;
-    st.pages_written = total / PAGE_SIZE;
-    Ok(st)
+    save_runs(dir, pid, &runs, scanned, pages_id, progress)
 }
 
 /// [`dump_private_as`] on top of a parent image: pages the parent has and
@@ -331,32 +343,8 @@ pub fn dump_private_incremental(
         .chain(up.iter().map(|&(s, e)| (s, e - s, super::PE_PARENT)))
         .collect();
     ents.sort_unstable();
-    let mut w: Writer = dir.writer(&pm_name, common(magic::PAGEMAP))?;
-    dir.put(&mut w, &pm_name, &PagemapHead { pages_id })?;
-    for (addr, len, flags) in ents {
-        let nr = len / PAGE_SIZE;
-        dir.put(
-            &mut w,
-            &pm_name,
-            &PagemapEntry {
-                vaddr: addr,
-                compat_nr_pages: nr.min(u32::MAX as u64) as u32,
-                in_parent: None,
-                flags: Some(flags),
-                nr_pages: Some(nr),
-            },
-        )?;
-    }
-    dir.finish(w, &pm_name)?;
-    let pages_name = format!("pages-{pages_id}.img");
-    let out = dir.raw_writer(&pages_name)?;
-    let total: u64 = runs.iter().map(|r| r.len).sum();
-    let bar = Progress::new(progress, total, format!("dump pid {pid}"));
-    let mut st = copy_runs(pid, &runs, total, out, &dir.file(&pages_name), &bar)?;
-    bar.finish();
-    st.pages_scanned = scanned;
-    st.pages_written = total / PAGE_SIZE;
-    Ok(st)
+    write_pagemap(dir, &pm_name, pages_id, ents.into_iter())?;
+    save_runs(dir, pid, &runs, scanned, pages_id, progress)
 }
 
 /// Split runs into batches of at most `BATCH` bytes.
@@ -561,7 +549,12 @@ pub fn dump_shmem(
         off = hole;
     }
     let name = format!("pagemap-shmem-{shmid}.img");
-    write_pagemap(dir, &name, pages_id, runs.iter().copied())?;
+    write_pagemap(
+        dir,
+        &name,
+        pages_id,
+        runs.iter().map(|&(a, l)| (a, l, PE_PRESENT)),
+    )?;
     let pages_name = format!("pages-{pages_id}.img");
     let mut out = dir.raw_writer(&pages_name)?;
     let mut st = PageStats {
