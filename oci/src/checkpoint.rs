@@ -560,6 +560,7 @@ impl Runtime {
             join_ns: Vec::new(),
             tcp_established: o.tcp_established,
             tcp_close: false,
+            empty_net: false,
         };
         let t0 = Instant::now();
         let done =

@@ -612,13 +612,19 @@ pub fn lock_for_restore(
         })
         .collect();
     let file = if ns.owns(NsKind::Net) {
-        let f = crate::ns::net::fresh(ns)?;
+        // Locked before its links exist, so no packet reaches a socket
+        // that is not rebuilt yet (a peer would get a reset).
+        let mut lock = None;
+        let f = crate::ns::net::fresh(ns, &mut |f| {
+            let f = f
+                .try_clone()
+                .map_err(|e| Error::Other(format!("network namespace fd: {e}")))?;
+            lock = Some(lock::Lock::take_in(f, ino, &conns).map_err(Error::Other)?);
+            Ok(())
+        })?;
         ns.own.retain(|k| *k != NsKind::Net);
-        let keep = f
-            .try_clone()
-            .map_err(|e| Error::Other(format!("network namespace fd: {e}")))?;
-        joined.push((NsKind::Net, OwnedFd::from(keep)));
-        f
+        joined.push((NsKind::Net, OwnedFd::from(f)));
+        return Ok(lock);
     } else if let Some((_, fd)) = joined.iter().find(|(k, _)| *k == NsKind::Net) {
         std::fs::File::from(
             fd.try_clone()

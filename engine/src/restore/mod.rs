@@ -85,6 +85,9 @@ pub struct RestoreOptions {
     pub tcp_established: bool,
     /// Restore established TCP connections as closed sockets (`--tcp-close`).
     pub tcp_close: bool,
+    /// `--empty-ns net`: the tree's network namespace is made with
+    /// loopback only (the caller sets up the rest).
+    pub empty_net: bool,
 }
 
 #[derive(Debug)]
@@ -162,11 +165,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     files::inet::check_restore(&plan, opts.tcp_established, opts.tcp_close)?;
     // Kept until the end: the mount yard is removed on drop.
     let _mnt_yard = crate::ns::mnt::configure(&mut plan.ns, opts.root.as_deref(), &opts.external)?;
+    crate::ns::net::configure(&mut plan.ns, &opts.external, opts.empty_net)?;
     // Kept open until the root is forked.
     let mut joined = join::prepare(&opts.join_ns, &mut plan.ns)?;
     // Established connections: packets held back in the tree's network
     // namespace until it runs (may make that namespace here).
     let net_lock = files::inet::lock_for_restore(&mut plan.ns, &plan.files, &mut joined)?;
+    // Otherwise the tree's own network namespace is made here too.
+    crate::ns::net::prepare(&mut plan.ns, &mut joined)?;
     let plan = plan;
     let mut cg_target = crate::cgroup::prepare(
         &dir,

@@ -172,19 +172,18 @@ impl Opts {
         if self.leave_stopped {
             bail!(not_yet("--leave-stopped", "the tree always resumes"));
         }
-        if !self.veths.is_empty() {
-            bail!(not_yet(
-                "veth pairs",
-                "network namespaces are not dumped or restored"
-            ));
+        for v in &self.veths {
+            if !v.contains('=') {
+                bail!("--veth-pair {v}: expected IN=OUT");
+            }
         }
         for e in &self.external {
             match external_kind(e) {
-                "mnt" | "dev" | "unix" => {}
+                "mnt" | "dev" | "unix" | "veth" | "macvlan" => {}
                 k if NS_KINDS.contains(&k) => {}
                 _ => bail!(not_yet(
                     &format!("--external {e}"),
-                    "only mnt[], dev[], unix[] and namespaces are known"
+                    "only mnt[], dev[], unix[], veth[], macvlan[] and namespaces are known"
                 )),
             }
         }
@@ -231,8 +230,8 @@ impl Opts {
                 ));
             }
         }
-        // The engine restores a tree's net namespace with loopback only,
-        // which is what an "empty" one is; other kinds are always rebuilt.
+        // An empty net namespace (loopback only) is the engine's
+        // `empty_net`; other kinds are always rebuilt.
         if self.empty_ns & !(libc::CLONE_NEWNET as u32) != 0 {
             bail!(not_yet(
                 &format!("empty namespaces (mask {:#x})", self.empty_ns),
@@ -367,11 +366,16 @@ impl Opts {
             orphan_pts_master: self.orphan_pts_master,
             on_orphan_pts: None,
             root: self.root.clone(),
+            // `--veth-pair IN=OUT` is CRIU's older `veth[IN]:OUT`.
             external: self
                 .external
                 .iter()
-                .filter(|e| external_kind(e) == "mnt")
+                .filter(|e| matches!(external_kind(e), "mnt" | "veth" | "macvlan"))
                 .cloned()
+                .chain(self.veths.iter().filter_map(|v| {
+                    let (i, o) = v.split_once('=')?;
+                    Some(format!("veth[{i}]:{o}"))
+                }))
                 .collect(),
             manage_cgroups: self.manage_cgroups.and_then(CgMode::engine),
             cgroup_root: self
@@ -388,6 +392,7 @@ impl Opts {
             join_ns: self.join_ns.clone(),
             tcp_established: self.tcp_established,
             tcp_close: self.tcp_close,
+            empty_net: self.empty_ns & libc::CLONE_NEWNET as u32 != 0,
         }
     }
 }
