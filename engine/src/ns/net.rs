@@ -696,16 +696,17 @@ mod tests {
     use super::*;
 
     fn plan() -> NsPlan {
-        let mut p = NsPlan::default();
-        p.net = Some(NetNs {
-            devices: vec![NetDeviceEntry {
-                r#type: NdType::Veth as i32,
-                name: "nl0".into(),
+        NsPlan {
+            net: Some(NetNs {
+                devices: vec![NetDeviceEntry {
+                    r#type: NdType::Veth as i32,
+                    name: "nl0".into(),
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
+            }),
             ..Default::default()
-        });
-        p
+        }
     }
 
     #[test]
