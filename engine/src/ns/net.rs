@@ -498,14 +498,19 @@ fn populate(
     let img = |name: &str| format!("{name}-{}.img", n.id);
     // `ip addr save` images start with a 4-byte magic: nothing saved is
     // just that.
+    let dev = |i: u32| {
+        n.devices
+            .iter()
+            .find(|d| d.ifindex == i)
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| format!("ifindex {i}"))
+    };
     if let Some(b) = raw("ifaddr").filter(|b| b.len() > 4) {
-        tools::run("ip", &["addr", "restore"], Some(b))
-            .map_err(|e| format!("addresses ({}): {e}", img("ifaddr")))?;
+        tools::ip_restore("addr", b, &dev).map_err(|e| format!("{}: {e}", img("ifaddr")))?;
     }
     for r in ["route", "route6"] {
         if let Some(b) = raw(r).filter(|b| b.len() > 4) {
-            tools::run("ip", &["route", "restore"], Some(b))
-                .map_err(|e| format!("routes ({}): {e}", img(r)))?;
+            tools::ip_restore("route", b, &dev).map_err(|e| format!("{}: {e}", img(r)))?;
         }
     }
     if let Some(b) = raw("rule").filter(|b| b.len() > 4) {
@@ -513,8 +518,7 @@ fn populate(
         // (CRIU does the same).
         let _ = tools::run("ip", &["rule", "flush"], None);
         let _ = tools::run("ip", &["rule", "delete", "table", "local"], None);
-        tools::run("ip", &["rule", "restore"], Some(b))
-            .map_err(|e| format!("rules ({}): {e}", img("rule")))?;
+        tools::ip_restore("rule", b, &dev).map_err(|e| format!("{}: {e}", img("rule")))?;
     }
     for (r, prog) in [
         ("iptables", "iptables-legacy-restore"),
