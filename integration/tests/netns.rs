@@ -675,6 +675,40 @@ fn netns_veth_leave_running() {
     drop(topo);
 }
 
+/// Restore options: without `--external macvlan[mv0]:DEV` the images are
+/// refused by name; with `--empty-ns net` the namespace gets loopback only
+/// (the caller would set up the rest) and the tree runs in it.
+#[test]
+fn netns_restore_options() {
+    let Some(env) = Env::setup("netns_restore_options") else {
+        return;
+    };
+    let topo = Topo::new();
+    let mut wl = topo.start_inside(&env, WL_INET, &[]);
+    let img = env.dir("images");
+    env.dump(wl.root_pid(), &img, &[])
+        .expect_success("dump of a tree with its own network namespace");
+    wl.expect_killed_and_reap();
+    topo.wait_outer_gone();
+    let run = env.restore(&img, &env.path("refused.pid"), &[]);
+    run.expect_clear_failure(
+        "restore of a macvlan without its external device",
+        &["macvlan[mv0]"],
+    );
+    wl.restore_from(&env, &img, &["--empty-ns", "net"]);
+    let links = in_ns(
+        &format!("/proc/{}/ns/net", wl.root_pid()),
+        "ip",
+        &["-o", "link", "show"],
+    )
+    .expect("links");
+    assert_eq!(links.lines().count(), 1, "not only loopback: {links}");
+    assert!(links.contains("lo:") && links.contains(",UP"), "{links}");
+    wl.verify_and_finish("after restore into an empty namespace");
+    drop(wl);
+    drop(topo);
+}
+
 /// A link we cannot make again (a bridge inside the namespace) is refused
 /// at dump by name; the tree runs on.
 #[test]
