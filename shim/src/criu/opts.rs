@@ -540,4 +540,34 @@ mod tests {
             .to_string()
             .contains("net[1]:x"));
     }
+
+    #[test]
+    fn network_externals_reach_the_engine() {
+        let o = Opts {
+            external: vec![
+                "veth[nl0]:out0@br0".into(),
+                "macvlan[mv0]:eth0".into(),
+                "unix[7]".into(),
+            ],
+            veths: vec!["eth1=out1".into()],
+            empty_ns: libc::CLONE_NEWNET as u32,
+            ..Default::default()
+        };
+        o.check_restore().unwrap();
+        let r = o.restore_options();
+        assert_eq!(
+            r.external,
+            vec![
+                "veth[nl0]:out0@br0".to_string(),
+                "macvlan[mv0]:eth0".to_string(),
+                "veth[eth1]:out1".to_string(),
+            ]
+        );
+        assert!(r.empty_net);
+        let o = Opts {
+            veths: vec!["eth1".into()],
+            ..Default::default()
+        };
+        assert!(o.check_restore().unwrap_err().to_string().contains("eth1"));
+    }
 }
