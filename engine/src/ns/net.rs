@@ -222,37 +222,53 @@ fn dump_inside(pid: i32) -> std::result::Result<Dumped, String> {
         ipv4_sysctl: conf::read_ipv4(),
         ..Default::default()
     };
-    let mut raw = vec![
-        ("ifaddr", tools::run("ip", &["addr", "save"], None)?),
-        ("route", tools::run("ip", &["route", "save"], None)?),
-        ("route6", tools::run("ip", &["-6", "route", "save"], None)?),
-        // Optional in CRIU too (old ip without `rule save`).
-        (
-            "rule",
-            tools::run("ip", &["rule", "save"], None).unwrap_or_else(|e| {
-                warn!("{e}: no rule image");
-                Vec::new()
-            }),
-        ),
+    if !tools::exists("ip") {
+        if devices.iter().all(|d| d.r#type == NdType::Loopback as i32) {
+            // Loopback only: its addresses come back with it.
+            warn!(
+                pid,
+                "no ip command (iproute2): addresses and routes not saved"
+            );
+            return Ok(Dumped {
+                devices,
+                netns,
+                raw: Vec::new(),
+            });
+        }
+        return Err("the ip command (iproute2) is needed to save addresses and routes".into());
+    }
+    let nft = tools::exists("nft");
+    let mut cmds: Vec<(&str, &[&str])> = vec![
+        ("ip", &["addr", "save"]),
+        ("ip", &["route", "save"]),
+        ("ip", &["-6", "route", "save"]),
+        ("ip", &["rule", "save"]),
     ];
-    // Legacy iptables only (an nft-based iptables is in the nft ruleset).
-    for (img, prog) in [
-        ("iptables", "iptables-legacy-save"),
-        ("ip6tables", "ip6tables-legacy-save"),
+    if nft {
+        cmds.push(("nft", &["list", "ruleset"]));
+    }
+    let mut out = tools::run_all(&cmds)?.into_iter();
+    let mut raw = Vec::new();
+    for name in ["ifaddr", "route", "route6", "rule"] {
+        raw.push((name, out.next().unwrap_or_default()));
+    }
+    let ruleset = out.next().unwrap_or_default();
+    // Legacy iptables only (an nft-based iptables is in the nft ruleset),
+    // and only when the namespace has such tables.
+    for (img, prog, names) in [
+        ("iptables", "iptables-legacy-save", "ip_tables_names"),
+        ("ip6tables", "ip6tables-legacy-save", "ip6_tables_names"),
     ] {
-        let out = if tools::exists(prog) {
+        let has = std::fs::read_to_string(format!("/proc/thread-self/net/{names}"))
+            .is_ok_and(|s| !s.trim().is_empty());
+        let out = if has && tools::exists(prog) {
             tools::run(prog, &[], None)?
         } else {
             Vec::new()
         };
         raw.push((img, out));
     }
-    let nft = if tools::exists("nft") {
-        let r = tools::run("nft", &["list", "ruleset"], None)?;
-        tools::strip_lock_tables(&String::from_utf8_lossy(&r)).into_bytes()
-    } else {
-        Vec::new()
-    };
+    let nft = tools::strip_lock_tables(&String::from_utf8_lossy(&ruleset)).into_bytes();
     raw.push(("nftables", nft));
     Ok(Dumped {
         devices,

@@ -150,10 +150,17 @@ pub fn read_ipv4() -> Vec<SysctlEntry> {
         .map(|n| read_one(&format!("/proc/sys/net/ipv4/{n}"), n))
         .collect();
     if v.iter().all(|e| e.sarg.is_none()) {
-        Vec::new()
-    } else {
-        v
+        return Vec::new();
     }
+    // The default ("1 0": no group may ping) is left out, as CRIU does.
+    v.into_iter()
+        .map(|mut e| {
+            if e.sarg.as_deref().is_some_and(|s| normalize(s) == "1 0") {
+                e.sarg = None;
+            }
+            e
+        })
+        .collect()
 }
 
 fn value(e: &SysctlEntry) -> Option<String> {

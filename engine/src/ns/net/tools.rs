@@ -48,6 +48,45 @@ pub fn run(prog: &str, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, S
     Ok(out.stdout)
 }
 
+/// Several commands without input run side by side (the dump's `ip ...
+/// save` and `nft list ruleset`: each costs a few ms to start); their
+/// stdouts in order.
+pub fn run_all(cmds: &[(&str, &[&str])]) -> Result<Vec<Vec<u8>>, String> {
+    let mut children = Vec::new();
+    for (prog, args) in cmds {
+        let what = format!("{prog} {}", args.join(" "));
+        let ch = Command::new(prog)
+            .args(*args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("run {what}: {e}"))?;
+        children.push((what, ch));
+    }
+    let mut out = Vec::new();
+    let mut first_err = None;
+    // Wait for all, even after a failure (no child left behind).
+    for (what, ch) in children {
+        match ch.wait_with_output() {
+            Ok(o) if o.status.success() => out.push(o.stdout),
+            Ok(o) => {
+                first_err.get_or_insert(format!(
+                    "{what}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Err(e) => {
+                first_err.get_or_insert(format!("wait for {what}: {e}"));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 /// Whether `prog` can be run (looked up in PATH).
 pub fn exists(prog: &str) -> bool {
     std::env::var_os("PATH")
