@@ -5,7 +5,8 @@
 //! holding 10.233.N.1/24 and fd00:233:N::1/64; the tree's namespace (made
 //! by a test thread with unshare, so it lives exactly as long as the tree)
 //! has lo with an extra v4 and v6 address, a veth `nl0` (MAC and MTU set)
-//! whose other end is on that bridge, a macvlan `mv0` over the bridge,
+//! whose other end is on that bridge, a macvlan `mv0` over the bridge, a
+//! veth pair `nlp0`/`nlp1` with both ends inside (addresses on both),
 //! 10.233.N.2/24 and fd00:233:N::2/64 on nl0, a v4 and a v6 route via the
 //! bridge, changed sysctls (ip_forward, nl0's rp_filter and hop_limit,
 //! unix max_dgram_qlen) and an nft table dropping TCP port 7777.
@@ -282,6 +283,15 @@ impl Topo {
         ip(&["-n", o, "link", "set", "mv0", "netns", &tid])?;
         let mac = format!("02:00:00:35:{:02x}:07", self.n);
         ip(&["link", "set", "mv0", "address", &mac, "up"])?;
+        // A veth pair with both ends in here.
+        ip(&[
+            "link", "add", "nlp0", "type", "veth", "peer", "name", "nlp1",
+        ])?;
+        ip(&["link", "set", "nlp1", "mtu", "1300"])?;
+        ip(&["addr", "add", "10.236.0.1/30", "dev", "nlp0"])?;
+        ip(&["addr", "add", "10.236.0.2/30", "dev", "nlp1"])?;
+        ip(&["link", "set", "nlp0", "up"])?;
+        ip(&["link", "set", "nlp1", "up"])?;
         for (k, v) in [
             ("net/ipv4/ip_forward", "1"),
             ("net/ipv4/conf/nl0/rp_filter", "2"),

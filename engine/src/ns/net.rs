@@ -1,6 +1,6 @@
 //! Network namespace of the tree, in CRIU's images:
-//! - `netdev-<id>.img`: the links (loopback; veth whose peer is outside the
-//!   namespace; macvlan over a device outside it) with name, ifindex, MTU,
+//! - `netdev-<id>.img`: the links (loopback; veth, its peer outside the
+//!   namespace or inside; macvlan over a device outside it) with name, ifindex, MTU,
 //!   MAC, flags and their `net.ipv4/ipv6.conf.<dev>.*` values;
 //! - `netns-<id>.img`: the `all`/`default` conf values, `net.unix` and
 //!   `net.ipv4.ping_group_range`;
@@ -10,7 +10,9 @@
 //!   iptables-save, when there is one), `nftables-<id>` (`nft list
 //!   ruleset`, without our own network lock table).
 //!
-//! Any other link (tun, bridge, vxlan, a veth pair with both ends inside,
+//! A veth pair with both ends inside is saved as two entries naming each
+//! other (`peer_nsid` = the namespace's own id, as CRIU writes it) and made
+//! once. Any other link (tun, bridge, vxlan,
 //! ...) is refused at dump, naming the pid and the link.
 //!
 //! Restore makes the namespace from the restorer ([`fresh`], before the
@@ -114,13 +116,12 @@ fn classify(l: &Link) -> std::result::Result<Class, String> {
         ));
     }
     match kind {
-        "veth" if l.link_netnsid.is_some() => Ok(Class::Veth),
-        "veth" => Err("a veth pair with both ends inside the namespace: not supported".into()),
+        "veth" => Ok(Class::Veth),
         "macvlan" if l.link_netnsid.is_some() => Ok(Class::Macvlan),
         "macvlan" => Err("a macvlan over a device inside the namespace: not supported".into()),
         "" => Err("a device of unknown kind: not supported".into()),
         k => Err(format!(
-            "kind {k}: only loopback, veth (peer outside the namespace) and macvlan are supported"
+            "kind {k}: only loopback, veth and macvlan (on a device outside) are supported"
         )),
     }
 }
@@ -149,7 +150,7 @@ fn check(cx: &DumpCx) -> Result<()> {
 }
 
 /// The device entry of a link, its sysctls read (in the namespace).
-fn device(l: &Link, class: &Class) -> std::result::Result<NetDeviceEntry, String> {
+fn device(l: &Link, class: &Class, ns_id: u32) -> std::result::Result<NetDeviceEntry, String> {
     let ty = match class {
         Class::Loopback => NdType::Loopback,
         Class::Veth => NdType::Veth,
@@ -172,6 +173,10 @@ fn device(l: &Link, class: &Class) -> std::result::Result<NetDeviceEntry, String
     };
     if *class != Class::Loopback {
         d.address = l.address.clone();
+    }
+    if *class == Class::Veth && l.link_netnsid.is_none() {
+        // The peer is in this namespace too.
+        d.peer_nsid = Some(ns_id);
     }
     if *class == Class::Macvlan {
         let get = |t| {
@@ -200,7 +205,7 @@ struct Dumped {
     raw: Vec<(&'static str, Vec<u8>)>,
 }
 
-fn dump_inside(pid: i32) -> std::result::Result<Dumped, String> {
+fn dump_inside(pid: i32, ns_id: u32) -> std::result::Result<Dumped, String> {
     let links = rtnl::Sock::new()
         .and_then(|mut s| s.links())
         .map_err(|e| format!("list links: {e}"))?;
@@ -211,7 +216,7 @@ fn dump_inside(pid: i32) -> std::result::Result<Dumped, String> {
             debug!(pid, link = %l.name, "fallback tunnel device: not saved");
             continue;
         }
-        devices.push(device(l, &class)?);
+        devices.push(device(l, &class, ns_id)?);
     }
     let netns = NetnsEntry {
         def_conf4: conf::read_conf("ipv4", "default"),
@@ -280,7 +285,7 @@ fn dump_inside(pid: i32) -> std::result::Result<Dumped, String> {
 fn dump(cx: &DumpCx) -> Result<()> {
     let root = cx.root_pid;
     let d = in_ns_of(root, &[NsKind::Net], || {
-        dump_inside(root)
+        dump_inside(root, cx.id)
             .map_err(|e| Error::Other(format!("pid {root}: dump its network namespace: {e}")))
     })?;
     cx.dir.write_one(
@@ -498,10 +503,14 @@ fn populate(
         sys(conf::write_unix(&ns.unix_conf))?;
         sys(conf::write_ipv4(&ns.ipv4_sysctl))?;
     }
+    // Ends of inner veth pairs made with their peer.
+    let mut made = std::collections::BTreeSet::new();
     for d in &n.devices {
         let what = format!("link {} (ifindex {})", d.name, d.ifindex);
         if d.r#type == NdType::Loopback as i32 {
             set_lo(d)?;
+        } else if d.r#type == NdType::Veth as i32 && d.peer_nsid == Some(n.id) {
+            make_inner_pair(n, d, &mut inside, &mut made).map_err(|e| format!("{what}: {e}"))?;
         } else if d.r#type == NdType::Veth as i32 {
             make_veth(n, d, home, &mut inside, outside).map_err(|e| format!("{what}: {e}"))?;
         } else {
@@ -645,6 +654,60 @@ fn make_veth(
     Ok(())
 }
 
+/// Both ends of a veth pair inside the namespace, at the first of the two
+/// entries, each as dumped (the peer's ifinfomsg carries its index).
+fn make_inner_pair(
+    n: &NetNs,
+    d: &NetDeviceEntry,
+    inside: &mut rtnl::Sock,
+    made: &mut std::collections::BTreeSet<u32>,
+) -> std::result::Result<(), String> {
+    if made.contains(&d.ifindex) {
+        return Ok(());
+    }
+    let pi = d.peer_ifindex.unwrap_or(0);
+    let peer = n
+        .devices
+        .iter()
+        .find(|p| p.ifindex == pi && p.ifindex != d.ifindex)
+        .ok_or_else(|| format!("its peer (ifindex {pi}) is not in the image"))?;
+    let mut m = Msg::link(
+        rtnl::RTM_NEWLINK,
+        rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+        d.ifindex as i32,
+        settable(d.flags),
+    );
+    link_attrs(&mut m, d);
+    let li = m.begin(rtnl::IFLA_LINKINFO);
+    m.attr(rtnl::IFLA_INFO_KIND, b"veth");
+    let data = m.begin(rtnl::IFLA_INFO_DATA);
+    let pn = m.begin(rtnl::VETH_INFO_PEER);
+    // Up only once paired (a veth opened without its peer is ENOTCONN).
+    let mut ifi = rtnl::ifinfo(peer.ifindex as i32);
+    ifi[8..12].copy_from_slice(&(settable(peer.flags) & !(libc::IFF_UP as u32)).to_ne_bytes());
+    m.raw(&ifi);
+    link_attrs(&mut m, peer);
+    m.end(pn);
+    m.end(data);
+    m.end(li);
+    inside
+        .request(&mut m)
+        .map_err(|e| format!("create veth pair with {}: {e}", peer.name))?;
+    let mut up = Msg::link(
+        rtnl::RTM_SETLINK,
+        0,
+        peer.ifindex as i32,
+        settable(peer.flags),
+    );
+    inside
+        .request(&mut up)
+        .map_err(|e| format!("flags of its peer {}: {e}", peer.name))?;
+    made.insert(d.ifindex);
+    made.insert(peer.ifindex);
+    info!(link = %d.name, peer = %peer.name, "veth pair inside restored");
+    Ok(())
+}
+
 /// A macvlan made from outside on the external device, straight into the
 /// new namespace (`ns`) under its dumped index, as CRIU does.
 fn make_macvlan(
@@ -762,7 +825,7 @@ mod tests {
         };
         assert_eq!(classify(&l), Ok(Class::Veth));
         l.link_netnsid = None;
-        assert!(classify(&l).unwrap_err().contains("both ends"));
+        assert_eq!(classify(&l), Ok(Class::Veth));
         l.kind = Some("vxlan".into());
         assert!(classify(&l).unwrap_err().contains("vxlan"));
         l.kind = Some("sit".into());
