@@ -67,7 +67,8 @@ pub struct CheckpointOpts {
     pub auto_dedup: bool,
     /// soft (default), full, strict or ignore.
     pub manage_cgroups_mode: Option<String>,
-    /// Namespaces restored empty; only "network" (always the case here).
+    /// Namespaces restored empty; only "network" (loopback only, the
+    /// caller sets up the rest).
     pub empty_ns: Vec<String>,
 }
 
@@ -135,8 +136,8 @@ fn cg_mode(s: Option<&str>) -> Result<CgMode> {
 
 fn check_empty_ns(v: &[String]) -> Result<()> {
     for ns in v {
-        // runc never restores network devices: the net namespace is always
-        // restored empty (loopback only), which is what the engine does.
+        // An empty network namespace (loopback only) is the engine's
+        // `empty_net`; others are always rebuilt.
         if ns != "network" {
             bail!("namespace {ns:?} is not supported")
         }
@@ -560,7 +561,7 @@ impl Runtime {
             join_ns: Vec::new(),
             tcp_established: o.tcp_established,
             tcp_close: false,
-            empty_net: false,
+            empty_net: o.empty_ns.iter().any(|n| n == "network"),
         };
         let t0 = Instant::now();
         let done =
