@@ -13,6 +13,9 @@
 //! And `*_beside_original`: restored from a `-R` dump while the original
 //! still runs (their host pids differ, the pids inside match).
 //!
+//! With `shmat`, SysV segments stay attached in the tree's processes (see
+//! wl-ns).
+//!
 //! Also: a user namespace, and a child in another UTS namespace than the
 //! root's, are refused with one clear line and the target keeps running.
 //!
@@ -256,6 +259,19 @@ fn pid_ipc_uts_dump_restore() {
 #[test]
 fn pid_ipc_uts_leave_running() {
     leave_running("pid_ipc_uts_leave_running", PID_IPC_UTS, &[], &[]);
+}
+
+/// SysV segments attached (shmat) in the root and its children, one split
+/// by mprotect, one removed while attached: re-attached at their addresses
+/// on restore, shared again, shm_nattch as before (the workload checks).
+#[test]
+fn shm_attached_dump_restore() {
+    dump_restore("shm_attached_dump_restore", PID_IPC_UTS, &["shmat"], &[]);
+}
+
+#[test]
+fn shm_attached_leave_running() {
+    leave_running("shm_attached_leave_running", PID_IPC_UTS, &["shmat"], &[]);
 }
 
 /// The launcher: a private mount table with its own /proc too

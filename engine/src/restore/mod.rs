@@ -268,6 +268,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         remotes.push(Some(r));
     }
     let plan = plan;
+    // Segments removed while attached are removed again, now attached.
+    crate::ns::ipc::remove_destroyed(&plan.ns, root_pid)?;
     // Seals that forbid new writable mappings, now that all are mapped.
     files::memfd::late_seals(&dir, &prep.memfd_fds)?;
     // Process groups: leaders first, then members.
@@ -827,9 +829,11 @@ fn puppet(
     let pages_name = format!("pages-{}.img", t.pagemap.as_ref().unwrap().pages_id);
     let pages_file = std::fs::File::open(prep.images_dir.join(&pages_name))
         .path_ctx(prep.images_dir.join(&pages_name))?;
+    let sysv_sizes = crate::ns::ipc::segment_sizes(&plan.ns);
     let cx = MemCtx {
         file_fds: &file_fds,
         shmem_fds: &prep.shmem_fds,
+        sysv_sizes: &sysv_sizes,
         pages: &pages_file,
         progress,
         scratch: tp.scratch,

@@ -171,12 +171,11 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             .unwrap_or_default();
     for (&shmid, &fd) in &prep.shmem_fds {
         let used = mine.contains(&shmid)
-            && t.mm
-                .as_ref()
-                .unwrap()
-                .vmas
-                .iter()
-                .any(|v| v.shmid == shmid && v.status & crate::mem::vma::VMA_ANON_SHARED != 0);
+            && t.mm.as_ref().unwrap().vmas.iter().any(|v| {
+                use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_SYSVIPC};
+                v.shmid == shmid
+                    && v.status & (VMA_ANON_SHARED | VMA_AREA_SYSVIPC) == VMA_ANON_SHARED
+            });
         if !used {
             let _ = nix::unistd::close(fd);
         }
