@@ -28,8 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{
-    process_exists, read_pidfile, reap_zombie_children, try_reap, wait_for_file, wait_gone, Env,
-    RESULT_TIMEOUT,
+    mentions, process_exists, read_pidfile, reap_zombie_children, try_reap, wait_for_file,
+    wait_gone, Env, RESULT_TIMEOUT,
 };
 use stasis_integration::workload::{ready_name, result_name, write_atomic, CHECK};
 
@@ -346,6 +346,36 @@ fn pid_ns_restore_beside_original() {
     t.check("original and restored side by side");
     t.wait_restored();
     t.init = original;
+    t.wait_original(true);
+}
+
+/// A restore that fails in a task of a tree with its own pid namespace
+/// names the task by its pid in the image and its new host pid, never by
+/// the dumped host pid: here the segments the root had attached are missing
+/// from the IPC namespace it is restored into (`--join-ns ipc:` of a fresh
+/// one), so re-attaching them fails in the root (pid 1).
+#[test]
+fn restore_error_names_image_pid() {
+    let Some(env) = Env::setup("restore_error_names_image_pid") else {
+        return;
+    };
+    let mut t = NsTree::start(&env, PID_IPC_UTS, &["shmat"]);
+    let original = t.init;
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    let mut other = spawn(&env, &["unshare", "--ipc", "sleep", "100"]);
+    let opid = other.id() as i32;
+    wait_ns_differs(opid, "ipc");
+    let join = format!("ipc:{opid}");
+    let pidfile = env.path("restore.pid");
+    let run = env.restore(&img, &pidfile, &["--join-ns", &join]);
+    let _ = other.kill();
+    let _ = other.wait();
+    run.expect_clear_failure("restore without the segments", &["shmat"]);
+    let line = run.stderr.trim();
+    assert!(line.contains(": pid 1 (host pid "), "{}", run.describe());
+    assert!(!mentions(line, &original.to_string()), "{}", run.describe());
+    t.check("original after the failed restore");
     t.wait_original(true);
 }
 
