@@ -13,8 +13,9 @@
 //!   rootfs and `--manage-cgroups=full` into the re-created cgroup; its
 //!   counter must go on and its mounts be there.
 //!
-//! - `slave_of_outer_mount`: a slave of a peer group outside the tree
-//!   (a shared mount of the test's) is a slave of it again after restore.
+//! - `slave_of_outer_mount`, `slave_of_external_mount`: a slave of a peer
+//!   group outside the tree (a shared mount of the test's) is a slave of
+//!   it again after restore, or of the `--external` mount given instead.
 //!
 //! Root only (skipped otherwise); run with `--test-threads=1`. Mounts,
 //! cgroups and processes are cleaned up whatever happens.
@@ -346,7 +347,19 @@ fn sh(cmd: &str, arg: &Path) {
 /// inside the restored tree.
 #[test]
 fn slave_of_outer_mount() {
-    let Some(env) = Env::setup("slave_of_outer_mount") else {
+    slave_of_outer("slave_of_outer_mount", false);
+}
+
+/// The same mount marked `--external mnt[PATH]:KEY` at dump and given as
+/// another shared mount of ours at restore: it is a slave of that one's
+/// group.
+#[test]
+fn slave_of_external_mount() {
+    slave_of_outer("slave_of_external_mount", true);
+}
+
+fn slave_of_outer(name: &str, external: bool) {
+    let Some(env) = Env::setup(name) else {
         return;
     };
     let d = env.dir("w");
@@ -355,6 +368,20 @@ fn slave_of_outer_mount() {
     sh(r#"mount --make-shared "$1""#, &ext);
     fs::create_dir(ext.join("sub")).unwrap();
     let group = shared_id_here(ext.to_str().unwrap());
+    // What the restored mount is bound from: the same mount, or the one
+    // given with --external.
+    let src = if external {
+        d.join("ext2")
+    } else {
+        ext.clone()
+    };
+    let _m2 = external.then(|| {
+        let m = stasis_integration::harness::Mount::tmpfs(&src, "size=1m", false).unwrap();
+        sh(r#"mount --make-shared "$1""#, &src);
+        fs::create_dir(src.join("sub")).unwrap();
+        m
+    });
+    let src_group = shared_id_here(src.to_str().unwrap());
     fs::write(d.join("loop.sh"), SLAVE_SH).unwrap();
     nix::unistd::mkfifo(
         &d.join("fifo"),
@@ -384,12 +411,22 @@ fn slave_of_outer_mount() {
     );
 
     let img = env.dir("images");
-    env.dump(t.init, &img, &[]).expect_success("dump");
+    let dump_ext = format!("mnt[{}]:slave-ext", ext.display());
+    let rst_ext = format!("mnt[slave-ext]:{}", src.display());
+    let (dump_args, rst_args): (Vec<&str>, Vec<&str>) = if external {
+        (
+            vec!["--external", &dump_ext],
+            vec!["--root", "/", "--external", &rst_ext],
+        )
+    } else {
+        (vec![], vec!["--root", "/"])
+    };
+    env.dump(t.init, &img, &dump_args).expect_success("dump");
     t.wait_launcher();
     let (last, _) = read_tick(&tick).unwrap();
     let pidfile = env.path("restore.pid");
-    env.restore(&img, &pidfile, &["--root", "/"])
-        .expect_success("restore --root /");
+    env.restore(&img, &pidfile, &rst_args)
+        .expect_success("restore");
     t.restored = read_pidfile(&pidfile).unwrap();
     let (last, f) = wait_tick(&tick, last + 2, "after restore");
     assert_eq!(f, ["none"]);
@@ -397,13 +434,13 @@ fn slave_of_outer_mount() {
         .3
         .clone();
     assert!(
-        after.contains(&format!("master:{group}")),
-        "not a slave of {group} after restore: {after}"
+        after.contains(&format!("master:{src_group}")),
+        "not a slave of {src_group} after restore: {after}"
     );
     // Propagation from us into the restored tree works again.
     let _sub =
-        stasis_integration::harness::Mount::tmpfs(&ext.join("sub"), "size=1m", false).unwrap();
-    fs::write(ext.join("sub/f"), "prop\n").unwrap();
+        stasis_integration::harness::Mount::tmpfs(&src.join("sub"), "size=1m", false).unwrap();
+    fs::write(src.join("sub/f"), "prop\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, f) = wait_tick(&tick, last, "after mounting below");
@@ -412,7 +449,8 @@ fn slave_of_outer_mount() {
         }
         assert!(
             Instant::now() < deadline,
-            "the mount made below ext never showed inside: {f:?}"
+            "the mount made below {} never showed inside: {f:?}",
+            src.display()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
