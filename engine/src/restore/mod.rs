@@ -465,7 +465,8 @@ impl Drop for Tree {
         // Reaped in whatever order they can go: the init of a pid namespace
         // exits only once its (traced) children are reaped by us.
         let mut left: BTreeSet<i32> = self.pids.iter().chain(&self.traced).copied().collect();
-        while !left.is_empty() {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !left.is_empty() && Instant::now() < deadline {
             let mut progress = false;
             left.retain(|&p| match ptrace::wait_nohang(p) {
                 Ok(Some(st)) => {
