@@ -179,6 +179,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         stolen: tree.stolen.clone(),
         ns_links: HashMap::new(),
         seccomp: Default::default(),
+        own_ipc: false,
     };
     let live: Vec<i32> = tree
         .tasks
@@ -191,6 +192,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     // Namespaces: refuse what we cannot restore before writing anything.
     let mut tree_ns = crate::ns::collect(&dir, &live)?;
     d.ns_links = std::mem::take(&mut tree_ns.links);
+    d.own_ipc = tree_ns.owns(crate::proc::NsKind::Ipc);
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     // Fd tables (files id = task index + 2) on a second thread, see
@@ -329,6 +331,8 @@ struct Dumper<'a> {
     tracked_parent: Option<PathBuf>,
     /// Pre-dump: the uffds tracking each task's memory.
     track_fds: Vec<std::os::fd::OwnedFd>,
+    /// The tree has its own IPC namespace (SysV shm attachments need it).
+    own_ipc: bool,
 }
 
 /// What remote calls tell us about one thread.
@@ -447,6 +451,18 @@ impl<'a> Dumper<'a> {
         let mut vdso = None;
         for s in &smaps {
             let mut v = vma::classify(pid, s)?;
+            if v.is_sysv() && !self.own_ipc {
+                // As CRIU: the segment belongs to the host, not to the tree.
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "sysv shm segment {} attached at {:#x} is in the host's ipc namespace \
+                         (dump a tree with its own ipc namespace)",
+                        v.entry.shmid,
+                        v.start()
+                    ),
+                ));
+            }
             if v.status() & vma::VMA_AREA_VDSO != 0 {
                 vdso = Some((v.start(), v.end()));
             }

@@ -51,6 +51,17 @@ impl Error {
         }
     }
 
+    /// The pid the error is about, if any.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Error::Task { pid, .. }
+            | Error::NoProcess(pid)
+            | Error::Unsupported { pid, .. }
+            | Error::Fd { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
     /// A syscall or ptrace request about a task failed.
     pub fn task(pid: i32, what: impl Into<String>, source: io::Error) -> Self {
         Error::Task {

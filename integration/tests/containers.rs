@@ -13,6 +13,10 @@
 //!   rootfs and `--manage-cgroups=full` into the re-created cgroup; its
 //!   counter must go on and its mounts be there.
 //!
+//! - `slave_of_outer_mount`, `slave_of_external_mount`: a slave of a peer
+//!   group outside the tree (a shared mount of the test's) is a slave of
+//!   it again after restore, or of the `--external` mount given instead.
+//!
 //! Root only (skipped otherwise); run with `--test-threads=1`. Mounts,
 //! cgroups and processes are cleaned up whatever happens.
 
@@ -304,6 +308,152 @@ exec bash "$0/loop.sh" "$0""#;
     assert!(s.3.contains("shared:"), "s not shared: {s:?}");
     assert_eq!(s.3, s2.3, "s and s2 are not peers");
     assert_eq!(find(&m, "/proc").1, "proc");
+}
+
+// bash, builtins only: reports what it sees below ext/sub.
+const SLAVE_SH: &str = r#"exec 3<> "$1/fifo"
+i=0
+while :; do
+  i=$((i+1)); f=none
+  if [ -e "$1/ext/sub/f" ]; then read f < "$1/ext/sub/f"; fi
+  echo "$i $f" > "$1/tick"
+  read -t 0.1 -u 3 x
+done
+"#;
+
+/// This test's shared id of the topmost mount at `at`, from our mountinfo.
+fn shared_id_here(at: &str) -> String {
+    let m = mounts_of(std::process::id() as i32);
+    let e = find(&m, at);
+    e.3.split(' ')
+        .find_map(|o| o.strip_prefix("shared:"))
+        .unwrap_or_else(|| panic!("{at} is not shared here: {e:?}"))
+        .to_string()
+}
+
+fn sh(cmd: &str, arg: &Path) {
+    let st = Command::new("sh")
+        .args(["-c", cmd, "sh"])
+        .arg(arg)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd} {}: {st:?}", arg.display());
+}
+
+/// A mount that is a slave of a peer group outside the tree's mount
+/// namespace (`unshare --propagation slave` of a shared mount of ours) is
+/// a slave of that group again after restore (`--root /`): our mountinfo's
+/// group is its master, and a mount we make below it afterwards shows
+/// inside the restored tree.
+#[test]
+fn slave_of_outer_mount() {
+    slave_of_outer("slave_of_outer_mount", false);
+}
+
+/// The same mount marked `--external mnt[PATH]:KEY` at dump and given as
+/// another shared mount of ours at restore: it is a slave of that one's
+/// group.
+#[test]
+fn slave_of_external_mount() {
+    slave_of_outer("slave_of_external_mount", true);
+}
+
+fn slave_of_outer(name: &str, external: bool) {
+    let Some(env) = Env::setup(name) else {
+        return;
+    };
+    let d = env.dir("w");
+    let ext = d.join("ext");
+    let _m = stasis_integration::harness::Mount::tmpfs(&ext, "size=1m", false).unwrap();
+    sh(r#"mount --make-shared "$1""#, &ext);
+    fs::create_dir(ext.join("sub")).unwrap();
+    let group = shared_id_here(ext.to_str().unwrap());
+    // What the restored mount is bound from: the same mount, or the one
+    // given with --external.
+    let src = if external {
+        d.join("ext2")
+    } else {
+        ext.clone()
+    };
+    let _m2 = external.then(|| {
+        let m = stasis_integration::harness::Mount::tmpfs(&src, "size=1m", false).unwrap();
+        sh(r#"mount --make-shared "$1""#, &src);
+        fs::create_dir(src.join("sub")).unwrap();
+        m
+    });
+    let src_group = shared_id_here(src.to_str().unwrap());
+    fs::write(d.join("loop.sh"), SLAVE_SH).unwrap();
+    nix::unistd::mkfifo(
+        &d.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--mount",
+        "--propagation",
+        "slave",
+        "bash",
+    ])
+    .arg(d.join("loop.sh"))
+    .arg(&d);
+    let mut t = Tree::start(&mut cmd, &env.path("launcher.log"));
+    let tick = d.join("tick");
+    let (_, f) = wait_tick(&tick, 2, "before dump");
+    assert_eq!(f, ["none"]);
+    let inside = find(&mounts_of(t.init), ext.to_str().unwrap()).3.clone();
+    assert!(
+        inside.contains(&format!("master:{group}")),
+        "not a slave before dump: {inside}"
+    );
+
+    let img = env.dir("images");
+    let dump_ext = format!("mnt[{}]:slave-ext", ext.display());
+    let rst_ext = format!("mnt[slave-ext]:{}", src.display());
+    let (dump_args, rst_args): (Vec<&str>, Vec<&str>) = if external {
+        (
+            vec!["--external", &dump_ext],
+            vec!["--root", "/", "--external", &rst_ext],
+        )
+    } else {
+        (vec![], vec!["--root", "/"])
+    };
+    env.dump(t.init, &img, &dump_args).expect_success("dump");
+    t.wait_launcher();
+    let (last, _) = read_tick(&tick).unwrap();
+    let pidfile = env.path("restore.pid");
+    env.restore(&img, &pidfile, &rst_args)
+        .expect_success("restore");
+    t.restored = read_pidfile(&pidfile).unwrap();
+    let (last, f) = wait_tick(&tick, last + 2, "after restore");
+    assert_eq!(f, ["none"]);
+    let after = find(&mounts_of(t.restored), ext.to_str().unwrap())
+        .3
+        .clone();
+    assert!(
+        after.contains(&format!("master:{src_group}")),
+        "not a slave of {src_group} after restore: {after}"
+    );
+    // Propagation from us into the restored tree works again.
+    let _sub =
+        stasis_integration::harness::Mount::tmpfs(&src.join("sub"), "size=1m", false).unwrap();
+    fs::write(src.join("sub/f"), "prop\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, f) = wait_tick(&tick, last, "after mounting below");
+        if f == ["prop"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mount made below {} never showed inside: {f:?}",
+            src.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn busybox_rootfs(dir: &Path) {

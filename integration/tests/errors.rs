@@ -206,6 +206,27 @@ fn unsupported_fd_kind_fails_by_name() {
 }
 
 #[test]
+fn host_ipc_shm_attachment_fails_by_name() {
+    // A SysV segment of the host's IPC namespace attached: the segment is
+    // not the tree's (as CRIU, the dump refuses it, naming pid and segment)
+    // and the target keeps running.
+    let Some(env) = Env::setup("host_ipc_shm_attachment_fails_by_name") else {
+        return;
+    };
+    let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-small"), &["sysv"], &[]);
+    let img = env.dir("images");
+    let run = env.dump(wl.root_pid(), &img, &[]);
+    let pid = wl.root_pid().to_string();
+    run.expect_clear_failure("dump of a host sysv shm attachment", &[&pid]);
+    assert!(
+        run.stderr.contains("sysv shm segment") && run.stderr.contains("ipc namespace"),
+        "{}",
+        run.describe()
+    );
+    expect_unharmed(&mut wl, "after refusing a host sysv shm attachment");
+}
+
+#[test]
 fn dump_out_of_space_leaves_target_running() {
     // The failure happens mid-dump (while writing pages), after the target
     // was seized: it must be released untouched.

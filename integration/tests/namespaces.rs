@@ -13,6 +13,9 @@
 //! And `*_beside_original`: restored from a `-R` dump while the original
 //! still runs (their host pids differ, the pids inside match).
 //!
+//! With `shmat`, SysV segments stay attached in the tree's processes (see
+//! wl-ns).
+//!
 //! Also: a user namespace, and a child in another UTS namespace than the
 //! root's, are refused with one clear line and the target keeps running.
 //!
@@ -25,8 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{
-    process_exists, read_pidfile, reap_zombie_children, try_reap, wait_for_file, wait_gone, Env,
-    RESULT_TIMEOUT,
+    mentions, process_exists, read_pidfile, reap_zombie_children, try_reap, wait_for_file,
+    wait_gone, Env, RESULT_TIMEOUT,
 };
 use stasis_integration::workload::{ready_name, result_name, write_atomic, CHECK};
 
@@ -258,6 +261,19 @@ fn pid_ipc_uts_leave_running() {
     leave_running("pid_ipc_uts_leave_running", PID_IPC_UTS, &[], &[]);
 }
 
+/// SysV segments attached (shmat) in the root and its children, one split
+/// by mprotect, one removed while attached: re-attached at their addresses
+/// on restore, shared again, shm_nattch as before (the workload checks).
+#[test]
+fn shm_attached_dump_restore() {
+    dump_restore("shm_attached_dump_restore", PID_IPC_UTS, &["shmat"], &[]);
+}
+
+#[test]
+fn shm_attached_leave_running() {
+    leave_running("shm_attached_leave_running", PID_IPC_UTS, &["shmat"], &[]);
+}
+
 /// The launcher: a private mount table with its own /proc too
 /// (restored with `--root /`: its mounts come from the host's root).
 const WITH_MOUNTS: &[&str] = &[
@@ -330,6 +346,36 @@ fn pid_ns_restore_beside_original() {
     t.check("original and restored side by side");
     t.wait_restored();
     t.init = original;
+    t.wait_original(true);
+}
+
+/// A restore that fails in a task of a tree with its own pid namespace
+/// names the task by its pid in the image and its new host pid, never by
+/// the dumped host pid: here the segments the root had attached are missing
+/// from the IPC namespace it is restored into (`--join-ns ipc:` of a fresh
+/// one), so re-attaching them fails in the root (pid 1).
+#[test]
+fn restore_error_names_image_pid() {
+    let Some(env) = Env::setup("restore_error_names_image_pid") else {
+        return;
+    };
+    let mut t = NsTree::start(&env, PID_IPC_UTS, &["shmat"]);
+    let original = t.init;
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    let mut other = spawn(&env, &["unshare", "--ipc", "sleep", "100"]);
+    let opid = other.id() as i32;
+    wait_ns_differs(opid, "ipc");
+    let join = format!("ipc:{opid}");
+    let pidfile = env.path("restore.pid");
+    let run = env.restore(&img, &pidfile, &["--join-ns", &join]);
+    let _ = other.kill();
+    let _ = other.wait();
+    run.expect_clear_failure("restore without the segments", &["shmat"]);
+    let line = run.stderr.trim();
+    assert!(line.contains(": pid 1 (host pid "), "{}", run.describe());
+    assert!(!mentions(line, &original.to_string()), "{}", run.describe());
+    t.check("original after the failed restore");
     t.wait_original(true);
 }
 

@@ -43,6 +43,8 @@ pub struct MemCtx<'a> {
     pub file_fds: &'a HashMap<u32, i32>,
     /// Target-side fd of each shared anonymous memory object.
     pub shmem_fds: &'a HashMap<u64, i32>,
+    /// Size of each SysV shm segment (from the IPC namespace's images).
+    pub sysv_sizes: &'a HashMap<u64, u64>,
     /// pages-N.img, read by the restorer.
     pub pages: &'a std::fs::File,
     /// Draw a progress bar while filling.
@@ -126,11 +128,15 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         }
     }
 
+    // SysV shm attachments before any mmap: shmat cannot replace mappings,
+    // and a segment may reach over holes that VMAs mapped later fill.
+    sysv_attach_calls(pid, mm, cx, &keep, target, &mut calls, &mut what)?;
+
     // Map every VMA, writable while it is filled.
     let mut fixups = Vec::new();
     let first_mmap = calls.len();
     for v in &mm.vmas {
-        if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
+        if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_SYSVIPC) != 0 {
             continue;
         }
         let len = v.end - v.start;
@@ -242,6 +248,45 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     }
     r.batch(pid, &adv)?;
     Ok(pages)
+}
+
+/// shmat of each SysV segment at its dumped address (the segments exist:
+/// the root made them in the IPC namespace before forking), then the holes
+/// and protections of its VMAs. shmat with an address lands there or fails.
+fn sysv_attach_calls(
+    pid: i32,
+    mm: &MmEntry,
+    cx: &MemCtx<'_>,
+    keep: &[(u64, u64)],
+    vdso: Option<(u64, u64)>,
+    calls: &mut Vec<Call>,
+    what: &mut Vec<String>,
+) -> Result<()> {
+    let bad = |why: String| Error::bad_image(format!("mm-{pid}.img"), why);
+    let attaches = sysv_attaches(&mm.vmas, |id| cx.sysv_sizes.get(&id).copied()).map_err(bad)?;
+    for a in &attaches {
+        let r = (a.base, a.base + a.len);
+        if keep.iter().chain(vdso.as_ref()).any(|&k| overlaps(k, r)) {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "sysv shm segment {} at {:#x}-{:#x} overlaps the restorer's mappings",
+                    a.shmid, r.0, r.1
+                ),
+            ));
+        }
+        calls.push((libc::SYS_shmat, [a.shmid, a.base, a.flags, 0, 0, 0]));
+        what.push(format!("shmat segment {} at {:#x}", a.shmid, a.base));
+        for &(s, n) in &a.unmap {
+            calls.push((libc::SYS_munmap, [s, n, 0, 0, 0, 0]));
+            what.push(format!("munmap {s:#x} of sysv shm segment {}", a.shmid));
+        }
+        for &(s, n, prot) in &a.protect {
+            calls.push((libc::SYS_mprotect, [s, n, prot, 0, 0, 0]));
+            what.push(format!("mprotect {s:#x} of sysv shm segment {}", a.shmid));
+        }
+    }
+    Ok(())
 }
 
 /// Restore mm fields, auxv and exe with one PR_SET_MM_MAP.

@@ -37,7 +37,8 @@ const MADV_FLAGS: [(&str, u32); 8] = [
 /// What the dumper does with a VMA's contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contents {
-    /// Nothing to save (shared file mappings, vvar, vsyscall).
+    /// Nothing to save (shared file mappings, vvar, vsyscall, SysV shm
+    /// whose bytes the IPC namespace's images hold).
     None,
     /// Every page, present or not: the vDSO, which CRIU's restore reads
     /// from the image to check it against the running kernel's.
@@ -71,6 +72,9 @@ impl Vma {
     }
     pub fn status(&self) -> u32 {
         self.entry.status
+    }
+    pub fn is_sysv(&self) -> bool {
+        self.entry.status & VMA_AREA_SYSVIPC != 0
     }
     pub fn is_file(&self) -> bool {
         self.entry.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
@@ -147,7 +151,14 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
         }
         VmaKind::File if shared => (VMA_AREA_REGULAR | VMA_FILE_SHARED, Contents::None),
         VmaKind::File => (VMA_AREA_REGULAR | VMA_FILE_PRIVATE, Contents::CowOnly),
-        VmaKind::SysV => return unsupported("SysV shared memory is not supported yet"),
+        // CRIU's record of an shmat attachment: shared anonymous memory
+        // whose shmid is the segment id (the inode of its /SYSV file); the
+        // bytes are saved with the IPC namespace (ns/ipc.rs).
+        VmaKind::SysV if shared => (
+            VMA_AREA_REGULAR | VMA_ANON_SHARED | VMA_AREA_SYSVIPC,
+            Contents::None,
+        ),
+        VmaKind::SysV => return unsupported("private SysV shm mapping"),
         // A memfd mapping maps the memfd's file (files/memfd.rs); its
         // content is saved with the memfd, COW copies like any file's.
         VmaKind::Memfd if shared => (
@@ -198,6 +209,108 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
         dev: (m.dev_major, m.dev_minor),
         inode: m.inode,
     })
+}
+
+/// One shmat of a SysV segment on restore, and what turns the attachment
+/// back into the dumped VMAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysvAttach {
+    /// The segment id (the VMAs' shmid).
+    pub shmid: u64,
+    /// Where the segment's first byte goes: a VMA's start minus its pgoff.
+    pub base: u64,
+    /// Page-rounded segment size: shmat maps all of it.
+    pub len: u64,
+    /// shmat flags: SHM_RDONLY unless some VMA is writable, SHM_EXEC when
+    /// some is executable (mprotect cannot add what the attach lacks).
+    pub flags: u64,
+    /// Parts of `[base, base + len)` the process had unmapped.
+    pub unmap: Vec<(u64, u64)>,
+    /// VMAs whose protection differs from the attach's: (start, len, prot).
+    pub protect: Vec<(u64, u64, u64)>,
+}
+
+/// The shmat calls that rebuild the SysV VMAs of one address space: VMAs of
+/// the same segment with the same base are one attachment (split by
+/// mprotect or a partial munmap). `size_of` gives a segment's size from the
+/// IPC namespace's images. Errors say which VMA cannot be rebuilt.
+pub fn sysv_attaches(
+    vmas: &[VmaEntry],
+    size_of: impl Fn(u64) -> Option<u64>,
+) -> std::result::Result<Vec<SysvAttach>, String> {
+    let page = super::PAGE_SIZE;
+    let mut out: Vec<SysvAttach> = Vec::new();
+    let mut parts: Vec<Vec<&VmaEntry>> = Vec::new();
+    for v in vmas.iter().filter(|v| v.status & VMA_AREA_SYSVIPC != 0) {
+        let Some(base) = v.start.checked_sub(v.pgoff) else {
+            return Err(format!(
+                "sysv shm vma {:#x}: offset {:#x} below address 0",
+                v.start, v.pgoff
+            ));
+        };
+        if let Some(i) = out
+            .iter()
+            .position(|a| a.shmid == v.shmid && a.base == base)
+        {
+            parts[i].push(v);
+            continue;
+        }
+        let size = size_of(v.shmid).ok_or_else(|| {
+            format!(
+                "sysv shm vma {:#x}: segment {} is not in the ipc namespace's images",
+                v.start, v.shmid
+            )
+        })?;
+        out.push(SysvAttach {
+            shmid: v.shmid,
+            base,
+            len: size.div_ceil(page) * page,
+            flags: libc::SHM_RDONLY as u64,
+            unmap: Vec::new(),
+            protect: Vec::new(),
+        });
+        parts.push(vec![v]);
+    }
+    for (a, vs) in out.iter_mut().zip(&parts) {
+        let (r, w, x) = (
+            libc::PROT_READ as u32,
+            libc::PROT_WRITE as u32,
+            libc::PROT_EXEC as u32,
+        );
+        if vs.iter().any(|v| v.prot & w != 0) {
+            a.flags &= !(libc::SHM_RDONLY as u64);
+        }
+        if vs.iter().any(|v| v.prot & x != 0) {
+            a.flags |= libc::SHM_EXEC as u64;
+        }
+        let mut at_prot = r;
+        if a.flags & libc::SHM_RDONLY as u64 == 0 {
+            at_prot |= w;
+        }
+        if a.flags & libc::SHM_EXEC as u64 != 0 {
+            at_prot |= x;
+        }
+        let mut at = a.base;
+        for v in vs {
+            if v.end > a.base + a.len {
+                return Err(format!(
+                    "sysv shm vma {:#x}-{:#x} reaches past segment {} ({:#x} bytes)",
+                    v.start, v.end, a.shmid, a.len
+                ));
+            }
+            if v.start > at {
+                a.unmap.push((at, v.start - at));
+            }
+            at = v.end;
+            if v.prot != at_prot {
+                a.protect.push((v.start, v.end - v.start, v.prot as u64));
+            }
+        }
+        if at < a.base + a.len {
+            a.unmap.push((at, a.base + a.len - at));
+        }
+    }
+    Ok(out)
 }
 
 /// Merges adjacent vvar VMAs (`[vvar]` + `[vvar_vclock]` on 6.x kernels)
@@ -294,5 +407,82 @@ VmFlags: ex
         assert_eq!(v[0].contents, Contents::None);
         assert_eq!(v[1].contents, Contents::Whole);
         assert_eq!(v[2].status(), VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE);
+    }
+
+    fn sysv(start: u64, end: u64, pgoff: u64, shmid: u64, prot: i32) -> VmaEntry {
+        VmaEntry {
+            start,
+            end,
+            pgoff,
+            shmid,
+            prot: prot as u32,
+            flags: (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32,
+            status: VMA_AREA_REGULAR | VMA_ANON_SHARED | VMA_AREA_SYSVIPC,
+            fd: -1,
+            madv: None,
+            fdflags: None,
+        }
+    }
+
+    #[test]
+    fn sysv_vma_as_criu_records_it() {
+        let smaps = "\
+7f11f106b000-7f11f106c000 rw-s 00000000 00:01 32769                      /SYSV0000abcd (deleted)
+Size:                  4 kB
+VmFlags: rd wr sh mr mw me ms sd
+";
+        let all = parse_smaps(smaps).unwrap();
+        let v = classify(1, &all[0]).unwrap();
+        assert!(v.is_sysv());
+        assert_eq!(
+            v.status(),
+            VMA_AREA_REGULAR | VMA_ANON_SHARED | VMA_AREA_SYSVIPC
+        );
+        assert_eq!(v.entry.shmid, 32769);
+        assert_eq!(v.contents, Contents::None);
+        assert_eq!(
+            v.entry.flags,
+            (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32
+        );
+    }
+
+    #[test]
+    fn sysv_attach_plan() {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let ro = libc::PROT_READ;
+        let size = |id| match id {
+            7 => Some(0x3000),
+            9 => Some(0x1800),
+            _ => None,
+        };
+        // Segment 7 attached twice; the first split by mprotect, the second
+        // with its middle page unmapped. Segment 9 read-only, tail rounded.
+        let vmas = vec![
+            sysv(0x10000, 0x11000, 0, 7, rw),
+            sysv(0x11000, 0x13000, 0x1000, 7, ro),
+            sysv(0x20000, 0x21000, 0, 7, rw),
+            sysv(0x22000, 0x23000, 0x2000, 7, rw),
+            sysv(0x30000, 0x32000, 0, 9, ro),
+        ];
+        let a = sysv_attaches(&vmas, size).unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!((a[0].shmid, a[0].base, a[0].len), (7, 0x10000, 0x3000));
+        assert_eq!(a[0].flags, 0);
+        assert!(a[0].unmap.is_empty());
+        assert_eq!(a[0].protect, vec![(0x11000, 0x2000, ro as u64)]);
+        assert_eq!(a[1].base, 0x20000);
+        assert_eq!(a[1].unmap, vec![(0x21000, 0x1000)]);
+        assert!(a[1].protect.is_empty());
+        assert_eq!((a[2].base, a[2].len), (0x30000, 0x2000));
+        assert_eq!(a[2].flags, libc::SHM_RDONLY as u64);
+        assert!(a[2].protect.is_empty());
+        // A head unmapped: attached at the base, the head unmapped again.
+        let a = sysv_attaches(&[sysv(0x41000, 0x43000, 0x1000, 7, rw)], size).unwrap();
+        assert_eq!(a[0].base, 0x40000);
+        assert_eq!(a[0].unmap, vec![(0x40000, 0x1000)]);
+        // Unknown segment, and a VMA past the segment's end.
+        let e = sysv_attaches(&[sysv(0x10000, 0x11000, 0, 8, rw)], size).unwrap_err();
+        assert!(e.contains("segment 8"), "{e}");
+        assert!(sysv_attaches(&[sysv(0x10000, 0x14000, 0, 7, rw)], size).is_err());
     }
 }

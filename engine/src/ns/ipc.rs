@@ -17,10 +17,14 @@ use stasis_proto::criu::{
 };
 use stasis_proto::image::{magic, ImageReader};
 
+use std::collections::HashMap;
+
 use super::{in_ns_of, read_sys_u64, write_sys, DumpCx, KindOps, NsPlan};
 use crate::error::{Error, Result};
 use crate::images::{common, ImageDir};
+use crate::mem::vma::{sysv_attaches, VMA_AREA_SYSVIPC};
 use crate::proc::NsKind;
+use crate::restore::plan::TaskPlan;
 use crate::sys::ipc::{self as sipc, Perm};
 
 pub const OPS: KindOps = KindOps {
@@ -68,6 +72,9 @@ pub struct IpcNs {
 pub type Msg = (i64, Vec<u8>);
 
 const K: &str = "/proc/sys/kernel/";
+
+/// shm_perm.mode bit of a segment removed while still attached.
+const SHM_DEST: u32 = 0o1000;
 
 /// Scalar sysctls: (file, getter, setter) over `IpcVarEntry`.
 type VarField = (
@@ -437,4 +444,64 @@ fn setup(p: &NsPlan) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Size of each SysV shm segment of the tree's IPC namespace, by id.
+pub fn segment_sizes(p: &NsPlan) -> HashMap<u64, u64> {
+    p.ipc
+        .iter()
+        .flat_map(|ns| &ns.shm)
+        .map(|(s, _)| (s.desc.id as u64, s.size))
+        .collect()
+}
+
+/// Every SysV shm attachment of the image must be one restore can make:
+/// its segment is in the IPC namespace's images (a tree attached to the
+/// host's segments is refused at dump), and its VMAs fit in it.
+pub fn check_attachments(tasks: &[TaskPlan], p: &NsPlan) -> Result<()> {
+    let sizes = segment_sizes(p);
+    for t in tasks.iter().filter(|t| t.alive()) {
+        let Some(mm) = &t.mm else { continue };
+        let name = || format!("mm-{}.img", t.pid);
+        if p.ipc.is_none() {
+            if let Some(v) = mm.vmas.iter().find(|v| v.status & VMA_AREA_SYSVIPC != 0) {
+                return Err(Error::bad_image(
+                    name(),
+                    format!(
+                        "sysv shm segment {} attached at {:#x}, but the image has no ipc namespace",
+                        v.shmid, v.start
+                    ),
+                ));
+            }
+            continue;
+        }
+        sysv_attaches(&mm.vmas, |id| sizes.get(&id).copied())
+            .map_err(|e| Error::bad_image(name(), e))?;
+    }
+    Ok(())
+}
+
+/// Segments the tree had removed (IPC_RMID) while attached: restore made
+/// them anew, so once every task has attached them they are removed again
+/// and go away with their last detach, as before. Run from the restorer in
+/// the root's IPC namespace.
+pub fn remove_destroyed(p: &NsPlan, root_pid: i32) -> Result<()> {
+    let Some(ns) = &p.ipc else {
+        return Ok(());
+    };
+    let ids: Vec<i32> = ns
+        .shm
+        .iter()
+        .filter(|(s, _)| s.desc.mode & SHM_DEST != 0)
+        .map(|(s, _)| s.desc.id as i32)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    in_ns_of(root_pid, &[NsKind::Ipc], || {
+        for id in ids {
+            sipc::shm_rmid(id).map_err(ctx(id, "shm (IPC_RMID)"))?;
+        }
+        Ok(())
+    })
 }

@@ -23,8 +23,11 @@
 //! Propagation: peer groups whose members are binds of each other are
 //! rebuilt (the first member is made shared before the others are bound
 //! from it); a slave is rebuilt when its master group is in the table and
-//! it is a bind of that group's filesystem. Other propagation is restored
-//! as private, with a warning.
+//! it is a bind of that group's filesystem, or when it is bound from a
+//! mount outside (`--external`, `--root`, the caller's) that is shared or a
+//! slave there: it is then a slave of that mount's group, as CRIU does for
+//! "external slavery". Other slaves are restored private, with a warning
+//! naming the mount.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -663,13 +666,33 @@ fn propagate(p: &Path, flag: u64) -> R<()> {
     sm::mount(None, p, None, flag, None).map_err(|e| mnt_err("set propagation of", p, e))
 }
 
+/// Whether the mount at `p` (the topmost there) is a slave and no peer:
+/// a bind of a slave source, whose master MS_SLAVE then keeps (a peer
+/// would become a slave of its own group instead).
+fn has_master(p: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(all) = proc::parse_mountinfo(&text) else {
+        return false;
+    };
+    all.iter()
+        .rev()
+        .find(|m| Path::new(&m.mount_point) == p)
+        .is_some_and(|m| m.master().is_some() && m.shared().is_none())
+}
+
 fn setup(p: &NsPlan) -> R<()> {
     let Some(m) = &p.mnt else {
         return Ok(());
     };
     let steps = plan_mounts(m).map_err(|e| e.to_string())?;
-    // Nothing we do may leak to the namespace we were copied from.
-    propagate(Path::new("/"), MS_REC | MS_PRIVATE)?;
+    // Nothing we do may leak to the namespace we were copied from: our
+    // copies become slaves (shared ones of their peer groups out there, so
+    // a bind of the caller's mount can stay a slave of its group; others
+    // are private already). Every mount made below gets its own
+    // propagation explicitly.
+    propagate(Path::new("/"), MS_REC | MS_SLAVE)?;
     let yard = &m.yard;
     let at = |t: &str| {
         if t.is_empty() {
@@ -723,13 +746,23 @@ fn setup(p: &NsPlan) -> R<()> {
         }
         if from_group.is_some() && from_group == e.master_id {
             propagate(&dst, MS_SLAVE)?;
+        } else if e.master_id.is_some() && has_master(&dst) {
+            // Its master is outside the table (CRIU's "external slavery"):
+            // bound from a mount out there (--external, --root, the
+            // caller's), it is a slave of that mount's peer group.
+            propagate(&dst, MS_SLAVE)?;
+            info!(
+                mountpoint = %e.mountpoint,
+                master = e.master_id.unwrap_or(0),
+                "slave of a peer group outside the mount namespace: slave of its source's group"
+            );
         } else {
             propagate(&dst, MS_PRIVATE)?;
             if let Some(g) = e.master_id {
                 warn!(
-                    mountpoint = %e.mountpoint,
-                    master = g,
-                    "slave of a peer group that is not rebuilt here: restored without master"
+                    "mount {}: slave of peer group {g}, which is neither in the images nor \
+                     the group of its source here: restored private",
+                    e.mountpoint
                 );
             }
         }

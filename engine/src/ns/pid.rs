@@ -409,6 +409,82 @@ pub fn local_pgid(t: &TaskPlan) -> i32 {
     }
 }
 
+/// The task's pid in the image (`pstree.img`: as the root's pid namespace
+/// sees it), which is what a user of the images knows it by.
+pub fn image_pid(t: &TaskPlan) -> i32 {
+    match &t.pids {
+        Some(p) => p.set_tid.last().copied().unwrap_or(t.pid),
+        None => t.pid,
+    }
+}
+
+/// How restore errors name the tasks of a tree with a pid namespace of its
+/// own, whose host pids are placeholders (the dumped ones) until the tasks
+/// exist, then new: each error about a task names its pid in the image,
+/// and its new host pid once known (`pid 2 (host pid 41234)`).
+#[derive(Debug, Clone, Default)]
+pub struct TaskNames {
+    by_pid: HashMap<i32, String>,
+}
+
+impl TaskNames {
+    /// Before the tasks exist: the plan's placeholder pids and tids.
+    pub fn planned(tasks: &[TaskPlan]) -> TaskNames {
+        let mut by_pid = HashMap::new();
+        for t in tasks.iter().filter(|t| t.pids.is_some()) {
+            let name = format!("pid {}", image_pid(t));
+            for &tid in &t.threads {
+                by_pid.insert(tid, name.clone());
+            }
+        }
+        TaskNames { by_pid }
+    }
+
+    /// Once task `i` has host pid `host[i]` (0: unknown); `tasks` still
+    /// hold the placeholders.
+    pub fn hosted(tasks: &[TaskPlan], host: &[i32]) -> TaskNames {
+        let mut by_pid = HashMap::new();
+        for (t, &h) in tasks.iter().zip(host) {
+            if t.pids.is_none() || h <= 0 {
+                continue;
+            }
+            let img = image_pid(t);
+            let name = if img == h {
+                format!("pid {img}")
+            } else {
+                format!("pid {img} (host pid {h})")
+            };
+            by_pid.insert(h, name);
+        }
+        TaskNames { by_pid }
+    }
+
+    /// A thread created later (its task's leader is `leader`, a host pid).
+    pub fn add_thread(&mut self, leader: i32, tid: i32) {
+        if let Some(n) = self.by_pid.get(&leader).cloned() {
+            self.by_pid.insert(tid, n);
+        }
+    }
+
+    pub fn name(&self, pid: i32) -> Option<&str> {
+        self.by_pid.get(&pid).map(|s| s.as_str())
+    }
+
+    /// `e` with its task named as above (errors about other pids, or with
+    /// no pid, unchanged).
+    pub fn rename(&self, e: Error) -> Error {
+        let Some(pid) = e.pid() else { return e };
+        let Some(n) = self.name(pid) else { return e };
+        match e {
+            Error::Task { what, source, .. } => Error::Other(format!("{n}: {what}: {source}")),
+            Error::NoProcess(_) => Error::Other(format!("{n}: no such process")),
+            Error::Unsupported { why, .. } => Error::Other(format!("{n}: {why}")),
+            Error::Fd { fd, why, .. } => Error::Other(format!("{n} fd {fd}: {why}")),
+            e => e,
+        }
+    }
+}
+
 /// `CLONE_NEWPID` when `child` is one pid namespace below `parent` (it is
 /// the init of a namespace of its own). `parent` None: the restorer.
 pub fn clone_flags(parent: Option<&TaskPlan>, child: &TaskPlan) -> u64 {
@@ -552,5 +628,41 @@ mod tests {
         to_host(&mut tasks, &pstree, false).unwrap();
         assert_eq!(set_tid(&tasks[0]), vec![1, 100]);
         assert_eq!(set_tid(&tasks[1]), vec![1, 3, 102]);
+    }
+
+    /// Restore errors name a task by its image pid (never the dumped host
+    /// pid, a placeholder here), plus its new host pid once known.
+    #[test]
+    fn errors_name_image_and_new_host_pids() {
+        let e = |pid: u32, ppid: u32, ns: &[u32]| PstreeEntry {
+            pid,
+            ppid,
+            pgid: 1,
+            sid: 1,
+            threads: vec![pid],
+            ns_pid: ns.to_vec(),
+            ns_pgid: vec![100, 1],
+            ns_sid: vec![100, 1],
+            tids: vec![NsTid { tid: ns.to_vec() }],
+        };
+        let pstree = vec![e(1, 0, &[100, 1]), e(2, 1, &[102, 2])];
+        let mut tasks = vec![task(1, 0, vec![1]), task(2, 1, vec![2])];
+        to_host(&mut tasks, &pstree, true).unwrap();
+        assert_eq!(image_pid(&tasks[1]), 2);
+        let io = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let n = TaskNames::planned(&tasks);
+        let msg = n.rename(Error::task(102, "setpgid", io())).to_string();
+        assert!(msg.starts_with("pid 2: setpgid: "), "{msg}");
+        let mut n = TaskNames::hosted(&tasks, &[5000, 5002]);
+        let msg = n.rename(Error::unsupported(5002, "no")).to_string();
+        assert_eq!(msg, "pid 2 (host pid 5002): no");
+        // Not a task of the tree (or the old host pid): left alone.
+        let msg = n.rename(Error::task(102, "x", io())).to_string();
+        assert!(msg.starts_with("pid 102: x"), "{msg}");
+        n.add_thread(5000, 5010);
+        assert_eq!(n.name(5010), Some("pid 1 (host pid 5000)"));
+        // Unknown host pid yet: no entry.
+        let n = TaskNames::hosted(&tasks, &[5000]);
+        assert_eq!(n.name(5002), None);
     }
 }

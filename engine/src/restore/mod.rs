@@ -17,6 +17,7 @@ pub mod join;
 pub mod plan;
 pub mod stub;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use crate::images::ImageDir;
 use crate::mem::restore::{self as memr, MemCtx, SCRATCH_DATA};
 use crate::mem::vma::{VMA_FILE_PRIVATE, VMA_FILE_SHARED};
 use crate::mem::PAGE_SIZE;
+use crate::ns::pid::TaskNames;
 use crate::proc;
 use crate::stats::{self, RestoreStats};
 use crate::sys::{clone3, misc, ptrace, stub as sstub};
@@ -159,9 +161,19 @@ const RESTORE_PTRACE_OPTS: u64 = ptrace::PTRACE_O_TRACEFORK
     | ptrace::PTRACE_O_EXITKILL;
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    let names = RefCell::new(TaskNames::default());
+    restore_tree(opts, &names).map_err(|e| names.borrow().rename(e))
+}
+
+/// The restore; errors about a task are renamed through `names` (see
+/// [`TaskNames`]) as its tasks get their host pids.
+fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
     let mut plan = plan::read(&dir)?;
+    if !pids_pinned(&plan) {
+        *names.borrow_mut() = TaskNames::planned(&plan.tasks);
+    }
     files::inet::check_restore(&plan, opts.tcp_established, opts.tcp_close)?;
     // Kept until the end: the mount yard is removed on drop.
     let _mnt_yard = crate::ns::mnt::configure(&mut plan.ns, opts.root.as_deref(), &opts.external)?;
@@ -240,17 +252,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             return Err(Error::Other(format!(
                 "pid {} is in use: cannot restore the tree root",
-                root.pid
+                crate::ns::pid::image_pid(root)
             )))
         }
         Err(e) => return Err(Error::task(root.pid, "clone3", e)),
     };
+    if !pids_pinned(&plan) {
+        // From here on errors carry host pids, known as tasks appear.
+        *names.borrow_mut() = TaskNames::hosted(&plan.tasks, &[root_pid]);
+    }
     tree.pids.push(root_pid);
     ptrace::seize(root_pid, RESTORE_PTRACE_OPTS).task_ctx(root_pid, "seize restored root")?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
     let host = wait_stubs(&plan, &mut tree, err_r, root_pid)?;
     let mut plan = plan;
     if !pids_pinned(&plan) {
+        *names.borrow_mut() = TaskNames::hosted(&plan.tasks, &host);
         crate::ns::pid::rehost(&mut plan.tasks, &mut plan.locks, &host);
     }
     crate::hook::run(&opts.on_forked, root_pid)?;
@@ -269,11 +286,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
             continue;
         }
         let (r, n, tids) = puppet(&plan, &prep, i, cur_vdso, &mut tree, opts.progress)?;
+        for &tid in tids.iter().skip(1) {
+            names.borrow_mut().add_thread(plan.tasks[i].pid, tid);
+        }
         crate::ns::pid::set_threads(&mut plan.tasks[i], tids);
         pages += n;
         remotes.push(Some(r));
     }
     let plan = plan;
+    // Segments removed while attached are removed again, now attached.
+    crate::ns::ipc::remove_destroyed(&plan.ns, root_pid)?;
     // Seals that forbid new writable mappings, now that all are mapped.
     files::memfd::late_seals(&dir, &prep.memfd_fds)?;
     // Process groups: leaders first, then members.
@@ -446,11 +468,22 @@ impl Drop for Tree {
         for &p in self.pids.iter().chain(self.traced.iter()) {
             let _ = misc::raw_kill(p, libc::SIGKILL);
         }
-        for &p in self.pids.iter().chain(self.traced.iter()) {
-            while let Ok(st) = ptrace::wait(p) {
-                if st.is_exit() {
-                    break;
+        // Reaped in whatever order they can go: the init of a pid namespace
+        // exits only once its (traced) children are reaped by us.
+        let mut left: BTreeSet<i32> = self.pids.iter().chain(&self.traced).copied().collect();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !left.is_empty() && Instant::now() < deadline {
+            let mut progress = false;
+            left.retain(|&p| match ptrace::wait_nohang(p) {
+                Ok(Some(st)) => {
+                    progress = true;
+                    !st.is_exit()
                 }
+                Ok(None) => true,
+                Err(_) => false,
+            });
+            if !progress {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     }
@@ -735,14 +768,30 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32, root_pid: i32) -> Result
                 let mut buf = vec![0u8; 4096];
                 let n = nix::unistd::read(err_r, &mut buf).unwrap_or(0);
                 let msg = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                let task = index.get(&tid).map(|&i| &plan.tasks[i]);
                 if msg.is_empty() {
+                    let who = match task {
+                        Some(t) if !pinned => {
+                            format!("pid {} (host pid {tid})", crate::ns::pid::image_pid(t))
+                        }
+                        _ => format!("pid {tid}"),
+                    };
                     return Err(Error::Other(format!(
-                        "restored task {tid} died early (status {code})"
+                        "restored task {who} died early (status {code})"
                     )));
                 }
-                return Err(Error::Other(
-                    msg.lines().next().unwrap_or_default().to_string(),
-                ));
+                let line = msg.lines().next().unwrap_or_default();
+                // The stub names itself by its image pid; add the host's.
+                if let Some(t) = task.filter(|_| !pinned) {
+                    let own = format!("pid {}:", crate::ns::pid::image_pid(t));
+                    if let Some(rest) = line.strip_prefix(&own) {
+                        return Err(Error::Other(format!(
+                            "pid {} (host pid {tid}):{rest}",
+                            crate::ns::pid::image_pid(t)
+                        )));
+                    }
+                }
+                return Err(Error::Other(line.to_string()));
             }
         }
     }
@@ -833,9 +882,11 @@ fn puppet(
     let pages_name = format!("pages-{}.img", t.pagemap.as_ref().unwrap().pages_id);
     let pages_file = std::fs::File::open(prep.images_dir.join(&pages_name))
         .path_ctx(prep.images_dir.join(&pages_name))?;
+    let sysv_sizes = crate::ns::ipc::segment_sizes(&plan.ns);
     let cx = MemCtx {
         file_fds: &file_fds,
         shmem_fds: &prep.shmem_fds,
+        sysv_sizes: &sysv_sizes,
         pages: &pages_file,
         progress,
         scratch: tp.scratch,

@@ -16,7 +16,9 @@ use crate::dump::{TASK_ALIVE, TASK_DEAD, TASK_STOPPED};
 use crate::error::{Error, Result};
 use crate::files::{FILES_IMG, REMAP_IMG};
 use crate::images::{common, ImageDir, INVENTORY};
-use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_SHARED};
+use crate::mem::vma::{
+    VMA_ANON_SHARED, VMA_AREA_SYSVIPC, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_SHARED,
+};
 use crate::mem::{PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
 /// Highest user address on x86_64 with 4-level paging.
@@ -415,7 +417,8 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     let mut shmem = BTreeMap::new();
     for t in tasks.iter().filter(|t| t.alive()) {
         for v in &t.mm.as_ref().unwrap().vmas {
-            if v.status & VMA_ANON_SHARED != 0 {
+            // SysV segments live in the IPC namespace's images.
+            if v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_SYSVIPC == 0 {
                 let end = v.pgoff + (v.end - v.start);
                 let e = shmem.entry(v.shmid).or_insert((0u64, None::<()>));
                 e.0 = e.0.max(end);
@@ -438,6 +441,7 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
     }
     let root_ids = tasks[0].cores[0].ids.unwrap_or_default();
     let ns = crate::ns::read(dir, &inventory, &root_ids)?;
+    crate::ns::ipc::check_attachments(&tasks, &ns)?;
     crate::ns::pid::to_host(&mut tasks, &pstree, ns.owns(crate::proc::NsKind::Pid))?;
     let seccomp = crate::task::seccomp::read_filters(dir)?;
     crate::task::seccomp::check_plan(&tasks, &seccomp)?;

@@ -23,7 +23,9 @@ type R<T> = std::result::Result<T, String>;
 
 /// Run the stub of task `idx`; never returns.
 pub fn main(plan: &Plan, prep: &Prep, idx: usize) -> ! {
-    let pid = plan.tasks[idx].pid;
+    // Errors name the task by its pid in the image (its host pid is a
+    // placeholder in a tree with a pid namespace of its own).
+    let pid = crate::ns::pid::image_pid(&plan.tasks[idx]);
     // Signals to ourselves use the pid our pid namespace knows.
     let own_pid = crate::ns::pid::local_pid(&plan.tasks[idx]);
     match run(plan, prep, idx) {
@@ -134,9 +136,17 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                return Err(format!("cannot create pid {}: it is in use", child.pid))
+                return Err(format!(
+                    "cannot create pid {}: it is in use",
+                    crate::ns::pid::image_pid(child)
+                ))
             }
-            Err(e) => return Err(format!("clone3 for pid {}: {e}", child.pid)),
+            Err(e) => {
+                return Err(format!(
+                    "clone3 for pid {}: {e}",
+                    crate::ns::pid::image_pid(child)
+                ))
+            }
         }
     }
     if !t.alive() {
@@ -171,12 +181,11 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             .unwrap_or_default();
     for (&shmid, &fd) in &prep.shmem_fds {
         let used = mine.contains(&shmid)
-            && t.mm
-                .as_ref()
-                .unwrap()
-                .vmas
-                .iter()
-                .any(|v| v.shmid == shmid && v.status & crate::mem::vma::VMA_ANON_SHARED != 0);
+            && t.mm.as_ref().unwrap().vmas.iter().any(|v| {
+                use crate::mem::vma::{VMA_ANON_SHARED, VMA_AREA_SYSVIPC};
+                v.shmid == shmid
+                    && v.status & (VMA_ANON_SHARED | VMA_AREA_SYSVIPC) == VMA_ANON_SHARED
+            });
         if !used {
             let _ = nix::unistd::close(fd);
         }

@@ -12,6 +12,13 @@
 //! sysctls, loopback up (with `net`), and that the clocks did not go back.
 //! With `nested`, c2 unshares a pid namespace and forks `g`, pid 1 of that
 //! nested namespace, which verifies its pids too.
+//! With `shmat`, SysV segments stay attached across the dump: a keyed one
+//! attached by the root before it forks (its last page made read-only,
+//! so two VMAs), inherited by c1, re-attached elsewhere by c2; and one
+//! removed (IPC_RMID) while attached, inherited by both. Each process
+//! marks its slot; on `check` each one sees every slot through its own
+//! address, marks again and waits for the others' marks (sharing still
+//! works), and the root compares shm_nattch with what it was before.
 //! Roles: `root`, `c1`, `c2` (and `g`).
 
 use stasis_integration::workload::{fork, wait_child, Ctx, Verdict};
@@ -270,6 +277,174 @@ fn nested_init(ctx: &mut Ctx) -> i32 {
     }
 }
 
+const ATT_KEY: i32 = 0x5a5a_0004;
+const ATT_SIZE: usize = 2 * 4096 + 100;
+/// Bytes per process slot in the attached segments: [mark, after-mark].
+const SLOT: usize = 64;
+/// Offset of the byte the root sets once it has read shm_nattch.
+const DONE: usize = 1024;
+
+/// The attached segments, as one process sees them.
+struct Att {
+    att: i32,
+    dest: i32,
+    /// Where this process has them.
+    p: *mut u8,
+    d: *mut u8,
+    /// The last page of `p` is read-only (not in c2's own attachment).
+    split: bool,
+    /// shm_nattch of both, read by the root once every process attached.
+    nattch: (u64, u64),
+}
+
+fn nattch(id: i32) -> Result<u64, String> {
+    let mut ds = [0u8; 128];
+    // SAFETY: IPC_STAT writes one shmid64_ds (112 bytes) into our buffer.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr() as *mut _) } < 0 {
+        return Err(err("shm stat"));
+    }
+    // shm_nattch of struct shmid64_ds (x86_64).
+    Ok(u64::from_ne_bytes(ds[88..96].try_into().unwrap()))
+}
+
+fn shm_mode_key(id: i32) -> Result<(u32, i32), String> {
+    let mut ds = [0u8; 128];
+    // SAFETY: as in nattch.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr() as *mut _) } < 0 {
+        return Err(err("shm stat"));
+    }
+    let (key, _, _, _) = perm(&ds);
+    Ok((u32::from_ne_bytes(ds[20..24].try_into().unwrap()), key))
+}
+
+/// Root, before it forks: both segments attached, its marks written.
+fn attach_setup() -> Result<Att, String> {
+    // SAFETY: (whole block) shmat/mprotect on segments we create; the
+    // writes stay inside the attached sizes.
+    unsafe {
+        let att = libc::shmget(ATT_KEY, ATT_SIZE, libc::IPC_CREAT | 0o600);
+        let p = libc::shmat(att, std::ptr::null(), 0) as *mut u8;
+        if att < 0 || p as isize == -1 {
+            return Err(err("attached shm"));
+        }
+        for i in 2 * 4096..ATT_SIZE {
+            *p.add(i) = pattern(i);
+        }
+        if libc::mprotect(p.add(2 * 4096) as *mut _, 4096, libc::PROT_READ) < 0 {
+            return Err(err("mprotect attached shm"));
+        }
+        let dest = libc::shmget(libc::IPC_PRIVATE, 4096, 0o600);
+        let d = libc::shmat(dest, std::ptr::null(), 0) as *mut u8;
+        if dest < 0
+            || d as isize == -1
+            || libc::shmctl(dest, libc::IPC_RMID, std::ptr::null_mut()) < 0
+        {
+            return Err(err("removed shm"));
+        }
+        Ok(Att {
+            att,
+            dest,
+            p,
+            d,
+            split: true,
+            nattch: (0, 0),
+        })
+    }
+}
+
+/// Slot `k`'s mark byte in both segments.
+fn mark(a: &Att, k: usize, at: usize, val: u8) {
+    // SAFETY: slots lie within the first page of both segments, writable.
+    unsafe {
+        std::ptr::write_volatile(a.p.add(k * SLOT + at), val);
+        std::ptr::write_volatile(a.d.add(k * SLOT + at), val);
+    }
+}
+
+fn marked(a: &Att, k: usize, at: usize, val: u8) -> bool {
+    // SAFETY: as in mark, read only.
+    unsafe {
+        std::ptr::read_volatile(a.p.add(k * SLOT + at)) == val
+            && std::ptr::read_volatile(a.d.add(k * SLOT + at)) == val
+    }
+}
+
+/// c2's own attachment of the keyed segment, elsewhere than the inherited one.
+fn reattach(a: &mut Att) -> Result<(), String> {
+    // SAFETY: detach what fork gave us, attach again where the kernel says.
+    unsafe {
+        libc::shmdt(a.p as *const _);
+        let p = libc::shmat(a.att, std::ptr::null(), 0) as *mut u8;
+        if p as isize == -1 {
+            return Err(err("c2 shmat"));
+        }
+        a.p = p;
+        a.split = false;
+    }
+    Ok(())
+}
+
+/// Run on `check` by process `k` of 3: its old marks and the others' are
+/// there, the read-only page still is, the removed segment still is; marks
+/// again and waits for every other process's mark. The root (k = 0) then
+/// compares shm_nattch and releases the others, who wait for that.
+fn check_att(a: &Att, k: usize, v: &mut Verdict) {
+    for j in 0..3 {
+        v.check(marked(a, j, 0, 0x40 + j as u8), || {
+            format!("slot {j} mark missing through {:p}/{:p}", a.p, a.d)
+        });
+    }
+    // SAFETY: the read-only page is mapped readable.
+    let tail_ok = (2 * 4096..ATT_SIZE).all(|i| unsafe { *a.p.add(i) } == pattern(i));
+    v.check(tail_ok, || {
+        "read-only page of the attached segment changed".into()
+    });
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let (at, perms) = if a.split {
+        (a.p as usize + 2 * 4096, " r--s ")
+    } else {
+        (a.p as usize, " rw-s ")
+    };
+    let at = format!("{at:x}-");
+    let line = maps.lines().find(|l| l.starts_with(&at)).unwrap_or("");
+    v.check(line.contains(perms) && line.contains("/SYSV"), || {
+        format!("attachment at {at}: {line:?}")
+    });
+    match shm_mode_key(a.dest) {
+        Ok((mode, key)) => v.check(mode & 0o1000 != 0 && key == 0, || {
+            format!("removed segment: mode {mode:o} key {key:#x}")
+        }),
+        Err(e) => v.fail(e),
+    }
+    mark(a, k, 1, 0x80 + k as u8);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(0..3).all(|j| marked(a, j, 1, 0x80 + j as u8)) {
+        if std::time::Instant::now() > deadline {
+            v.fail("the others' marks after restore never showed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if k == 0 {
+        match (nattch(a.att), nattch(a.dest)) {
+            (Ok(x), Ok(y)) => v.eq("shm_nattch (attached, removed)", (x, y), a.nattch),
+            (Err(e), _) | (_, Err(e)) => v.fail(e),
+        }
+        // SAFETY: within the first page of the segment.
+        unsafe { std::ptr::write_volatile(a.p.add(DONE), 1) };
+    } else {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // SAFETY: as above, read only.
+        while unsafe { std::ptr::read_volatile(a.p.add(DONE)) } != 1 {
+            if std::time::Instant::now() > deadline {
+                v.fail("the root never read shm_nattch");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 fn read(p: &str) -> String {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -281,6 +456,7 @@ fn main() {
     let mut ctx = Ctx::from_args("wl-ns STATEDIR [net]");
     let net = ctx.args.iter().any(|a| a == "net");
     let nested = ctx.args.iter().any(|a| a == "nested");
+    let shmat = ctx.args.iter().any(|a| a == "shmat");
     if std::process::id() != 1 {
         ctx.setup_failed("root", "not pid 1: start me with unshare --pid --fork");
     }
@@ -307,6 +483,14 @@ fn main() {
         Ok(o) => o,
         Err(e) => ctx.setup_failed("root", &e),
     };
+    let mut att = if shmat {
+        match attach_setup() {
+            Ok(a) => Some(a),
+            Err(e) => ctx.setup_failed("root", &e),
+        }
+    } else {
+        None
+    };
     let mut kids = Vec::new();
     for (k, role) in ["c1", "c2"].into_iter().enumerate() {
         match fork() {
@@ -317,6 +501,14 @@ fn main() {
                 } else {
                     None
                 };
+                if let Some(a) = att.as_mut() {
+                    if k == 1 {
+                        if let Err(e) = reattach(a) {
+                            ctx.setup_failed(role, &e);
+                        }
+                    }
+                    mark(a, k + 1, 0, 0x41 + k as u8);
+                }
                 ctx.write_ready(role);
                 let mono = now(libc::CLOCK_MONOTONIC);
                 ctx.wait_for_check(|| {});
@@ -331,6 +523,9 @@ fn main() {
                     "CLOCK_MONOTONIC went back".into()
                 });
                 check_ipc(&objs, &mut v);
+                if let Some(a) = &att {
+                    check_att(a, k + 1, &mut v);
+                }
                 if let Some(g) = g {
                     let l = |n: &str| std::fs::read_link(format!("/proc/self/ns/{n}")).ok();
                     v.check(l("pid_for_children") != l("pid"), || {
@@ -348,6 +543,13 @@ fn main() {
     }
     if let Err(e) = ctx.wait_ready_of(&["c1", "c2"], Duration::from_secs(10)) {
         ctx.setup_failed("root", &e);
+    }
+    if let Some(a) = att.as_mut() {
+        mark(a, 0, 0, 0x40);
+        match (nattch(a.att), nattch(a.dest)) {
+            (Ok(x), Ok(y)) => a.nattch = (x, y),
+            (Err(e), _) | (_, Err(e)) => ctx.setup_failed("root", &e),
+        }
     }
     let mono = now(libc::CLOCK_MONOTONIC);
     let boot = now(libc::CLOCK_BOOTTIME);
@@ -382,6 +584,9 @@ fn main() {
         }
     }
     check_ipc(&objs, &mut v);
+    if let Some(a) = &att {
+        check_att(a, 0, &mut v);
+    }
     for pid in kids {
         if let Err(e) = wait_child(pid, Duration::from_secs(20)) {
             v.fail(format!("child {pid}: {e}"));

@@ -5,6 +5,9 @@
 //! sleeps and verifies the array and that the counter kept counting.
 //! Role: `root`. With the argument `netlink` it also holds a netlink socket
 //! at fd 42, a kind of file the engine refuses (for the error tests).
+//! With `sysv`, it keeps a SysV shm segment of the host's IPC namespace
+//! attached (removed at once, so it goes away with the process): refused
+//! at dump (for the error tests).
 //! With `vfork MS exec|exit`, once ready it vforks a child that sleeps MS
 //! milliseconds and then execs `/bin/true` (or `_exit`s): the root sits in
 //! vfork meanwhile, where no signal or ptrace interrupt stops it.
@@ -22,6 +25,19 @@ fn main() {
         };
         if !ok {
             ctx.setup_failed("root", "netlink socket");
+        }
+    }
+    if std::env::args().nth(2).as_deref() == Some("sysv") {
+        // SAFETY: SysV calls on a private segment we create; the attachment
+        // stays until exit.
+        let ok = unsafe {
+            let id = libc::shmget(libc::IPC_PRIVATE, 4096, 0o600);
+            id >= 0
+                && libc::shmat(id, std::ptr::null(), 0) as isize != -1
+                && libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) == 0
+        };
+        if !ok {
+            ctx.setup_failed("root", "sysv shm");
         }
     }
     ctx.write_ready("root");
