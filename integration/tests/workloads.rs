@@ -54,3 +54,11 @@ workload_tests!(
     ["256"],
     []
 );
+// Madvised MADV_HUGEPAGE: restored with the advice.
+workload_tests!(
+    memhog_thp_dump_restore,
+    memhog_thp_leave_running,
+    "wl-memhog",
+    ["64", "thp"],
+    []
+);

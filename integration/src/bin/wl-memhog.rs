@@ -1,9 +1,11 @@
-//! wl-memhog STATEDIR SIZE_MIB: SIZE MiB of touched anonymous memory, for
-//! benchmarks and the killed-dump test.
+//! wl-memhog STATEDIR SIZE_MIB [thp]: SIZE MiB of touched anonymous memory,
+//! for benchmarks and the killed-dump test.
 //!
 //! Fills the memory with a cheap position-dependent pattern (every word is
 //! written, so no page is the zero page), writes `ready`, then sleeps in 2 ms
 //! steps until `check`, and verifies the whole pattern. Role: `root`.
+//! With `thp` the memory is madvised MADV_HUGEPAGE first, and must still be
+//! after the restore (its huge pages may come back later: khugepaged).
 
 use stasis_integration::workload::{Ctx, Verdict};
 
@@ -20,6 +22,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let thp = ctx.args.get(1).map(String::as_str) == Some("thp");
     let len = mib << 20;
     // SAFETY: a fresh anonymous mapping.
     let p = unsafe {
@@ -38,6 +41,13 @@ fn main() {
             &format!("mmap {mib} MiB: {}", std::io::Error::last_os_error()),
         );
     }
+    // SAFETY: advice on the mapping just made.
+    if thp && unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) } != 0 {
+        ctx.setup_failed(
+            "root",
+            &format!("madvise: {}", std::io::Error::last_os_error()),
+        );
+    }
     // SAFETY: the mapping is `len` bytes, 8-byte aligned, and only used here.
     let mem = unsafe { std::slice::from_raw_parts_mut(p.cast::<u64>(), len / 8) };
     for (i, x) in mem.iter_mut().enumerate() {
@@ -46,8 +56,24 @@ fn main() {
     ctx.write_ready("root");
     ctx.wait_for_check(|| {});
     let mut v = Verdict::new();
+    if thp {
+        v.check(madvised_huge(p as usize) == Some(true), || {
+            "MADV_HUGEPAGE lost".into()
+        });
+    }
     if let Some(i) = (0..mem.len()).find(|&i| mem[i] != word(i)) {
         v.fail(format!("word {i} (byte {:#x}): {:#x}", i * 8, mem[i]));
     }
     ctx.finish("root", v);
+}
+
+/// Whether the mapping starting at `addr` is madvised MADV_HUGEPAGE (VmFlags
+/// "hg" in /proc/self/smaps); None if it is not there.
+fn madvised_huge(addr: usize) -> Option<bool> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let head = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+    lines.next()?;
+    let flags = lines.find_map(|l| l.strip_prefix("VmFlags:"))?;
+    Some(flags.split_whitespace().any(|f| f == "hg"))
 }
