@@ -324,7 +324,7 @@ fn dump(cx: &DumpCx) -> Result<()> {
         let src = PathBuf::from(format!("/proc/{}/root{}", cx.root_pid, e.mountpoint));
         let name = tmpfs_image(e.root_dev);
         let out = cx.dir.file(&name);
-        let n = write_tar(&src, &out)?;
+        let n = write_tar(&src, &out, cx.user)?;
         debug!(mountpoint = %e.mountpoint, files = n, image = %name, "tmpfs saved");
     }
     info!(mounts = entries.len(), id = cx.id, "mount namespace dumped");
@@ -333,7 +333,9 @@ fn dump(cx: &DumpCx) -> Result<()> {
 }
 
 /// Tar `src` (not crossing into other mounts) into a gzipped tarball.
-fn write_tar(src: &Path, out: &Path) -> Result<usize> {
+/// Owners are written as the tree's user namespace sees them (CRIU runs its
+/// tar inside it), so the restored root can chown to them.
+fn write_tar(src: &Path, out: &Path, user: Option<&super::user::UserNs>) -> Result<usize> {
     let f = File::create(out).map_err(|e| Error::io(out, e))?;
     let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
     let mut b = tar::Builder::new(gz);
@@ -353,6 +355,10 @@ fn write_tar(src: &Path, out: &Path) -> Result<usize> {
         let name = Path::new(".").join(&rel);
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+        if let Some(u) = user {
+            h.set_uid(u.uid_to_ns(md.uid()) as u64);
+            h.set_gid(u.gid_to_ns(md.gid()) as u64);
+        }
         let ft = md.file_type();
         let io = |e| Error::io(&full, e);
         if ft.is_symlink() {
@@ -687,6 +693,16 @@ fn setup(p: &NsPlan) -> R<()> {
             let md = std::fs::metadata(src).map_err(|er| mnt_err("stat", src, er))?;
             ensure_target(md.is_dir(), &dst)?;
             sm::mount(Some(src), &dst, None, MS_BIND, None)
+                .or_else(|er| {
+                    // In a user namespace of our own the outer mounts are
+                    // locked to their children: only a recursive bind may
+                    // copy them (the tree saw them with those children too).
+                    if p.user.is_some() && er.raw_os_error() == Some(libc::EINVAL) {
+                        sm::mount(Some(src), &dst, None, MS_BIND | MS_REC, None)
+                    } else {
+                        Err(er)
+                    }
+                })
                 .map_err(|er| format!("bind {} at {}: {er}", src.display(), e.mountpoint))
         };
         let mut from_group = None;

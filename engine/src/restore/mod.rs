@@ -241,6 +241,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     };
     tree.pids.push(root_pid);
     ptrace::seize(root_pid, RESTORE_PTRACE_OPTS).task_ctx(root_pid, "seize restored root")?;
+    // A fresh user namespace gets its maps before the root goes on.
+    crate::ns::user::write_maps(root_pid, &plan.ns)?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
     let host = wait_stubs(&plan, &mut tree, err_r, root_pid)?;
     let mut plan = plan;
@@ -301,7 +303,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         let Some(mut r) = remotes[i].take() else {
             continue;
         };
-        finish_task(&plan, &prep, i, &mut r, &cur_creds)?;
+        // In a user namespace of their own, tasks start with other
+        // credentials than ours (see ns::user).
+        let own = crate::ns::user::current_creds(t.pid, &plan.ns)?;
+        finish_task(&plan, &prep, i, &mut r, own.as_ref().unwrap_or(&cur_creds))?;
         r.finish()?;
         let _ = t;
     }
