@@ -575,7 +575,15 @@ pub fn plan_mounts(m: &MntNs) -> Result<Vec<Step>> {
                 .filter_map(|h| below(&me.root, &h.root).map(|t| (h, t)))
                 // Shortest tail: the host mount nearest this root.
                 .min_by_key(|(_, t)| t.len())
-                .map(|(h, t)| Path::new(&h.mount_point).join(t))
+                // No tail: the mount point itself (joining "" would add a
+                // trailing slash, wrong for a file such as an nsfs mount).
+                .map(|(h, t)| {
+                    if t.is_empty() {
+                        PathBuf::from(&h.mount_point)
+                    } else {
+                        Path::new(&h.mount_point).join(t)
+                    }
+                })
         };
         let how = if let Some(k) = &me.ext_key {
             let v = m.external.get(k).ok_or_else(|| {
@@ -686,18 +694,28 @@ fn setup(p: &NsPlan) -> R<()> {
     };
     // Peer groups rebuilt so far.
     let mut groups: HashSet<u32> = HashSet::new();
+    let rec_bound = std::cell::Cell::new(false);
     for s in &steps {
         let e = &m.entries[s.idx];
         let dst = at(&s.target);
         let bind = |src: &Path| -> R<()> {
             let md = std::fs::metadata(src).map_err(|er| mnt_err("stat", src, er))?;
             ensure_target(md.is_dir(), &dst)?;
+            // Already there: brought along by a recursive bind below.
+            if rec_bound.get() {
+                if let Ok(d) = std::fs::metadata(&dst) {
+                    if (d.dev(), d.ino()) == (md.dev(), md.ino()) {
+                        return Ok(());
+                    }
+                }
+            }
             sm::mount(Some(src), &dst, None, MS_BIND, None)
                 .or_else(|er| {
                     // In a user namespace of our own the outer mounts are
                     // locked to their children: only a recursive bind may
                     // copy them (the tree saw them with those children too).
                     if p.user.is_some() && er.raw_os_error() == Some(libc::EINVAL) {
+                        rec_bound.set(true);
                         sm::mount(Some(src), &dst, None, MS_BIND | MS_REC, None)
                     } else {
                         Err(er)
