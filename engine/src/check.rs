@@ -160,9 +160,11 @@ fn userns() -> Result<String, String> {
         Ok(clone3::Fork::Child) => clone3::child_exit(0),
         Ok(clone3::Fork::Parent { pid, .. }) => {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            Ok("user namespaces: the tree root's uid/gid maps are saved and restored \
+            Ok(
+                "user namespaces: the tree root's uid/gid maps are saved and restored \
                 (nested user namespaces are refused)"
-                .into())
+                    .into(),
+            )
         }
         Err(e) => Err(format!("clone3(CLONE_NEWUSER) failed: {e}")),
     }

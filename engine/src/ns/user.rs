@@ -186,8 +186,7 @@ pub fn write_maps(pid: i32, p: &NsPlan) -> Result<()> {
     };
     let write = |f: &str, v: &str| -> Result<()> {
         let path = format!("/proc/{pid}/{f}");
-        std::fs::write(&path, v)
-            .map_err(|e| Error::task(pid, format!("write {v:?} to {path}"), e))
+        std::fs::write(&path, v).map_err(|e| Error::task(pid, format!("write {v:?} to {path}"), e))
     };
     write("uid_map", &format_map(&u.uid_map))?;
     if u.setgroups_deny {
