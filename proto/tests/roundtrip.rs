@@ -1563,7 +1563,7 @@ fn userns_image() {
         gid_map: vec![ext(0, 200_000, 65536)],
         stasis_setgroups_deny: Some(true),
     };
-    roundtrip(Header::Common(magic::USERNS), &[e.clone()]);
+    roundtrip(Header::Common(magic::USERNS), &[e]);
     // CRIU's field numbers: extent {1 first, 2 lower_first, 3 count},
     // entry {1 uid_map, 2 gid_map}; the extension is field 1000.
     let one = UsernsEntry {

@@ -1039,7 +1039,7 @@ mod tests {
         )
         .unwrap();
         let img = d.join("t.tar.gz.img");
-        assert_eq!(write_tar(&src, &img).unwrap(), 7);
+        assert_eq!(write_tar(&src, &img, None).unwrap(), 7);
         let dst = d.join("dst");
         std::fs::create_dir(&dst).unwrap();
         untar(&img, &dst).unwrap();
@@ -1054,6 +1054,43 @@ mod tests {
             std::fs::metadata(dst.join("a")).unwrap().mode() & 0o777,
             0o600
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// In a user namespace the tarball holds owners as the tree sees them.
+    #[test]
+    fn tar_owners_seen_from_the_user_ns() {
+        use stasis_proto::criu::UidGidExtent;
+        let d = std::env::temp_dir().join(format!("stasis-mnt-tar-u-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let src = d.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), b"x").unwrap();
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let ext = |first, lower_first| UidGidExtent {
+            first,
+            lower_first,
+            count: 1,
+        };
+        let u = super::super::user::UserNs {
+            uid_map: vec![ext(7, uid)],
+            gid_map: vec![ext(8, gid)],
+            setgroups_deny: false,
+        };
+        let img = d.join("t.tar.gz.img");
+        assert_eq!(write_tar(&src, &img, Some(&u)).unwrap(), 2);
+        let gz = flate2::read::GzDecoder::new(File::open(&img).unwrap());
+        let mut a = tar::Archive::new(gz);
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            assert_eq!(
+                (e.header().uid().unwrap(), e.header().gid().unwrap()),
+                (7, 8)
+            );
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
