@@ -458,6 +458,35 @@ fn user_ns_leave_running() {
     t.wait_restored();
 }
 
+/// Namespaces the restorer opens belong to its user namespace: with a
+/// tree in its own, `--join-ns` is refused in one line naming the pid, and
+/// the images still restore without it.
+#[test]
+fn user_ns_join_refused() {
+    let Some(env) = Env::setup("user_ns_join_refused") else {
+        return;
+    };
+    let mut t = NsTree::start_user(&env, USER_FLAGS);
+    let img = env.dir("images");
+    let dumped = t.init;
+    env.dump(t.init, &img, &[]).expect_success("dump");
+    t.wait_original(false);
+    let run = env.restore(
+        &img,
+        &env.path("refused.pid"),
+        &["--root", "/", "--join-ns", "net:/proc/self/ns/net"],
+    );
+    run.expect_clear_failure("restore with --join-ns", &["user namespace", "--join-ns"]);
+    assert!(
+        run.stderr.contains(&dumped.to_string()),
+        "{}",
+        run.describe()
+    );
+    t.restore(&env, &img, &["--root", "/"]);
+    t.check("after restore");
+    t.wait_restored();
+}
+
 /// Starts `argv` in its own session; returns the child and its pid.
 fn spawn(env: &Env, argv: &[&str]) -> Child {
     let out = fs::File::create(env.path("refused.out")).unwrap();

@@ -207,6 +207,20 @@ fn read(dir: &ImageDir, id: u32, p: &mut NsPlan) -> Result<()> {
     Ok(())
 }
 
+/// Namespaces made or opened by the restorer (`--join-ns`, the network
+/// lock of established connections) belong to its user namespace: the
+/// root, once in a fresh one, may not enter them.
+pub fn check_join(p: &NsPlan, root_pid: i32, joined: usize) -> Result<()> {
+    if p.user.is_some() && joined > 0 {
+        return Err(Error::unsupported(
+            root_pid,
+            "the tree has a user namespace of its own: joining namespaces made outside it \
+             (--join-ns, or the network lock of established TCP connections) is not supported",
+        ));
+    }
+    Ok(())
+}
+
 /// Write the maps of the restored root's fresh user namespace; called by
 /// the restorer (outside, root of the parent namespace) before the root's
 /// stub goes on.

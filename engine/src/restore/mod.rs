@@ -167,6 +167,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     // Established connections: packets held back in the tree's network
     // namespace until it runs (may make that namespace here).
     let net_lock = files::inet::lock_for_restore(&mut plan.ns, &plan.files, &mut joined)?;
+    crate::ns::user::check_join(&plan.ns, plan.tasks[0].pid, joined.len())?;
     let plan = plan;
     let mut cg_target = crate::cgroup::prepare(
         &dir,
