@@ -133,6 +133,7 @@ pub fn probe() -> Vec<Feature> {
             Err("no time namespaces".into())
         },
     ));
+    v.push(feat("userns", false, userns()));
     v.push(feat(
         "cgroup2",
         false,
@@ -145,4 +146,26 @@ pub fn probe() -> Vec<Feature> {
         },
     ));
     v
+}
+
+/// A tree in a user namespace of its own needs one made at restore (the
+/// tree root's; nested user namespaces are refused at dump).
+fn userns() -> Result<String, String> {
+    let max = fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .map_err(|e| format!("no user namespaces: /proc/sys/user/max_user_namespaces: {e}"))?;
+    if max.trim() == "0" {
+        return Err("user namespaces disabled (user.max_user_namespaces = 0)".into());
+    }
+    match clone3::clone3_fork(libc::CLONE_NEWUSER as u64, &[], libc::SIGCHLD) {
+        Ok(clone3::Fork::Child) => clone3::child_exit(0),
+        Ok(clone3::Fork::Parent { pid, .. }) => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            Ok(
+                "user namespaces: the tree root's uid/gid maps are saved and restored \
+                (nested user namespaces are refused)"
+                    .into(),
+            )
+        }
+        Err(e) => Err(format!("clone3(CLONE_NEWUSER) failed: {e}")),
+    }
 }

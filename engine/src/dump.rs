@@ -178,6 +178,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         track_fds: Vec::new(),
         stolen: tree.stolen.clone(),
         ns_links: HashMap::new(),
+        userns: None,
         seccomp: Default::default(),
         own_ipc: false,
     };
@@ -193,6 +194,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let mut tree_ns = crate::ns::collect(&dir, &live)?;
     d.ns_links = std::mem::take(&mut tree_ns.links);
     d.own_ipc = tree_ns.owns(crate::proc::NsKind::Ipc);
+    d.userns = tree_ns.user.clone();
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     // Fd tables (files id = task index + 2) on a second thread, see
@@ -326,6 +328,8 @@ struct Dumper<'a> {
     stolen: Vec<crate::task::seize::StolenSignal>,
     /// Namespace links read by ns::collect, by pid.
     ns_links: HashMap<i32, Vec<proc::NsLink>>,
+    /// The tree's own user namespace: credentials are written as seen inside.
+    userns: Option<crate::ns::user::UserNs>,
     seccomp: crate::task::seccomp::Filters,
     /// Parent images whose memory tracking runs: unchanged pages stay there.
     tracked_parent: Option<PathBuf>,
@@ -348,6 +352,15 @@ impl<'a> Dumper<'a> {
     fn pages_id(&mut self) -> u32 {
         // One counter for every pages image (memfds take ids too).
         self.files().new_pages_id()
+    }
+
+    /// A thread's credentials as it sees them (CRIU reads them inside).
+    fn creds(&self, st: &proc::Status, secbits: u32) -> stasis_proto::criu::CredsEntry {
+        let mut c = creds::from_status(st, secbits);
+        if let Some(u) = &self.userns {
+            u.creds_to_ns(&mut c);
+        }
+        c
     }
 
     fn files(&self) -> MutexGuard<'a, FileTable<'a>> {
@@ -803,7 +816,7 @@ impl<'a> Dumper<'a> {
                 sas: ex.sas,
                 pdeath_sig: Some(ex.pdeath_sig),
                 signals_p: signals::queue(pending),
-                creds: Some(creds::from_status(&st, ex.secbits)),
+                creds: Some(self.creds(&st, ex.secbits)),
                 seccomp_mode: Some(st.seccomp as i32),
                 seccomp_filter: None,
                 comm: Some(proc::read_comm_tid(pid, tid)?),

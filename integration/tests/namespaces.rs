@@ -16,8 +16,13 @@
 //! With `shmat`, SysV segments stay attached in the tree's processes (see
 //! wl-ns).
 //!
-//! Also: a user namespace, and a child in another UTS namespace than the
-//! root's, are refused with one clear line and the target keeps running.
+//! And `user_ns_*`: the tree in a user namespace of its own (maps with
+//! several extents written from outside, setgroups denied) plus pid,
+//! mount (a tmpfs with owned files), IPC, UTS and time namespaces owned by
+//! it; credentials, IPC owners, file owners and the maps verified inside.
+//!
+//! Also: a child in another UTS or user namespace than the root's is
+//! refused with one clear line and the target keeps running.
 //!
 //! Root only (skipped otherwise); run with `--test-threads=1`.
 
@@ -60,11 +65,51 @@ impl NsTree {
     ) -> NsTree {
         let dir = env.dir("wl-ns");
         let mut cmd = Command::new("unshare");
-        cmd.args(unshare_flags)
-            .arg(bin)
+        cmd.args(unshare_flags).arg(bin).arg(&dir).args(args);
+        NsTree::launch(dir, cmd, roles, |_| {})
+    }
+
+    /// The `user` variant: `unshare --user` first, whose maps we write from
+    /// outside (several extents, setgroups denied, as a runtime would),
+    /// then, as root of that namespace, `unshare FLAGS wl-ns DIR user`.
+    /// `wl_args` follow `user` on wl-ns's command line.
+    fn start_user(env: &Env, unshare_flags: &[&str], wl_args: &str) -> NsTree {
+        let dir = env.dir("wl-ns");
+        let mut cmd = Command::new("unshare");
+        cmd.env("WL_NS_ARGS", wl_args)
+            .arg("--user")
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg(
+                "until [ -e \"$0/userns-go\" ]; do sleep 0.01; done; \
+                 exec unshare \"$@\" \"$0\" user $WL_NS_ARGS",
+            )
             .arg(&dir)
-            .args(args)
-            .stdin(Stdio::null())
+            .args(unshare_flags)
+            .arg(env!("CARGO_BIN_EXE_wl-ns"));
+        let go = dir.join("userns-go");
+        NsTree::launch(dir, cmd, &ROLES[..3], |pid| {
+            wait_ns_differs(pid, "user");
+            for (f, v) in [
+                ("uid_map", USER_UID_MAP),
+                ("setgroups", "deny"),
+                ("gid_map", USER_GID_MAP),
+            ] {
+                fs::write(format!("/proc/{pid}/{f}"), v)
+                    .unwrap_or_else(|e| panic!("write {f} of {pid}: {e}"));
+            }
+            fs::write(&go, "").unwrap();
+        })
+    }
+
+    fn launch(
+        dir: std::path::PathBuf,
+        mut cmd: Command,
+        roles: &'static [&'static str],
+        before_ready: impl FnOnce(i32),
+    ) -> NsTree {
+        cmd.stdin(Stdio::null())
             .stdout(fs::File::create(dir.join("stdout")).unwrap())
             .stderr(fs::File::create(dir.join("stderr")).unwrap());
         // SAFETY: setsid is async-signal-safe and touches no shared memory.
@@ -76,6 +121,7 @@ impl NsTree {
         }
         let child = cmd.spawn().expect("run unshare (util-linux)");
         let upid = child.id() as i32;
+        before_ready(upid);
         let mut t = NsTree {
             roles,
             dir,
@@ -389,6 +435,139 @@ fn all_ns_leave_running() {
     leave_running("all_ns_leave_running", ALL, &["net"], &[]);
 }
 
+/// Maps of the user-namespace variant: root is root, other ids are
+/// shifted, so every id written from outside must be translated.
+const USER_UID_MAP: &str = "0 0 1\n1 100000 65535\n";
+const USER_GID_MAP: &str = "0 0 1\n1 200000 65535\n";
+
+/// The issue's launcher in a user namespace of its own.
+const USER_FLAGS: &[&str] = &[
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--mount",
+    "--ipc",
+    "--uts",
+    "--time",
+    "--monotonic",
+    "86400",
+];
+
+/// What the test sees of the restored tree from outside: its own user
+/// namespace, with the maps written at start and setgroups denied.
+fn check_userns_outside(pid: i32) {
+    let mine = fs::read_link("/proc/self/ns/user").unwrap();
+    assert_ne!(
+        fs::read_link(format!("/proc/{pid}/ns/user")).unwrap(),
+        mine,
+        "the restored init {pid} is in our user namespace"
+    );
+    let norm = |s: String| {
+        s.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rd = |f: &str| norm(fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap());
+    assert_eq!(rd("uid_map"), USER_UID_MAP.trim_end());
+    assert_eq!(rd("gid_map"), USER_GID_MAP.trim_end());
+    assert_eq!(rd("setgroups"), "deny");
+}
+
+/// The restored network namespace belongs to the restored user namespace
+/// (else the tree's root would not administer its own network).
+fn check_netns_owner(pid: i32) {
+    let ino = |k: &str| {
+        let l = fs::read_link(format!("/proc/{pid}/ns/{k}")).unwrap();
+        let l = l.to_string_lossy().into_owned();
+        l.trim_start_matches(|c: char| !c.is_ascii_digit())
+            .trim_end_matches(']')
+            .to_string()
+    };
+    let (net, user) = (ino("net"), ino("user"));
+    let out = Command::new("lsns")
+        .args(["-n", "-t", "net", "-o", "NS,ONS"])
+        .output()
+        .expect("lsns");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let owner = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&net.as_str()))
+        .and_then(|f| f.get(1).map(|s| s.to_string()));
+    assert_eq!(
+        owner.as_deref(),
+        Some(user.as_str()),
+        "net namespace {net} of {pid} is not owned by its user namespace {user}:\n{table}"
+    );
+}
+
+#[test]
+fn user_ns_dump_restore() {
+    let Some(env) = Env::setup("user_ns_dump_restore") else {
+        return;
+    };
+    let mut t = NsTree::start_user(&env, USER_FLAGS, "");
+    let img = env.dir("images");
+    env.dump(t.init, &img, &[]).expect_success("dump");
+    t.wait_original(false);
+    t.restore(&env, &img, &["--root", "/"]);
+    check_userns_outside(t.init);
+    t.check("after restore");
+    t.wait_restored();
+}
+
+#[test]
+fn user_ns_leave_running() {
+    let Some(env) = Env::setup("user_ns_leave_running") else {
+        return;
+    };
+    // With a network namespace owned by the user namespace too.
+    let flags: Vec<&str> = USER_FLAGS.iter().copied().chain(["--net"]).collect();
+    let mut t = NsTree::start_user(&env, &flags, "net");
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    t.check("original after dump -R");
+    t.wait_original(true);
+    t.reset();
+    t.restore(&env, &img, &["--root", "/"]);
+    check_userns_outside(t.init);
+    check_netns_owner(t.init);
+    t.check("after restore");
+    t.wait_restored();
+}
+
+/// Namespaces the restorer opens belong to its user namespace: with a
+/// tree in its own, `--join-ns` is refused in one line naming the pid, and
+/// the images still restore without it.
+#[test]
+fn user_ns_join_refused() {
+    let Some(env) = Env::setup("user_ns_join_refused") else {
+        return;
+    };
+    let mut t = NsTree::start_user(&env, USER_FLAGS, "");
+    let img = env.dir("images");
+    let dumped = t.init;
+    env.dump(t.init, &img, &[]).expect_success("dump");
+    t.wait_original(false);
+    let run = env.restore(
+        &img,
+        &env.path("refused.pid"),
+        &["--root", "/", "--join-ns", "net:/proc/self/ns/net"],
+    );
+    run.expect_clear_failure("restore with --join-ns", &["user namespace", "--join-ns"]);
+    // Named by its pid in the images (the namespace's init), not by the
+    // host pid it had when dumped.
+    assert!(
+        run.stderr.contains("pid 1:") && !run.stderr.contains(&dumped.to_string()),
+        "{}",
+        run.describe()
+    );
+    t.restore(&env, &img, &["--root", "/"]);
+    t.check("after restore");
+    t.wait_restored();
+}
+
 /// Starts `argv` in its own session; returns the child and its pid.
 fn spawn(env: &Env, argv: &[&str]) -> Child {
     let out = fs::File::create(env.path("refused.out")).unwrap();
@@ -422,37 +601,35 @@ fn wait_ns_differs(pid: i32, kind: &str) {
     }
 }
 
-/// A tree in a user namespace of its own is refused by pid and kind, and
-/// keeps running.
-#[test]
-fn user_ns_refused() {
-    let Some(env) = Env::setup("user_ns_refused") else {
-        return;
-    };
-    let mut c = spawn(
-        &env,
-        &["unshare", "--user", "--map-root-user", "sleep", "100"],
-    );
-    let pid = c.id() as i32;
-    wait_ns_differs(pid, "user");
-    let img = env.dir("images");
-    let run = env.dump(pid, &img, &[]);
-    let _ = c.try_wait();
-    run.expect_clear_failure("dump in a user ns", &["user namespace"]);
-    assert!(run.stderr.contains(&pid.to_string()), "{}", run.describe());
-    assert!(c.try_wait().unwrap().is_none(), "the target died");
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
 /// A child in a UTS namespace other than the root's is refused, naming the
 /// child and the kind; the tree keeps running.
 #[test]
 fn nested_uts_refused() {
-    let Some(env) = Env::setup("nested_uts_refused") else {
+    nested_refused(
+        "nested_uts_refused",
+        "unshare --uts sleep 100 & wait",
+        "uts",
+    );
+}
+
+/// Likewise a child in a user namespace of its own below the tree root's
+/// (only the root's user namespace is saved).
+#[test]
+fn nested_user_ns_refused() {
+    nested_refused(
+        "nested_user_ns_refused",
+        "unshare --user --map-root-user sleep 100 & wait",
+        "user",
+    );
+}
+
+/// `sh -c script` forks a child into another `kind` namespace: the dump
+/// is refused naming the child and the kind; the tree keeps running.
+fn nested_refused(name: &str, script: &str, kind: &str) {
+    let Some(env) = Env::setup(name) else {
         return;
     };
-    let mut c = spawn(&env, &["sh", "-c", "unshare --uts sleep 100 & wait"]);
+    let mut c = spawn(&env, &["sh", "-c", script]);
     let pid = c.id() as i32;
     let deadline = Instant::now() + Duration::from_secs(10);
     let child = loop {
@@ -468,10 +645,13 @@ fn nested_uts_refused() {
         assert!(Instant::now() < deadline, "sh has no child");
         std::thread::sleep(Duration::from_millis(5));
     };
-    wait_ns_differs(child, "uts");
+    wait_ns_differs(child, kind);
     let img = env.dir("images");
     let run = env.dump(pid, &img, &[]);
-    run.expect_clear_failure("dump with a nested uts ns", &["uts namespace"]);
+    run.expect_clear_failure(
+        &format!("dump with a nested {kind} ns"),
+        &[&format!("{kind} namespace")],
+    );
     assert!(
         run.stderr.contains(&child.to_string()),
         "{}",

@@ -32,8 +32,9 @@ pub fn read(fd: BorrowedFd<'_>) -> std::io::Result<FownEntry> {
     };
     if pid != 0 {
         let (uid, euid) = fdctl::get_owner_uids(fd)?;
-        e.uid = uid;
-        e.euid = euid;
+        // As the tree sees them, in a user namespace of its own.
+        e.uid = crate::ns::user::owner_to_tree(uid, 0).0;
+        e.euid = crate::ns::user::owner_to_tree(euid, 0).0;
         e.pid_type = ty as u32;
         e.pid = pid as u32;
     }

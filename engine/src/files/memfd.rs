@@ -160,10 +160,11 @@ fn dump_inode(
         }
     }
     let id = t.memfds.entries.len() as u32 + 1;
+    let (uid, gid) = crate::ns::user::owner_to_tree(st.uid(), st.gid());
     t.memfds.entries.push(MemfdInodeEntry {
         name: name.to_string(),
-        uid: st.uid(),
-        gid: st.gid(),
+        uid,
+        gid,
         size,
         shmid,
         seals,
@@ -298,7 +299,8 @@ fn make_inode(dir: &ImageDir, e: &MemfdInodeEntry) -> Result<OwnedFd> {
             src += len;
         }
     }
-    let _ = std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid));
+    let (uid, gid) = crate::ns::user::owner_from_tree(e.uid, e.gid);
+    let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
     if let Some(m) = e.mode {
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(std::fs::Permissions::from_mode(m & 0o7777))

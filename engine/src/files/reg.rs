@@ -61,9 +61,10 @@ fn dump_ghost(
     let remap_id = t.new_id();
     let img = ghost_image(remap_id);
     let mut w = t.dir.writer(&img, common(magic::GHOST_FILE))?;
+    let (uid, gid) = crate::ns::user::owner_to_tree(st.uid(), st.gid());
     let g = GhostFileEntry {
-        uid: st.uid(),
-        gid: st.gid(),
+        uid,
+        gid,
         mode: st.mode(),
         dev: Some(st.dev() as u32),
         ino: Some(st.ino()),
@@ -198,7 +199,8 @@ pub fn restore_ghost(dir: &ImageDir, remap_id: u32, orig_name: &str) -> Result<O
         off += n as u64;
         left -= n as u64;
     }
-    let _ = std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid));
+    let (uid, gid) = crate::ns::user::owner_from_tree(g.uid, g.gid);
+    let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
     Ok(OwnedFd::from(f))
 }
 

@@ -194,8 +194,8 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
                 }),
                 pty: Some(TtyPtyEntry { index }),
                 dev: None,
-                uid: (!master).then(|| cx.st.uid()),
-                gid: (!master).then(|| cx.st.gid()),
+                uid: (!master).then(|| crate::ns::user::owner_to_tree(cx.st.uid(), 0).0),
+                gid: (!master).then(|| crate::ns::user::owner_to_tree(0, cx.st.gid()).1),
             });
             t.tty.ids.insert((index, master), id);
             id

@@ -35,14 +35,19 @@ pub const OPS: KindOps = KindOps {
     setup,
 };
 
-/// One SysV object's identity and permissions.
-fn desc(id: i32, p: &Perm) -> IpcDescEntry {
+/// One SysV object's identity and permissions; owners as the tree's user
+/// namespace sees them (IPC_STAT maps them into the dumper's).
+fn desc(id: i32, p: &Perm, user: Option<&super::user::UserNs>) -> IpcDescEntry {
+    let (u, g) = (
+        |x| user.map_or(x, |n| n.uid_to_ns(x)),
+        |x| user.map_or(x, |n| n.gid_to_ns(x)),
+    );
     IpcDescEntry {
         key: p.key as u32,
-        uid: p.uid,
-        gid: p.gid,
-        cuid: p.cuid,
-        cgid: p.cgid,
+        uid: u(p.uid),
+        gid: g(p.gid),
+        cuid: u(p.cuid),
+        cgid: g(p.cgid),
         mode: p.mode,
         id: id as u32,
     }
@@ -200,7 +205,7 @@ fn ctx(id: i32, what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn dump(cx: &DumpCx) -> Result<()> {
-    let root = cx.root_pid;
+    let (root, user) = (cx.root_pid, cx.user);
     let ns = in_ns_of(root, &[NsKind::Ipc], || {
         let var = read_vars()?;
         let mut shm = Vec::new();
@@ -209,7 +214,7 @@ fn dump(cx: &DumpCx) -> Result<()> {
             let data = sipc::shm_read(id, st.size as usize).map_err(ctx(id, "shm"))?;
             shm.push((
                 IpcShmEntry {
-                    desc: desc(id, &st.perm),
+                    desc: desc(id, &st.perm, user),
                     size: st.size,
                     in_pagemaps: None,
                     hugetlb_flag: None,
@@ -223,7 +228,7 @@ fn dump(cx: &DumpCx) -> Result<()> {
             let vals = sipc::sem_getall(id, st.nsems).map_err(ctx(id, "sem"))?;
             sem.push((
                 IpcSemEntry {
-                    desc: desc(id, &st.perm),
+                    desc: desc(id, &st.perm, user),
                     nsems: st.nsems,
                 },
                 vals,
@@ -242,7 +247,7 @@ fn dump(cx: &DumpCx) -> Result<()> {
             }
             msg.push((
                 IpcMsgEntry {
-                    desc: desc(id, &st.perm),
+                    desc: desc(id, &st.perm, user),
                     qbytes: st.qbytes as u32,
                     qnum: msgs.len() as u32,
                 },

@@ -327,7 +327,7 @@ fn dump(cx: &DumpCx) -> Result<()> {
         let src = PathBuf::from(format!("/proc/{}/root{}", cx.root_pid, e.mountpoint));
         let name = tmpfs_image(e.root_dev);
         let out = cx.dir.file(&name);
-        let n = write_tar(&src, &out)?;
+        let n = write_tar(&src, &out, cx.user)?;
         debug!(mountpoint = %e.mountpoint, files = n, image = %name, "tmpfs saved");
     }
     info!(mounts = entries.len(), id = cx.id, "mount namespace dumped");
@@ -336,7 +336,9 @@ fn dump(cx: &DumpCx) -> Result<()> {
 }
 
 /// Tar `src` (not crossing into other mounts) into a gzipped tarball.
-fn write_tar(src: &Path, out: &Path) -> Result<usize> {
+/// Owners are written as the tree's user namespace sees them (CRIU runs its
+/// tar inside it), so the restored root can chown to them.
+fn write_tar(src: &Path, out: &Path, user: Option<&super::user::UserNs>) -> Result<usize> {
     let f = File::create(out).map_err(|e| Error::io(out, e))?;
     let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
     let mut b = tar::Builder::new(gz);
@@ -356,6 +358,10 @@ fn write_tar(src: &Path, out: &Path) -> Result<usize> {
         let name = Path::new(".").join(&rel);
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+        if let Some(u) = user {
+            h.set_uid(u.uid_to_ns(md.uid()) as u64);
+            h.set_gid(u.gid_to_ns(md.gid()) as u64);
+        }
         let ft = md.file_type();
         let io = |e| Error::io(&full, e);
         if ft.is_symlink() {
@@ -572,7 +578,15 @@ pub fn plan_mounts(m: &MntNs) -> Result<Vec<Step>> {
                 .filter_map(|h| below(&me.root, &h.root).map(|t| (h, t)))
                 // Shortest tail: the host mount nearest this root.
                 .min_by_key(|(_, t)| t.len())
-                .map(|(h, t)| Path::new(&h.mount_point).join(t))
+                // No tail: the mount point itself (joining "" would add a
+                // trailing slash, wrong for a file such as an nsfs mount).
+                .map(|(h, t)| {
+                    if t.is_empty() {
+                        PathBuf::from(&h.mount_point)
+                    } else {
+                        Path::new(&h.mount_point).join(t)
+                    }
+                })
         };
         let how = if let Some(k) = &me.ext_key {
             let v = m.external.get(k).ok_or_else(|| {
@@ -703,13 +717,33 @@ fn setup(p: &NsPlan) -> R<()> {
     };
     // Peer groups rebuilt so far.
     let mut groups: HashSet<u32> = HashSet::new();
+    let rec_bound = std::cell::Cell::new(false);
     for s in &steps {
         let e = &m.entries[s.idx];
         let dst = at(&s.target);
         let bind = |src: &Path| -> R<()> {
             let md = std::fs::metadata(src).map_err(|er| mnt_err("stat", src, er))?;
             ensure_target(md.is_dir(), &dst)?;
+            // Already there: brought along by a recursive bind below.
+            if rec_bound.get() {
+                if let Ok(d) = std::fs::metadata(&dst) {
+                    if (d.dev(), d.ino()) == (md.dev(), md.ino()) {
+                        return Ok(());
+                    }
+                }
+            }
             sm::mount(Some(src), &dst, None, MS_BIND, None)
+                .or_else(|er| {
+                    // In a user namespace of our own the outer mounts are
+                    // locked to their children: only a recursive bind may
+                    // copy them (the tree saw them with those children too).
+                    if p.user.is_some() && er.raw_os_error() == Some(libc::EINVAL) {
+                        rec_bound.set(true);
+                        sm::mount(Some(src), &dst, None, MS_BIND | MS_REC, None)
+                    } else {
+                        Err(er)
+                    }
+                })
                 .map_err(|er| format!("bind {} at {}: {er}", src.display(), e.mountpoint))
         };
         let mut from_group = None;
@@ -1038,7 +1072,7 @@ mod tests {
         )
         .unwrap();
         let img = d.join("t.tar.gz.img");
-        assert_eq!(write_tar(&src, &img).unwrap(), 7);
+        assert_eq!(write_tar(&src, &img, None).unwrap(), 7);
         let dst = d.join("dst");
         std::fs::create_dir(&dst).unwrap();
         untar(&img, &dst).unwrap();
@@ -1053,6 +1087,43 @@ mod tests {
             std::fs::metadata(dst.join("a")).unwrap().mode() & 0o777,
             0o600
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// In a user namespace the tarball holds owners as the tree sees them.
+    #[test]
+    fn tar_owners_seen_from_the_user_ns() {
+        use stasis_proto::criu::UidGidExtent;
+        let d = std::env::temp_dir().join(format!("stasis-mnt-tar-u-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let src = d.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), b"x").unwrap();
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let ext = |first, lower_first| UidGidExtent {
+            first,
+            lower_first,
+            count: 1,
+        };
+        let u = super::super::user::UserNs {
+            uid_map: vec![ext(7, uid)],
+            gid_map: vec![ext(8, gid)],
+            setgroups_deny: false,
+        };
+        let img = d.join("t.tar.gz.img");
+        assert_eq!(write_tar(&src, &img, Some(&u)).unwrap(), 2);
+        let gz = flate2::read::GzDecoder::new(File::open(&img).unwrap());
+        let mut a = tar::Archive::new(gz);
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            assert_eq!(
+                (e.header().uid().unwrap(), e.header().gid().unwrap()),
+                (7, 8)
+            );
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

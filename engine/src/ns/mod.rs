@@ -86,6 +86,9 @@ pub struct DumpCx<'a> {
     pub id: u32,
     /// Namespace inode.
     pub ino: u64,
+    /// The maps of the tree's own user namespace: ids read from outside
+    /// are written as the tasks see them (see [`user`]).
+    pub user: Option<&'a user::UserNs>,
 }
 
 /// The namespaces of a tree being dumped.
@@ -103,6 +106,8 @@ pub struct TreeNs {
     /// Every link read here, by pid (the dumper's too): the task ids of the
     /// dump are made from them instead of reading them all again.
     pub links: std::collections::HashMap<i32, Vec<proc::NsLink>>,
+    /// The maps of the tree's own user namespace, if it has one.
+    pub user: Option<user::UserNs>,
 }
 
 impl TreeNs {
@@ -123,6 +128,7 @@ fn links(t: &mut TreeNs, pid: i32) -> Result<BTreeMap<&'static str, (NsKind, u64
 /// `live` lists host pids, root first.
 pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
     let Some(&root) = live.first() else {
+        user::set_tree(None);
         return Ok(TreeNs::default());
     };
     let mut t = TreeNs::default();
@@ -192,12 +198,17 @@ pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
             ));
         }
     }
+    if t.owns(NsKind::User) {
+        t.user = Some(user::UserNs::of(root)?);
+    }
+    user::set_tree(t.user.clone());
     for &k in &t.own {
         let cx = DumpCx {
             dir,
             root_pid: root,
             id: 0,
             ino: t.root[&k],
+            user: t.user.as_ref(),
         };
         (ops(k).check)(&cx)?;
     }
@@ -256,6 +267,7 @@ pub fn dump(dir: &ImageDir, t: &TreeNs, root_pid: i32, root_ids: &TaskKobjIdsEnt
             root_pid,
             id,
             ino: t.root[&k],
+            user: t.user.as_ref(),
         };
         (ops(k).dump)(&cx)?;
         debug!(kind = %k, id, "namespace dumped");
@@ -286,6 +298,7 @@ impl NsPlan {
 pub fn read(dir: &ImageDir, inv: &InventoryEntry, root: &TaskKobjIdsEntry) -> Result<NsPlan> {
     let mut p = NsPlan::default();
     let Some(dumper) = inv.root_ids.as_ref() else {
+        user::set_tree(None);
         return Ok(p);
     };
     for o in KINDS {
@@ -296,6 +309,7 @@ pub fn read(dir: &ImageDir, inv: &InventoryEntry, root: &TaskKobjIdsEntry) -> Re
             }
         }
     }
+    user::set_tree(p.user.clone());
     if !p.own.is_empty() {
         info!(own = ?p.own, "namespaces to restore");
     }
@@ -304,11 +318,12 @@ pub fn read(dir: &ImageDir, inv: &InventoryEntry, root: &TaskKobjIdsEntry) -> Re
 
 /// `CLONE_NEW*` flags the root is forked with. The time namespace is not
 /// among them (it is entered through `time_for_children`, see
-/// [`RestorerNs`]), nor the user namespace.
+/// [`RestorerNs`]). `CLONE_NEWUSER` is: the kernel makes the user namespace
+/// first, so the others belong to it.
 pub fn clone_flags(p: &NsPlan) -> u64 {
     p.own
         .iter()
-        .filter(|k| !matches!(k, NsKind::Time | NsKind::User))
+        .filter(|k| !matches!(k, NsKind::Time))
         .map(|k| k.clone_flag() as u32 as u64)
         .fold(0, |a, b| a | b)
 }

@@ -411,7 +411,9 @@ pub fn configure(p: &mut NsPlan, external: &[String], empty: bool) -> Result<()>
 /// joined, not made for the network lock), make and fill it now; the root
 /// joins it.
 pub fn prepare(p: &mut NsPlan, joined: &mut Vec<(NsKind, std::os::fd::OwnedFd)>) -> Result<()> {
-    if !p.owns(NsKind::Net) {
+    // In a user namespace of its own the root makes it (owned by that user
+    // namespace) and [`fill_root`] fills it before the root goes on.
+    if !p.owns(NsKind::Net) || p.user.is_some() {
         return Ok(());
     }
     let f = fresh(p, &mut |_| Ok(()))?;
@@ -427,6 +429,27 @@ pub fn fresh(
     p: &NsPlan,
     first: &mut (dyn FnMut(&std::fs::File) -> Result<()> + Send),
 ) -> Result<std::fs::File> {
+    in_netns(p, None, first)
+}
+
+/// The root's own network namespace (made by its clone, in its user
+/// namespace), filled as dumped from here while the root waits.
+pub fn fill_root(p: &NsPlan, root_pid: i32) -> Result<()> {
+    if !p.owns(NsKind::Net) || p.user.is_none() {
+        return Ok(());
+    }
+    let path = format!("/proc/{root_pid}/ns/net");
+    let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    in_netns(p, Some(f), &mut |_| Ok(())).map(drop)
+}
+
+/// On a helper thread, enter `ns` (a fresh one when None), run `first` on
+/// it, then populate it as dumped.
+fn in_netns(
+    p: &NsPlan,
+    ns: Option<std::fs::File>,
+    first: &mut (dyn FnMut(&std::fs::File) -> Result<()> + Send),
+) -> Result<std::fs::File> {
     let home_path = "/proc/thread-self/ns/net";
     let home = std::fs::File::open(home_path).map_err(|e| Error::io(home_path, e))?;
     // A socket made here stays in our namespace: the outer ends.
@@ -434,11 +457,21 @@ pub fn fresh(
     std::thread::scope(|s| {
         s.spawn(move || -> Result<std::fs::File> {
             let mut outside = outside;
-            // Only this helper thread moves into the new namespace.
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::Other(format!("unshare a network namespace: {e}")))?;
-            let path = "/proc/thread-self/ns/net";
-            let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // Only this helper thread moves into the namespace.
+            let f = match ns {
+                Some(f) => {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        Error::Other(format!("enter the restored network namespace: {e}"))
+                    })?;
+                    f
+                }
+                None => {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| Error::Other(format!("unshare a network namespace: {e}")))?;
+                    let path = "/proc/thread-self/ns/net";
+                    std::fs::File::open(path).map_err(|e| Error::io(path, e))?
+                }
+            };
             first(&f)?;
             if let Some(n) = &p.net {
                 populate(n, &home, &f, &mut outside).map_err(|e| {

@@ -183,6 +183,7 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
     // Established connections: packets held back in the tree's network
     // namespace until it runs (may make that namespace here).
     let net_lock = files::inet::lock_for_restore(&mut plan.ns, &plan.files, &mut joined)?;
+    crate::ns::user::check_join(&plan.ns, plan.tasks[0].pid, joined.len())?;
     // Otherwise the tree's own network namespace is made here too.
     crate::ns::net::prepare(&mut plan.ns, &mut joined)?;
     let plan = plan;
@@ -263,6 +264,9 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
     }
     tree.pids.push(root_pid);
     ptrace::seize(root_pid, RESTORE_PTRACE_OPTS).task_ctx(root_pid, "seize restored root")?;
+    // A fresh user namespace gets its maps before the root goes on.
+    crate::ns::user::write_maps(root_pid, &plan.ns)?;
+    crate::ns::net::fill_root(&plan.ns, root_pid)?;
     sstub::write_fd(sync_w, b"g").task_ctx(root_pid, "start the root stub")?;
     let host = wait_stubs(&plan, &mut tree, err_r, root_pid)?;
     let mut plan = plan;
@@ -329,7 +333,10 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
         let Some(mut r) = remotes[i].take() else {
             continue;
         };
-        finish_task(&plan, &prep, i, &mut r, &cur_creds)?;
+        // In a user namespace of their own, tasks start with other
+        // credentials than ours (see ns::user).
+        let own = crate::ns::user::current_creds(t.pid, &plan.ns)?;
+        finish_task(&plan, &prep, i, &mut r, own.as_ref().unwrap_or(&cur_creds))?;
         r.finish()?;
         let _ = t;
     }

@@ -19,6 +19,12 @@
 //! marks its slot; on `check` each one sees every slot through its own
 //! address, marks again and waits for the others' marks (sharing still
 //! works), and the root compares shm_nattch with what it was before.
+//! With `user` (started inside a user namespace whose maps the test wrote,
+//! and a mount namespace): the root mounts a tmpfs with files, one owned
+//! by in-namespace ids; c1 switches to effective uid 5 / gid 6 (real, saved
+//! and fs ids 0, so no effective capabilities); each process checks that its
+//! ids and capability sets as /proc/self/status shows them inside, and the
+//! maps and setgroups of the namespace, are what they were.
 //! Roles: `root`, `c1`, `c2` (and `g`).
 
 use stasis_integration::workload::{fork, wait_child, Ctx, Verdict};
@@ -452,11 +458,111 @@ fn read(p: &str) -> String {
         .to_string()
 }
 
+/// The lines of /proc/self/status that hold credentials (in-namespace
+/// values: the reader is in the namespace).
+fn creds() -> String {
+    read("/proc/self/status")
+        .lines()
+        .filter(|l| {
+            ["Uid:", "Gid:", "Groups:", "Cap"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The user namespace's maps and setgroups, as the tasks see them.
+fn userns_state() -> String {
+    ["uid_map", "gid_map", "setgroups"]
+        .iter()
+        .map(|f| read(&format!("/proc/self/{f}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const TMPFS_FILES: [(&str, &str, u32, u32, u32); 2] = [
+    ("plain", "tmpfs contents\n", 0, 0, 0o644),
+    ("owned", "owned by 1234:2345 inside\n", 1234, 2345, 0o600),
+];
+
+fn setup_tmpfs(dir: &std::path::Path) -> Result<(), String> {
+    let t = dir.join("tmpfs");
+    std::fs::create_dir_all(&t).map_err(|e| format!("mkdir {}: {e}", t.display()))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &t,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .map_err(|e| format!("mount tmpfs at {}: {e}", t.display()))?;
+    for (name, text, uid, gid, mode) in TMPFS_FILES {
+        let f = t.join(name);
+        std::fs::write(&f, text).map_err(|e| format!("write {}: {e}", f.display()))?;
+        std::os::unix::fs::chown(&f, Some(uid), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", f.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", f.display()))?;
+    }
+    Ok(())
+}
+
+fn check_tmpfs(dir: &std::path::Path, v: &mut Verdict) {
+    use std::os::unix::fs::MetadataExt;
+    for (name, text, uid, gid, mode) in TMPFS_FILES {
+        let f = dir.join("tmpfs").join(name);
+        match std::fs::metadata(&f) {
+            Ok(m) => v.eq(
+                &format!("tmpfs {name} owner and mode"),
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (uid, gid, mode),
+            ),
+            Err(e) => v.fail(format!("stat {}: {e}", f.display())),
+        }
+        v.eq(
+            &format!("tmpfs {name} contents"),
+            std::fs::read_to_string(&f).unwrap_or_default(),
+            text.to_string(),
+        );
+    }
+}
+
+/// c1 with `user`: effective ids 5/6 (real, saved and fs ids stay 0).
+fn drop_effective() -> Result<(), String> {
+    // SAFETY: (whole block) id syscalls with plain integers.
+    unsafe {
+        if libc::setresgid(0, 6, 0) != 0 || libc::setresuid(0, 5, 0) != 0 {
+            return Err(err("setres[ug]id to effective 5/6"));
+        }
+        // Allowed without capabilities: 0 is the real id.
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+    }
+    Ok(())
+}
+
+/// Back to effective root (the saved ids are 0) for the IPC checks.
+fn regain_effective() -> Result<(), String> {
+    // SAFETY: (whole block) id syscalls with plain integers.
+    unsafe {
+        if libc::setresuid(u32::MAX, 0, u32::MAX) != 0
+            || libc::setresgid(u32::MAX, 0, u32::MAX) != 0
+        {
+            return Err(err("back to effective 0"));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let mut ctx = Ctx::from_args("wl-ns STATEDIR [net]");
     let net = ctx.args.iter().any(|a| a == "net");
     let nested = ctx.args.iter().any(|a| a == "nested");
     let shmat = ctx.args.iter().any(|a| a == "shmat");
+    let user = ctx.args.iter().any(|a| a == "user");
+    let ns_state = userns_state();
     if std::process::id() != 1 {
         ctx.setup_failed("root", "not pid 1: start me with unshare --pid --fork");
     }
@@ -476,6 +582,11 @@ fn main() {
     }
     if net {
         if let Err(e) = set_lo_up() {
+            ctx.setup_failed("root", &e);
+        }
+    }
+    if user {
+        if let Err(e) = setup_tmpfs(&ctx.dir) {
             ctx.setup_failed("root", &e);
         }
     }
@@ -509,9 +620,24 @@ fn main() {
                     }
                     mark(a, k + 1, 0, 0x41 + k as u8);
                 }
+                if user && k == 0 {
+                    if let Err(e) = drop_effective() {
+                        ctx.setup_failed(role, &e);
+                    }
+                }
+                let my_creds = creds();
                 ctx.write_ready(role);
                 let mono = now(libc::CLOCK_MONOTONIC);
                 ctx.wait_for_check(|| {});
+                v.eq("credentials", creds(), my_creds);
+                if user {
+                    v.eq("user namespace maps", userns_state(), ns_state.clone());
+                    if k == 0 {
+                        if let Err(e) = regain_effective() {
+                            v.fail(e);
+                        }
+                    }
+                }
                 v.eq("pid", std::process::id(), k as u32 + 2);
                 v.eq("ppid", nix::unistd::getppid().as_raw(), 1);
                 v.eq(
@@ -553,9 +679,18 @@ fn main() {
     }
     let mono = now(libc::CLOCK_MONOTONIC);
     let boot = now(libc::CLOCK_BOOTTIME);
+    let my_creds = creds();
     ctx.write_ready("root");
     ctx.wait_for_check(|| {});
     let mut v = Verdict::new();
+    v.eq("credentials", creds(), my_creds);
+    if user {
+        v.eq("user namespace maps", userns_state(), ns_state.clone());
+        v.check(ns_state.lines().count() > 2, || {
+            format!("no user namespace maps: {ns_state:?}")
+        });
+        check_tmpfs(&ctx.dir, &mut v);
+    }
     v.eq("pid", std::process::id(), 1);
     v.eq(
         "hostname",

@@ -475,7 +475,8 @@ pub fn feature(name: &str) -> Option<Result<(), String>> {
         | "nftables"
         | "network_lock_nftables"
         | "has_ipt_legacy" => no("network namespaces are not supported yet"),
-        "userns" | "cgroupns" | "timens" | "ns_pid" => no("namespaces are not supported yet"),
+        "userns" => probe("userns"),
+        "cgroupns" | "timens" | "ns_pid" => no("namespaces are not supported yet"),
         "autofs" => no("autofs mounts are not supported"),
         "apparmor_stacking" => no("LSM labels are not supported"),
         _ => return None,
