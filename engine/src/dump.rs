@@ -600,7 +600,10 @@ impl<'a> Dumper<'a> {
         // Per-thread state.
         for (i, &tid) in task.threads.iter().enumerate() {
             let ex = &extra[i];
-            let mut core = self.thread_core(pid, tid, ex, &stolen)?;
+            // The leader's status was read above (creds and seccomp mode
+            // do not change meanwhile): not again.
+            let leader = (tid == pid).then_some(&status);
+            let mut core = self.thread_core(pid, tid, ex, &stolen, leader)?;
             let tcore = core.thread_core.as_mut().unwrap();
             if tcore.seccomp_mode == Some(crate::task::seccomp::MODE_FILTER as i32) {
                 tcore.seccomp_filter = self.seccomp.dump_thread(tid)?;
@@ -821,6 +824,7 @@ impl<'a> Dumper<'a> {
         tid: i32,
         ex: &ThreadExtra,
         stolen: &[crate::task::seize::StolenSignal],
+        status: Option<&proc::Status>,
     ) -> Result<CoreEntry> {
         let gp = ptrace::get_regs(tid).task_ctx(tid, "get registers")?;
         let xs = ptrace::get_xstate(tid).task_ctx(tid, "get xsave state")?;
@@ -839,7 +843,14 @@ impl<'a> Dumper<'a> {
         };
         let (futex_rla, futex_rla_len) =
             misc::get_robust_list(tid).task_ctx(tid, "get_robust_list")?;
-        let st = proc::read_status_tid(pid, tid)?;
+        let read;
+        let st = match status {
+            Some(s) => s,
+            None => {
+                read = proc::read_status_tid(pid, tid)?;
+                &read
+            }
+        };
         let tstat = proc::read_stat_tid(pid, tid)?;
         let sched = misc::sched_getattr(tid).task_ctx(tid, "sched_getattr")?;
         Ok(CoreEntry {
@@ -862,7 +873,7 @@ impl<'a> Dumper<'a> {
                 sas: ex.sas,
                 pdeath_sig: Some(ex.pdeath_sig),
                 signals_p: signals::queue(pending),
-                creds: Some(creds::from_status(&st, ex.secbits)),
+                creds: Some(creds::from_status(st, ex.secbits)),
                 seccomp_mode: Some(st.seccomp as i32),
                 seccomp_filter: None,
                 comm: Some(proc::read_comm_tid(pid, tid)?),
