@@ -93,6 +93,37 @@ const SC_TIMERS: u64 = 24576;
 /// Trees with at most this many fds dump their fd tables on the main thread.
 const INLINE_TABLES_MAX: usize = 64;
 
+/// Trees with fewer live processes copy their pages on the main thread.
+const PAGES_THREAD_MIN: usize = 4;
+
+/// A task's private pages to copy, handed to the pages thread.
+struct PageJob {
+    pid: i32,
+    vpid: i32,
+    vmas: Vec<Vma>,
+    pages_id: u32,
+}
+
+/// Copy the pages of each job received (see [`Dumper::page_jobs`]) until
+/// the sender is gone; stop early, successfully, once `stop` is set.
+fn page_worker(
+    dir: &ImageDir,
+    jobs: std::sync::mpsc::Receiver<PageJob>,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<PageStats> {
+    let mut total = PageStats::default();
+    for j in jobs {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let st = pages::dump_private_as(dir, j.pid, j.vpid, &j.vmas, j.pages_id, progress)
+            .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+        total.add(&st);
+    }
+    Ok(total)
+}
+
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let dir = ImageDir::create(&opts.images_dir)?;
     // The parent image, as CRIU links it; its pages count only while its
@@ -181,6 +212,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         userns: None,
         seccomp: Default::default(),
         own_ipc: false,
+        page_jobs: None,
     };
     let live: Vec<i32> = tree
         .tasks
@@ -214,6 +246,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let (root_ids, root_task_ids) = std::thread::scope(|s| -> Result<_> {
         let tables =
             (!inline_tables).then(|| s.spawn(|| tables::dump_tables(&files, &fd_tasks, &stop)));
+        // Copying pages needs no tracer either (process_vm_readv): with many
+        // processes it runs on a thread of its own while the main thread
+        // goes on with the next task's remote calls. The tasks stay stopped
+        // until the end of the dump, after this thread is joined.
+        let pages_thread = (live.len() >= PAGES_THREAD_MIN && !opts.pre_dump).then(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            d.page_jobs = Some(tx);
+            let (dir, progress, stop) = (&dir, opts.progress, &stop);
+            s.spawn(move || page_worker(dir, rx, progress, stop))
+        });
         let mut run = || -> Result<_> {
             // inventory.root_ids are the dumper's own, as CRIU writes them:
             // its restore takes a root task whose ids match them for a
@@ -236,11 +278,20 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         if r.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
+        // No more jobs: the pages thread ends once it has copied the last.
+        d.page_jobs = None;
+        let pg = pages_thread.map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(Error::Other("page copy thread panicked".into())))
+        });
         let t = tables.map_or(Ok(()), |t| {
             t.join()
                 .unwrap_or_else(|_| Err(Error::Other("fd table thread panicked".into())))
         });
         let root_ids = r?;
+        if let Some(pg) = pg {
+            d.pages.add(&pg?);
+        }
         t?;
         Ok(root_ids)
     })?;
@@ -337,6 +388,8 @@ struct Dumper<'a> {
     track_fds: Vec<std::os::fd::OwnedFd>,
     /// The tree has its own IPC namespace (SysV shm attachments need it).
     own_ipc: bool,
+    /// Private pages are copied by the pages thread when there is one.
+    page_jobs: Option<std::sync::mpsc::Sender<PageJob>>,
 }
 
 /// What remote calls tell us about one thread.
@@ -576,7 +629,10 @@ impl<'a> Dumper<'a> {
         // Per-thread state.
         for (i, &tid) in task.threads.iter().enumerate() {
             let ex = &extra[i];
-            let mut core = self.thread_core(pid, tid, ex, &stolen)?;
+            // The leader's status was read above (creds and seccomp mode
+            // do not change meanwhile): not again.
+            let leader = (tid == pid).then_some(&status);
+            let mut core = self.thread_core(pid, tid, ex, &stolen, leader)?;
             let tcore = core.thread_core.as_mut().unwrap();
             if tcore.seccomp_mode == Some(crate::task::seccomp::MODE_FILTER as i32) {
                 tcore.seccomp_filter = self.seccomp.dump_thread(tid)?;
@@ -690,6 +746,22 @@ impl<'a> Dumper<'a> {
         self.dir
             .write_one(&format!("mm-{vpid}.img"), common(magic::MM), &mm)?;
         let pages_id = self.pages_id();
+        if self.tracked_parent.is_none() && self.page_jobs.is_some() {
+            // Shared memory on the main thread, as below.
+            self.dump_shmem(pid, &vmas)?;
+            if let Some(tx) = &self.page_jobs {
+                // A send fails only once the pages thread has failed: its
+                // error is reported when it is joined.
+                let _ = tx.send(PageJob {
+                    pid,
+                    vpid,
+                    vmas,
+                    pages_id,
+                });
+            }
+            debug!(pid, "task dumped (pages queued)");
+            return Ok(ids);
+        }
         let st = match &self.tracked_parent {
             Some(p) => {
                 let name = format!("pagemap-{vpid}.img");
@@ -709,6 +781,13 @@ impl<'a> Dumper<'a> {
             }
         };
         self.pages.add(&st);
+        self.dump_shmem(pid, &vmas)?;
+        debug!(pid, vmas = vmas.len(), "task dumped");
+        Ok(ids)
+    }
+
+    /// The shared memory of `vmas` not dumped yet.
+    fn dump_shmem(&mut self, pid: i32, vmas: &[Vma]) -> Result<()> {
         for v in vmas.iter().filter(|v| v.contents == Contents::Shmem) {
             if self.shmem_done.insert(v.entry.shmid) {
                 let pid_ = self.pages_id();
@@ -716,8 +795,7 @@ impl<'a> Dumper<'a> {
                 self.pages.add(&st);
             }
         }
-        debug!(pid, vmas = vmas.len(), "task dumped");
-        Ok(ids)
+        Ok(())
     }
 }
 
@@ -775,6 +853,7 @@ impl<'a> Dumper<'a> {
         tid: i32,
         ex: &ThreadExtra,
         stolen: &[crate::task::seize::StolenSignal],
+        status: Option<&proc::Status>,
     ) -> Result<CoreEntry> {
         let gp = ptrace::get_regs(tid).task_ctx(tid, "get registers")?;
         let xs = ptrace::get_xstate(tid).task_ctx(tid, "get xsave state")?;
@@ -793,7 +872,14 @@ impl<'a> Dumper<'a> {
         };
         let (futex_rla, futex_rla_len) =
             misc::get_robust_list(tid).task_ctx(tid, "get_robust_list")?;
-        let st = proc::read_status_tid(pid, tid)?;
+        let read;
+        let st = match status {
+            Some(s) => s,
+            None => {
+                read = proc::read_status_tid(pid, tid)?;
+                &read
+            }
+        };
         let tstat = proc::read_stat_tid(pid, tid)?;
         let sched = misc::sched_getattr(tid).task_ctx(tid, "sched_getattr")?;
         Ok(CoreEntry {
@@ -816,7 +902,7 @@ impl<'a> Dumper<'a> {
                 sas: ex.sas,
                 pdeath_sig: Some(ex.pdeath_sig),
                 signals_p: signals::queue(pending),
-                creds: Some(self.creds(&st, ex.secbits)),
+                creds: Some(self.creds(st, ex.secbits)),
                 seccomp_mode: Some(st.seccomp as i32),
                 seccomp_filter: None,
                 comm: Some(proc::read_comm_tid(pid, tid)?),

@@ -1,21 +1,49 @@
-//! One look at every fd of the tree before any task is dumped: its number,
-//! link text and stat. Unix sockets, pty masters and the fd tables all need
-//! them; reading /proc once instead of once per pass saves two readlinks
-//! and a stat per fd. The tree is frozen, so they stay valid until the dump
-//! itself changes an fd table (moving pending connections), which scans
-//! again.
+//! One look at every fd of the tree before any task is dumped: its number
+//! and link text (and the stat of device nodes, for pty masters). Unix and
+//! inet sockets, pty masters and the fd tables all need them; reading /proc
+//! once instead of once per pass saves two readlinks per fd. The tree is
+//! frozen, so they stay valid until the dump itself changes an fd table
+//! (moving pending connections), which scans again.
+//!
+//! Other fds are not stat'ed here: the fd table dump stats its stolen
+//! duplicate (no /proc path walk) on its own thread, while this scan holds
+//! up the whole dump. The scan itself is split over two threads.
 
 use std::collections::HashMap;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::proc;
+
+/// Fewer processes than this in each half are scanned on one thread.
+const SPLIT_MIN: usize = 8;
+
+fn scan_part(pids: &[i32]) -> Result<HashMap<i32, Vec<ScannedFd>>> {
+    let mut by_pid = HashMap::with_capacity(pids.len());
+    for &pid in pids {
+        let fds = proc::read_fd_numbers(pid)?;
+        let mut v = Vec::with_capacity(fds.len());
+        for fd in fds {
+            let link = proc::read_fd_link(pid, fd)
+                .ok()
+                .map(|l| l.to_string_lossy().into_owned());
+            let st = link
+                .as_ref()
+                .filter(|l| l.starts_with("/dev/"))
+                .and_then(|_| std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok());
+            v.push(ScannedFd { fd, link, st });
+        }
+        by_pid.insert(pid, v);
+    }
+    Ok(by_pid)
+}
 
 pub(crate) struct ScannedFd {
     pub fd: i32,
     /// The /proc/PID/fd/N link text; None if it could not be read (the
     /// fd table dump reads it again and reports the error).
     pub link: Option<String>,
-    /// stat through the link; None if it failed (reported the same way).
+    /// stat through the link, of device nodes only (`/dev/...` links: the
+    /// pty masters); None otherwise or if it failed.
     pub st: Option<std::fs::Metadata>,
 }
 
@@ -27,21 +55,23 @@ pub(crate) struct FdScan {
 impl FdScan {
     /// Every fd of `pids`, sorted by number.
     pub(crate) fn scan(pids: &[i32]) -> Result<FdScan> {
-        let mut by_pid = HashMap::with_capacity(pids.len());
-        for &pid in pids {
-            let fds = proc::read_fd_numbers(pid)?;
-            let mut v = Vec::with_capacity(fds.len());
-            for fd in fds {
-                let link = proc::read_fd_link(pid, fd)
-                    .ok()
-                    .map(|l| l.to_string_lossy().into_owned());
-                let st = link
-                    .as_ref()
-                    .and_then(|_| std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok());
-                v.push(ScannedFd { fd, link, st });
-            }
-            by_pid.insert(pid, v);
-        }
+        // Two halves on two threads: the scan is mostly /proc lookups
+        // (kernel time), and nothing else runs while it does.
+        let (a, b) = pids.split_at(pids.len() / 2);
+        let (ra, rb) = if a.len() < SPLIT_MIN {
+            (scan_part(a), scan_part(b))
+        } else {
+            std::thread::scope(|s| {
+                let h = s.spawn(|| scan_part(a));
+                let rb = scan_part(b);
+                let ra = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Other("fd scan thread panicked".into())));
+                (ra, rb)
+            })
+        };
+        let mut by_pid = ra?;
+        by_pid.extend(rb?);
         Ok(FdScan { by_pid })
     }
 
@@ -55,23 +85,9 @@ impl FdScan {
         self.by_pid.values().map(Vec::len).sum()
     }
 
-    /// The fd numbers of `pid`, if it was scanned.
-    pub(crate) fn numbers(&self, pid: i32) -> Option<Vec<i32>> {
-        self.by_pid
-            .get(&pid)
-            .map(|v| v.iter().map(|s| s.fd).collect())
-    }
-
-    /// Link and stat of `fd` of `pid`, once (the fd table dump takes them).
-    pub(crate) fn take(&mut self, pid: i32, fd: i32) -> Option<(String, std::fs::Metadata)> {
-        let v = self.by_pid.get_mut(&pid)?;
-        let i = v.binary_search_by_key(&fd, |s| s.fd).ok()?;
-        let s = &mut v[i];
-        Some((s.link.take()?, s.st.take()?))
-    }
-
-    /// Forget `pid` (its fd table is dumped).
-    pub(crate) fn done(&mut self, pid: i32) {
-        self.by_pid.remove(&pid);
+    /// The scanned fds of `pid`, once (the fd table dump takes them), or
+    /// None if it was not scanned.
+    pub(crate) fn take(&mut self, pid: i32) -> Option<Vec<ScannedFd>> {
+        self.by_pid.remove(&pid)
     }
 }

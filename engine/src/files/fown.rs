@@ -43,8 +43,11 @@ pub fn read(fd: BorrowedFd<'_>) -> std::io::Result<FownEntry> {
 
 /// The owner and signal of the fd being dumped.
 pub fn of(cx: &FdCtx<'_>) -> Result<FownEntry> {
-    let fd = cx.steal()?;
-    read(fd.as_fd()).map_err(|e| cx.err(format!("owner of {}: {e}", cx.link)))
+    let r = match cx.obj {
+        Some(o) => read(o.as_fd()),
+        None => read(cx.steal()?.as_fd()),
+    };
+    r.map_err(|e| cx.err(format!("owner of {}: {e}", cx.link)))
 }
 
 /// The saved owner and status flags of a file entry, for the kinds that

@@ -120,6 +120,8 @@ pub struct FdCtx<'a> {
     /// stat of the file (through the /proc link).
     pub st: &'a std::fs::Metadata,
     pub info: &'a proc::Fdinfo,
+    /// The target's fd already stolen (see [`gather`]), if it was.
+    pub obj: Option<&'a std::os::fd::OwnedFd>,
 }
 
 impl FdCtx<'_> {
@@ -127,7 +129,12 @@ impl FdCtx<'_> {
     /// description: reading from it consumes the target's data, so only
     /// inspect, peek or tee).
     pub fn steal(&self) -> Result<std::os::fd::OwnedFd> {
-        shared::steal(self.pid, self.fd)
+        match self.obj {
+            Some(o) => o
+                .try_clone()
+                .map_err(|e| self.err(format!("dup of {}: {e}", self.link))),
+            None => shared::steal(self.pid, self.fd),
+        }
     }
 
     pub fn err(&self, why: impl Into<String>) -> Error {
@@ -268,12 +275,15 @@ impl<'a> FileTable<'a> {
         Ok(id)
     }
 
-    /// The open fd numbers of `pid`, sorted (as scanned by
-    /// [`prepare_tree`](Self::prepare_tree) when it was).
-    pub fn fd_numbers(&self, pid: i32) -> Result<Vec<i32>> {
-        match self.fdscan.numbers(pid) {
-            Some(v) => Ok(v),
-            None => Ok(proc::read_fd_numbers(pid)?),
+    /// The open fds of `pid`, sorted, with their link text when it was
+    /// scanned by [`prepare_tree`](Self::prepare_tree) (taken: once).
+    pub fn take_fds(&mut self, pid: i32) -> Result<Vec<(i32, Option<String>)>> {
+        match self.fdscan.take(pid) {
+            Some(v) => Ok(v.into_iter().map(|s| (s.fd, s.link)).collect()),
+            None => Ok(proc::read_fd_numbers(pid)?
+                .into_iter()
+                .map(|fd| (fd, None))
+                .collect()),
         }
     }
 
@@ -282,28 +292,17 @@ impl<'a> FileTable<'a> {
         self.fdscan.total()
     }
 
-    /// Forget what was scanned of `pid` once its fd table is dumped.
-    pub fn fds_done(&mut self, pid: i32) {
-        self.fdscan.done(pid);
-    }
-
-    /// Dump one fd of `pid` and return its fdinfo entry.
-    pub fn dump_fd(&mut self, pid: i32, fd: i32) -> Result<FdinfoEntry> {
-        let (link, st) = match self.fdscan.take(pid, fd) {
-            Some(x) => x,
-            None => {
-                let link = proc::read_fd_link(pid, fd)?;
-                let link = link.to_string_lossy().into_owned();
-                let fdpath = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-                let st = std::fs::metadata(&fdpath).map_err(|e| Error::Fd {
-                    pid,
-                    fd,
-                    why: format!("stat {link}: {e}"),
-                })?;
-                (link, st)
-            }
-        };
-        let info = proc::read_fdinfo(pid, fd)?;
+    /// Dump one fd, gathered by [`gather`] (without this table's lock),
+    /// and return its fdinfo entry.
+    pub fn dump_fd(&mut self, g: Gathered) -> Result<FdinfoEntry> {
+        let Gathered {
+            pid,
+            fd,
+            link,
+            st,
+            info,
+            obj,
+        } = g;
         let fd_flags = if info.flags & libc::O_CLOEXEC as u32 != 0 {
             libc::FD_CLOEXEC as u32
         } else {
@@ -314,7 +313,11 @@ impl<'a> FileTable<'a> {
         // refuses the families it does not know by name).
         let mut inet_sk = None;
         if kind == Kind::Socket {
-            let sk = shared::steal(pid, fd)?;
+            let sk = obj.try_clone().map_err(|e| Error::Fd {
+                pid,
+                fd,
+                why: format!("dup of {link}: {e}"),
+            })?;
             let fam = crate::sys::sock::getsockopt_int(
                 std::os::fd::AsFd::as_fd(&sk),
                 libc::SOL_SOCKET,
@@ -387,6 +390,7 @@ impl<'a> FileTable<'a> {
             link: &link,
             st: &st,
             info: &info,
+            obj: Some(&obj),
         };
         let entry = match kind {
             Kind::Tty if ty == FdTypes::Tty => tty::dump_fd(self, &cx)?,
@@ -427,6 +431,44 @@ impl<'a> FileTable<'a> {
         }
         Ok(())
     }
+}
+
+/// What dumping an fd needs from the kernel, read without the table's lock
+/// (the fd table thread gathers while the main thread uses the table).
+pub struct Gathered {
+    pid: i32,
+    fd: i32,
+    link: String,
+    st: std::fs::Metadata,
+    info: proc::Fdinfo,
+    /// The target's fd, stolen once for every module that looks at it.
+    obj: std::os::fd::OwnedFd,
+}
+
+/// Read what [`FileTable::dump_fd`] needs of `fd` of `pid`: `link` is its
+/// scanned link text, if it was. The stat is taken on the stolen fd, which
+/// is the same file as through the /proc link, without a path walk.
+pub fn gather(pid: i32, fd: i32, link: Option<String>) -> Result<Gathered> {
+    let link = match link {
+        Some(l) => l,
+        None => proc::read_fd_link(pid, fd)?.to_string_lossy().into_owned(),
+    };
+    let obj = shared::steal(pid, fd)?;
+    let f = std::fs::File::from(obj);
+    let st = f.metadata().map_err(|e| Error::Fd {
+        pid,
+        fd,
+        why: format!("stat {link}: {e}"),
+    })?;
+    let info = proc::read_fdinfo(pid, fd)?;
+    Ok(Gathered {
+        pid,
+        fd,
+        link,
+        st,
+        info,
+        obj: f.into(),
+    })
 }
 
 /// File objects restore must create together, in one task, because one call

@@ -178,6 +178,7 @@ pub fn dump_fifo(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
         link: cx.link,
         st: cx.st,
         info: cx.info,
+        obj: cx.obj,
     };
     let reg = super::reg::dump_fd(t, &rcx)?;
     t.push(reg);

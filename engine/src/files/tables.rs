@@ -4,8 +4,9 @@
 //! it needs no tracer thread. The dumper's own thread spends much of each
 //! task waiting for it to run injected syscalls; the fd tables (most of a
 //! many-fd tree's CPU time) are dumped meanwhile on the other core. Both
-//! threads share the [`FileTable`] behind a mutex, taken per fd so file
-//! mappings, cwd and exe of the task being dumped are not held up.
+//! threads share the [`FileTable`] behind a mutex, taken per fd once its
+//! /proc entries are read and it is stolen, so file mappings, cwd and exe
+//! of the task being dumped are not held up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -34,15 +35,15 @@ pub fn dump_tables(
             return Ok(());
         }
         crate::error::check_interrupt()?;
-        let fds = lock(files).fd_numbers(pid)?;
+        let fds = lock(files).take_fds(pid)?;
         let mut entries = Vec::with_capacity(fds.len());
-        for fd in fds {
-            entries.push(lock(files).dump_fd(pid, fd)?);
+        for (fd, link) in fds {
+            // The kernel is asked without the lock: the main thread needs
+            // the table meanwhile (file mappings, cwd, exe, pages ids).
+            let g = super::gather(pid, fd, link)?;
+            entries.push(lock(files).dump_fd(g)?);
         }
-        let mut t = lock(files);
-        t.fds_done(pid);
-        let dir = t.dir;
-        drop(t);
+        let dir = lock(files).dir;
         dir.write_all(
             &format!("fdinfo-{files_id}.img"),
             common(magic::FDINFO),

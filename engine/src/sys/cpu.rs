@@ -31,23 +31,28 @@ fn has_leaf_0xd() -> bool {
     cpuid(0, 0).eax >= 0xd && osxsave()
 }
 
+/// Leaf 0xD subleaf 0, if there is one. Asked once: every register
+/// dump and restore of a thread needs it, and cpuid traps to the
+/// hypervisor in a VM.
+fn leaf_0xd() -> Option<CpuidResult> {
+    static LEAF: std::sync::OnceLock<Option<CpuidResult>> = std::sync::OnceLock::new();
+    *LEAF.get_or_init(|| has_leaf_0xd().then(|| cpuid(0xd, 0)))
+}
+
 /// XSAVE area size (standard format) for the features enabled in XCR0
 /// (CPUID leaf 0xD subleaf 0, EBX). `None` without XSAVE.
 pub fn xsave_size() -> Option<u32> {
-    has_leaf_0xd().then(|| cpuid(0xd, 0).ebx)
+    leaf_0xd().map(|r| r.ebx)
 }
 
 /// XSAVE area size for every feature the CPU supports (leaf 0xD, ECX).
 pub fn xsave_max_size() -> Option<u32> {
-    has_leaf_0xd().then(|| cpuid(0xd, 0).ecx)
+    leaf_0xd().map(|r| r.ecx)
 }
 
 /// Feature mask the CPU supports in XCR0 (leaf 0xD subleaf 0, EDX:EAX).
 pub fn xfeatures_supported() -> Option<u64> {
-    has_leaf_0xd().then(|| {
-        let r = cpuid(0xd, 0);
-        u64::from(r.eax) | (u64::from(r.edx) << 32)
-    })
+    leaf_0xd().map(|r| u64::from(r.eax) | (u64::from(r.edx) << 32))
 }
 
 /// XCR0, the feature set the kernel enabled (`xgetbv(0)`). `None` if the OS

@@ -395,11 +395,17 @@ impl Injector {
         regs.r12 = table;
         regs.r13 = n as u64;
         ptrace::set_regs(tid, &regs)?;
-        ptrace::set_sigmask(tid, injection_mask(StepMode::SingleStep))?;
+        // In single-step mode the mask is the one in place already.
+        let other = self.mode != StepMode::SingleStep;
+        if other {
+            ptrace::set_sigmask(tid, injection_mask(StepMode::SingleStep))?;
+        }
         self.at_exit_stop = false;
         let trap_ip = code + BATCH_CODE.len() as u64;
         let r = self.run_until_trap(trap_ip);
-        ptrace::set_sigmask(tid, injection_mask(self.mode))?;
+        if other {
+            ptrace::set_sigmask(tid, injection_mask(self.mode))?;
+        }
         r
     }
 
