@@ -279,6 +279,94 @@ fn tcp_server_established_v6() {
     );
 }
 
+/// A client that connects while the server is checkpointed (from the
+/// dump's post-dump point, the listener still there but frozen, until
+/// restore): the network lock holds its SYNs back, so it is neither queued
+/// by the dumped listener (which would reset it when killed) nor refused;
+/// it connects to the restored listener and talks with the server. No
+/// reset on either side.
+#[test]
+fn tcp_connect_during_checkpoint() {
+    let Some(env) = Env::setup("tcp_connect_during_checkpoint") else {
+        return;
+    };
+    assert!(has_nft(), "nft is needed (hack/setup.sh installs nftables)");
+    let net = Net::new();
+    let (mut dumped, mut other) =
+        start_pair(&env, &net, "server", "peer-client", "10.231.0.1", "5009");
+    let marker = env.path("post-dump");
+    let script = env.path("action.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ] || exit 0\n\
+             touch {}\nsleep 0.5\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let img = env.dir("images");
+    let (run, client) = std::thread::scope(|sc| {
+        let client = sc.spawn(|| -> Result<String, String> {
+            net.enter(&net.b);
+            let t0 = std::time::Instant::now();
+            while !marker.exists() {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    return Err("no post-dump point".into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let addr = "10.231.0.1:5009".parse().unwrap();
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+                .map_err(|e| format!("connect during checkpoint: {e}"))?;
+            c.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut c, b"hello").map_err(|e| e.to_string())?;
+            let mut b = [0u8; 5];
+            std::io::Read::read_exact(&mut c, &mut b).map_err(|e| format!("read: {e}"))?;
+            Ok(String::from_utf8_lossy(&b).into_owned())
+        });
+        let run = env.dump(
+            dumped.root_pid(),
+            &img,
+            &[
+                "--tcp-established",
+                "--action-script",
+                script.to_str().unwrap(),
+            ],
+        );
+        if run.status.success() {
+            dumped.expect_killed_and_reap();
+            write_atomic(&dumped.path("pending"), "").expect("pending");
+            // Its SYN has been held back for a while now.
+            std::thread::sleep(Duration::from_millis(300));
+            dumped.restore_from(&env, &img, &["--tcp-established"]);
+            // The server answers the client in its check.
+            write_atomic(&other.path("go"), "").expect("go");
+            dumped.verify_and_finish("after restore");
+            other.verify_and_finish("peer after restore");
+        }
+        (run, client.join().expect("client thread"))
+    });
+    run.expect_success("dump of a server with a listener");
+    assert_eq!(
+        client.as_deref(),
+        Ok("world"),
+        "the client that connected meanwhile"
+    );
+    for (ns, what) in [
+        (&net.b, "EstabResets"),
+        (&net.b, "OutRsts"),
+        (&net.a, "OutRsts"),
+    ] {
+        assert_eq!(net.tcp_counter(ns, what), 0, "{what} in {ns}");
+    }
+    drop(dumped);
+    drop(other);
+    drop(net);
+}
+
 /// Data the dumped side sent that its peer never acknowledged: packets
 /// from a to b are dropped in b while the peer opens its window, so the
 /// client's kernel sends more that is lost. After restore (the drop

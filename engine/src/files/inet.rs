@@ -317,6 +317,7 @@ pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
         }
     }
     let mut conns = Vec::new();
+    let mut listeners = Vec::new();
     let mut repair = Vec::new();
     for (&ino, &(pid, fd)) in &socks {
         let err = |why: String| Error::Fd { pid, fd, why };
@@ -333,6 +334,8 @@ pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
         if pr.is_tcp() && connected(pr.state) {
             conns.push(pr.conn().expect("a connection has a peer"));
             repair.push((ino, sk));
+        } else if pr.is_tcp() && pr.state == TCP_LISTEN {
+            listeners.push(pr.local);
         }
         t.inet.probes.insert(ino, pr);
     }
@@ -340,7 +343,8 @@ pub fn prepare(t: &mut FileTable<'_>, pids: &[i32]) -> Result<()> {
         return Ok(());
     }
     let first = repair[0].0 as u32;
-    t.inet.held.lock = Some(lock::Lock::take(pids[0], first, &conns).map_err(Error::Other)?);
+    t.inet.held.lock =
+        Some(lock::Lock::take(pids[0], first, &conns, &listeners).map_err(Error::Other)?);
     for (ino, sk) in repair {
         tcp::set_repair(sk.as_fd(), true).map_err(|e| {
             Error::Other(format!(
@@ -611,6 +615,12 @@ pub fn lock_for_restore(
             })
         })
         .collect();
+    let listeners: Vec<(std::net::IpAddr, u16)> = files
+        .values()
+        .filter_map(|f| f.isk.as_deref())
+        .filter(|e| e.proto as i32 == libc::IPPROTO_TCP && e.state == TCP_LISTEN)
+        .filter_map(|e| Some((ip_of(e.family, &e.src_addr)?, e.src_port as u16)))
+        .collect();
     let file = if ns.owns(NsKind::Net) {
         // Locked before its links exist, so no packet reaches a socket
         // that is not rebuilt yet (a peer would get a reset).
@@ -619,7 +629,7 @@ pub fn lock_for_restore(
             let f = f
                 .try_clone()
                 .map_err(|e| Error::Other(format!("network namespace fd: {e}")))?;
-            lock = Some(lock::Lock::take_in(f, ino, &conns).map_err(Error::Other)?);
+            lock = Some(lock::Lock::take_in(f, ino, &conns, &listeners).map_err(Error::Other)?);
             Ok(())
         })?;
         ns.own.retain(|k| *k != NsKind::Net);
@@ -634,7 +644,7 @@ pub fn lock_for_restore(
         let p = "/proc/thread-self/ns/net";
         std::fs::File::open(p).map_err(|e| Error::io(p, e))?
     };
-    lock::Lock::take_in(file, ino, &conns)
+    lock::Lock::take_in(file, ino, &conns, &listeners)
         .map(Some)
         .map_err(Error::Other)
 }

@@ -23,7 +23,9 @@
 //! every byte of the other's stream (`TOTAL` bytes, position-dependent
 //! pattern) arrives exactly once and in order, then EOF; a reset or any
 //! other error is a failure. The dumped side also checks its options and
-//! that its listener (server mode) still accepts.
+//! that its listener (server mode) still accepts; with `STATEDIR/pending`,
+//! it first accepts a client that connected while it was checkpointed,
+//! reads `hello` and answers `world`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -244,6 +246,26 @@ fn dumped_side(
         "exchange",
         exchange(&mut c, me, &mut s, mine, TOTAL, shut_early),
     );
+    if let (Some(l), true) = (&listener, ctx.path("pending").exists()) {
+        // A client connected while we were checkpointed (the test says so):
+        // its connection is the first one the restored listener gets.
+        v.result(
+            "pending connection",
+            (|| -> Result<(), String> {
+                let (mut y, from) = l.accept().map_err(|e| format!("accept: {e}"))?;
+                y.set_nonblocking(false).map_err(|e| e.to_string())?;
+                y.set_read_timeout(Some(Duration::from_secs(20)))
+                    .map_err(|e| e.to_string())?;
+                let mut b = [0u8; 5];
+                y.read_exact(&mut b)
+                    .map_err(|e| format!("read from {from}: {e}"))?;
+                if &b != b"hello" {
+                    return Err(format!("pending client {from} sent {b:?}"));
+                }
+                y.write_all(b"world").map_err(|e| e.to_string())
+            })(),
+        );
+    }
     if let Some(l) = &listener {
         // The listener still takes connections.
         let a = l.local_addr().map_err(|e| e.to_string());

@@ -39,14 +39,29 @@ fn ip_match(a: IpAddr, dir: &str) -> String {
     }
 }
 
-/// The nft script that adds table `name` dropping `conns`.
-pub fn script(name: &str, conns: &[Conn]) -> String {
+/// The nft script that adds table `name` dropping `conns`, and the
+/// connection requests (SYN without ACK) to `listeners`: a client that
+/// connects meanwhile retransmits its SYN until the restored listener
+/// answers, where the dumped one would have queued the connection and then,
+/// killed, reset it.
+pub fn script(name: &str, conns: &[Conn], listeners: &[(IpAddr, u16)]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "add table inet {name}");
     for (chain, hook) in [("in", "input"), ("out", "output")] {
         let _ = writeln!(
             s,
             "add chain inet {name} {chain} {{ type filter hook {hook} priority -300; policy accept; }}"
+        );
+    }
+    for &(a, port) in listeners {
+        let dst = if a.is_unspecified() {
+            String::new()
+        } else {
+            format!("{} ", ip_match(a, "daddr"))
+        };
+        let _ = writeln!(
+            s,
+            "add rule inet {name} in {dst}tcp dport {port} tcp flags & (syn | ack) == syn drop"
         );
     }
     for c in conns {
@@ -115,20 +130,27 @@ pub struct Lock {
 
 impl Lock {
     /// Drop the packets of `conns` in the network namespace of `pid`.
-    pub fn take(pid: i32, ino: u32, conns: &[Conn]) -> Result<Lock, String> {
+    pub fn take(
+        pid: i32,
+        ino: u32,
+        conns: &[Conn],
+        listeners: &[(IpAddr, u16)],
+    ) -> Result<Lock, String> {
         let p = format!("/proc/{pid}/ns/net");
         let ns = std::fs::File::open(&p).map_err(|e| format!("open {p}: {e}"))?;
-        let name = table_name(ino);
-        nft(&ns, &script(&name, conns)).map_err(|e| format!("network lock: {e}"))?;
-        info!(table = %name, conns = conns.len(), "network locked");
-        Ok(Lock { ns, name })
+        Self::take_in(ns, ino, conns, listeners)
     }
 
     /// The same in the network namespace `ns` (an open ns file).
-    pub fn take_in(ns: std::fs::File, ino: u32, conns: &[Conn]) -> Result<Lock, String> {
+    pub fn take_in(
+        ns: std::fs::File,
+        ino: u32,
+        conns: &[Conn],
+        listeners: &[(IpAddr, u16)],
+    ) -> Result<Lock, String> {
         let name = table_name(ino);
-        nft(&ns, &script(&name, conns)).map_err(|e| format!("network lock: {e}"))?;
-        info!(table = %name, conns = conns.len(), "network locked");
+        nft(&ns, &script(&name, conns, listeners)).map_err(|e| format!("network lock: {e}"))?;
+        info!(table = %name, conns = conns.len(), listeners = listeners.len(), "network locked");
         Ok(Lock { ns, name })
     }
 
@@ -161,7 +183,7 @@ mod tests {
             local: ("10.0.0.1".parse().unwrap(), 40000),
             peer: ("10.0.0.2".parse().unwrap(), 5000),
         };
-        let s = script("stasis_lock_7", &[c]);
+        let s = script("stasis_lock_7", &[c], &[]);
         assert!(s.contains("add table inet stasis_lock_7"));
         assert!(s.contains(
             "add rule inet stasis_lock_7 in ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 5000 tcp dport 40000 drop"
@@ -173,13 +195,35 @@ mod tests {
             local: ("::ffff:10.0.0.1".parse().unwrap(), 1),
             peer: ("::ffff:10.0.0.2".parse().unwrap(), 2),
         };
-        let s = script("t", &[c6]);
+        let s = script("t", &[c6], &[]);
         assert!(s.contains("in ip saddr 10.0.0.2 ip daddr 10.0.0.1"), "{s}");
         let v6 = Conn {
             local: ("fd00::1".parse().unwrap(), 1),
             peer: ("fd00::2".parse().unwrap(), 2),
         };
-        let s = script("t", &[v6]);
+        let s = script("t", &[v6], &[]);
         assert!(s.contains("in ip6 saddr fd00::2 ip6 daddr fd00::1"), "{s}");
+    }
+
+    #[test]
+    fn listener_rules_drop_connection_requests_only() {
+        let s = script(
+            "t",
+            &[],
+            &[
+                ("0.0.0.0".parse().unwrap(), 80),
+                ("fd00::1".parse().unwrap(), 443),
+            ],
+        );
+        assert!(
+            s.contains("add rule inet t in tcp dport 80 tcp flags & (syn | ack) == syn drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "add rule inet t in ip6 daddr fd00::1 tcp dport 443 tcp flags & (syn | ack) == syn drop"
+            ),
+            "{s}"
+        );
     }
 }
