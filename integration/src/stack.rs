@@ -477,6 +477,11 @@ pub fn bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
     b
 }
 
+/// A busybox bundle whose process is `sh -c SCRIPT`.
+pub fn sh_bundle(env: &Env, name: &str, script: &str) -> PathBuf {
+    bundle(env, name, &["sh", "-c", script])
+}
+
 /// `stasis --root <test dir>/state …`; deletes whatever is left when dropped.
 pub struct Rt<'a> {
     pub env: &'a Env,
@@ -509,6 +514,26 @@ impl<'a> Rt<'a> {
             .unwrap_or_default()
             .to_string();
         l.split('"').nth(3).unwrap_or_default().to_string()
+    }
+    /// `r` failed with one short stderr line naming every word of `words`,
+    /// and left nothing of container `id` behind (no state dir, cgroup,
+    /// mount or process).
+    pub fn expect_clean_failure(&self, r: &StasisRun, id: &str, words: &[&str]) {
+        assert!(!r.success(), "should fail: {}", r.describe());
+        for w in words {
+            assert!(
+                r.stderr.contains(w),
+                "error should mention {w:?}: {}",
+                r.describe()
+            );
+        }
+        assert!(
+            r.stderr.lines().count() <= 2,
+            "one clear line expected: {}",
+            r.describe()
+        );
+        no_leftovers(id, 0);
+        assert!(!self.root.join(id).exists(), "state dir left for {id}");
     }
 }
 

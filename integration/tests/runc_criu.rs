@@ -113,6 +113,31 @@ impl Runc {
         );
         name
     }
+
+    /// `runc restore -d` from `img` into a new container (work dir
+    /// `work2`), which must succeed; returns its name.
+    fn restore(&mut self, env: &Env, img: &Path) -> String {
+        let c2 = self.name("c2");
+        let work2 = env.dir("work2");
+        let out = output(
+            self.cmd()
+                .args(["restore", "-d", "--image-path"])
+                .arg(img)
+                .arg("--work-path")
+                .arg(&work2)
+                .arg("--bundle")
+                .arg(&self.bundle)
+                .arg(&c2)
+                .current_dir(&self.bundle),
+        );
+        assert!(
+            out.status.success(),
+            "runc restore: {}\nrestore.log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(work2.join("restore.log")).unwrap_or_default()
+        );
+        c2
+    }
 }
 
 impl Drop for Runc {
@@ -183,25 +208,7 @@ fn runc_checkpoint_and_restore_through_swrk() {
     // The killed init was re-parented to this test (a child subreaper, as
     // a shim is): reap it so its pid is free for the restore.
     reap_zombie_children(&[]);
-    let c2 = rc.name("c2");
-    let work2 = env.dir("work2");
-    let out = output(
-        rc.cmd()
-            .args(["restore", "-d", "--image-path"])
-            .arg(&img)
-            .arg("--work-path")
-            .arg(&work2)
-            .arg("--bundle")
-            .arg(&rc.bundle)
-            .arg(&c2)
-            .current_dir(&rc.bundle),
-    );
-    let rlog = fs::read_to_string(work2.join("restore.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "runc restore: {}\nrestore.log:\n{rlog}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rc.restore(&env, &img);
     // It continues from where it was, not from 0.
     let t = rc.tick();
     assert!(t >= t0 + 2, "counter restarted: {t} after {}", t0 + 2);
@@ -312,25 +319,7 @@ fn runc_pre_dump_then_checkpoint_and_restore() {
     );
     let _ = output(rc.cmd().args(["delete", "-f", &c1]));
     reap_zombie_children(&[]);
-    let c2 = rc.name("c2");
-    let work2 = env.dir("work2");
-    let out = output(
-        rc.cmd()
-            .args(["restore", "-d", "--image-path"])
-            .arg(&img)
-            .arg("--work-path")
-            .arg(&work2)
-            .arg("--bundle")
-            .arg(&rc.bundle)
-            .arg(&c2)
-            .current_dir(&rc.bundle),
-    );
-    assert!(
-        out.status.success(),
-        "runc restore: {}\nrestore.log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        fs::read_to_string(work2.join("restore.log")).unwrap_or_default()
-    );
+    rc.restore(&env, &img);
     let t = rc.tick();
     assert!(t >= t1, "counter restarted: {t} after {t1}");
     rc.wait_tick(t + 2);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{say, Env};
 use stasis_integration::stack::{
-    bundle, jq, no_leftovers, recv_fd, sh, tick, uniq, wait_until, Containerd, Podman,
+    bundle, jq, no_leftovers, recv_fd, sh, sh_bundle, tick, uniq, wait_until, Containerd, Podman,
     PodmanRuntime, Rt, CG2, TICKER_ARGS,
 };
 
@@ -271,7 +271,7 @@ fn runtime_exit_codes_and_signals() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(&env, "b", &["sh", "-c", "exit 3"]);
+    let b = sh_bundle(&env, "b", "exit 3");
     let id = uniq("exit");
     let r = rt.run(&["run", "--bundle", b.to_str().unwrap(), &id]);
     assert_eq!(r.status.code(), Some(3), "{}", r.describe());
@@ -281,14 +281,10 @@ fn runtime_exit_codes_and_signals() {
     );
     no_leftovers(&id, 0);
     // A signal to `stasis run` goes to the container's process.
-    let b2 = bundle(
+    let b2 = sh_bundle(
         &env,
         "b2",
-        &[
-            "sh",
-            "-c",
-            "trap 'exit 42' TERM; echo up >/tmp/up; while true; do sleep 0.1; done",
-        ],
+        "trap 'exit 42' TERM; echo up >/tmp/up; while true; do sleep 0.1; done",
     );
     let id2 = uniq("sig");
     let root = rt.root.to_str().unwrap().to_string();
@@ -312,14 +308,10 @@ fn runtime_exit_codes_and_signals() {
     let r = child.wait(Duration::from_secs(30));
     assert_eq!(r.status.code(), Some(42), "{}", r.describe());
     // Killed by a signal: 128 + N.
-    let b3 = bundle(
+    let b3 = sh_bundle(
         &env,
         "b3",
-        &[
-            "sh",
-            "-c",
-            "echo up >/tmp/up; while true; do sleep 0.1; done",
-        ],
+        "echo up >/tmp/up; while true; do sleep 0.1; done",
     );
     let id3 = uniq("kill");
     let child = env.spawn_stasis(&[
@@ -351,21 +343,7 @@ fn runtime_bad_input() {
     let id = uniq("bad");
     let expect_fail = |args: &[&str], words: &[&str]| {
         let r = rt.run(args);
-        assert!(!r.success(), "should fail: {}", r.describe());
-        for w in words {
-            assert!(
-                r.stderr.contains(w),
-                "error should mention {w:?}: {}",
-                r.describe()
-            );
-        }
-        assert!(
-            r.stderr.lines().count() <= 2,
-            "one clear line expected: {}",
-            r.describe()
-        );
-        no_leftovers(&id, 0);
-        assert!(!rt.root.join(&id).exists(), "state dir left for {id}");
+        rt.expect_clean_failure(&r, &id, words);
     };
     // Invalid config: the field is named.
     let cfg = b.join("config.json");

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{reap_zombie_children, say, Env};
 use stasis_integration::stack::{
-    bundle, jq, no_leftovers, recv_fd, tick, uniq, wait_until, Containerd, Podman, PodmanRuntime,
-    Rt, CG2, TICKER_ARGS,
+    bundle, jq, no_leftovers, recv_fd, sh_bundle, tick, uniq, wait_until, Containerd, Podman,
+    PodmanRuntime, Rt, CG2, TICKER_ARGS,
 };
 
 /// The container's init pid, from `stasis state`.
@@ -296,14 +296,10 @@ fn ckpt_terminal_checkpoint_restore() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(
+    let b = sh_bundle(
         &env,
         "b",
-        &[
-            "sh",
-            "-c",
-            "i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; echo tick-$i; sleep 0.2; done",
-        ],
+        "i=0; while true; do i=$((i+1)); echo $i >/tmp/tick; echo tick-$i; sleep 0.2; done",
     );
     jq(&b.join("config.json"), ".process.terminal=true");
     let rootfs = b.join("rootfs");
@@ -392,21 +388,7 @@ fn ckpt_restore_bad_images() {
             bs,
             &id,
         ]);
-        assert!(!r.success(), "should fail: {}", r.describe());
-        for w in words {
-            assert!(
-                r.stderr.contains(w),
-                "error should mention {w:?}: {}",
-                r.describe()
-            );
-        }
-        assert!(
-            r.stderr.lines().count() <= 2,
-            "one clear line expected: {}",
-            r.describe()
-        );
-        no_leftovers(&id, 0);
-        assert!(!rt.root.join(&id).exists(), "state dir left for {id}");
+        rt.expect_clean_failure(&r, &id, words);
     };
     let missing = env.path("no-such-images");
     expect_fail(&missing, &["no-such-images", "No such file"]);
@@ -738,14 +720,10 @@ fn ckpt_foreground_restore_no_subreaper() {
         return;
     };
     let rt = Rt::new(&env);
-    let b = bundle(
+    let b = sh_bundle(
         &env,
         "b",
-        &[
-            "sh",
-            "-c",
-            "i=0; while [ $i -lt 25 ]; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.1; done; exit 3",
-        ],
+        "i=0; while [ $i -lt 25 ]; do i=$((i+1)); echo $i >/tmp/tick; sleep 0.1; done; exit 3",
     );
     let rootfs = b.join("rootfs");
     let bs = b.to_str().unwrap();
