@@ -155,10 +155,9 @@ pub struct Prep {
 }
 
 /// The ptrace options of every restored task (inherited by its children).
-const RESTORE_PTRACE_OPTS: u64 = ptrace::PTRACE_O_TRACEFORK
-    | ptrace::PTRACE_O_TRACEVFORK
-    | ptrace::PTRACE_O_TRACECLONE
-    | ptrace::PTRACE_O_EXITKILL;
+// No TRACEFORK: stubs fork their children with CLONE_PTRACE instead (see
+// stub.rs), so a fork does not stop the parent for a round trip to us.
+const RESTORE_PTRACE_OPTS: u64 = ptrace::PTRACE_O_TRACECLONE | ptrace::PTRACE_O_EXITKILL;
 
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let names = RefCell::new(TaskNames::default());
@@ -746,7 +745,7 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32, root_pid: i32) -> Result
         use ptrace::WaitStatus as W;
         match st {
             W::PtraceEvent { event, .. } if event == ptrace::PTRACE_EVENT_STOP => {
-                // A new task's first stop (auto-attached by TRACEFORK).
+                // A new task's first stop (traced from birth: CLONE_PTRACE).
                 tree.traced.insert(tid);
                 if let Some(l) = &learn {
                     if let Some(i) = l.identify(tid)? {
