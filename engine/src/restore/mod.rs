@@ -1115,20 +1115,22 @@ fn finish_task(
             creds::restore(r, tid, c, cur, data)?;
         }
     }
+    // One round trip for both.
+    let mut calls: Vec<Call> = Vec::with_capacity(2);
+    let mut what: Vec<&str> = Vec::with_capacity(2);
     if let Some(d) = t.mm.as_ref().and_then(|m| m.dumpable) {
-        r.call(
-            pid,
-            "prctl(PR_SET_DUMPABLE)",
+        calls.push((
             libc::SYS_prctl,
             [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
-        )?;
+        ));
+        what.push("prctl(PR_SET_DUMPABLE)");
     }
-    r.call(
-        pid,
-        "close_range",
+    calls.push((
         libc::SYS_close_range,
         [prep.base as u64, u32::MAX as u64, 0, 0, 0, 0],
-    )?;
+    ));
+    what.push("close_range");
+    r.batch_checked(pid, &calls, &what)?;
     // With no staging fd left to drop them: POSIX locks; then the timers
     // start, the last thing before release.
     files::locks::restore_posix(r, plan, i, data)?;
