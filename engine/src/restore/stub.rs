@@ -118,7 +118,10 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     files::tty::set_ctty(plan, idx, &prep.shared)?;
     for &c in &t.children {
         let child = &plan.tasks[c];
-        let flags = crate::ns::pid::clone_flags(Some(t), child);
+        // Traced by the restorer from birth (CLONE_PTRACE: it stops at its
+        // first instruction) without a fork event that would hold us until
+        // the restorer continues us: siblings are forked back to back.
+        let flags = crate::ns::pid::clone_flags(Some(t), child) | libc::CLONE_PTRACE as u64;
         let newpid = flags & libc::CLONE_NEWPID as u64 != 0;
         match clone3::CloneArgs::new()
             .flags(flags)

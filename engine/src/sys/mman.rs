@@ -168,3 +168,20 @@ pub fn populate_slice(s: &mut [u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// MADV_COLLAPSE: back the 2 MiB-aligned interior of our own anonymous
+/// mapping [start, end) with huge pages now (contents unchanged).
+pub fn collapse(start: u64, end: u64) -> io::Result<()> {
+    const HUGE: u64 = 2 << 20;
+    let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    if hi <= lo {
+        return Ok(());
+    }
+    // SAFETY: the range lies inside a mapping of ours; collapsing only
+    // changes how it is backed, never what it holds.
+    let r = unsafe { libc::madvise(lo as *mut libc::c_void, (hi - lo) as usize, 25) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
