@@ -553,7 +553,8 @@ impl<'a> Dumper<'a> {
         vma::merge_vvar(&mut vmas);
 
         // What only the process can tell.
-        let mut remote = Remote::new(pid, vdso)?;
+        // SigIgn is per process and the task is stopped: `status` still holds.
+        let mut remote = Remote::with_sig_ign(pid, vdso, status.sig_ign)?;
         let scratch = remote.map_scratch()?;
         let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
         let mut calls = vec![
