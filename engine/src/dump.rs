@@ -213,6 +213,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         seccomp: Default::default(),
         own_ipc: false,
         page_jobs: None,
+        smaps_ahead: None,
     };
     let live: Vec<i32> = tree
         .tasks
@@ -256,6 +257,24 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             let (dir, progress, stop) = (&dir, opts.progress, &stop);
             s.spawn(move || page_worker(dir, rx, progress, stop))
         });
+        // smaps costs the kernel a walk of every mapped page (~0.25 ms for
+        // a small process): a thread reads the next tasks' while the main
+        // thread dumps this one. The others are stopped and untouched until
+        // their turn, so theirs is what the main thread would read then (a
+        // task sharing its mm with another is refused by check_sharing).
+        if live.len() >= PAGES_THREAD_MIN {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<SmapsAhead>(2);
+            d.smaps_ahead = Some(rx);
+            let live = &live;
+            s.spawn(move || {
+                for &pid in live {
+                    // Fails once the dump is over or has failed: stop.
+                    if tx.send((pid, proc::read_smaps(pid))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let mut run = || -> Result<_> {
             // inventory.root_ids are the dumper's own, as CRIU writes them:
             // its restore takes a root task whose ids match them for a
@@ -280,6 +299,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         }
         // No more jobs: the pages thread ends once it has copied the last.
         d.page_jobs = None;
+        d.smaps_ahead = None;
         let pg = pages_thread.map(|t| {
             t.join()
                 .unwrap_or_else(|_| Err(Error::Other("page copy thread panicked".into())))
@@ -390,7 +410,16 @@ struct Dumper<'a> {
     own_ipc: bool,
     /// Private pages are copied by the pages thread when there is one.
     page_jobs: Option<std::sync::mpsc::Sender<PageJob>>,
+    /// smaps of the live tasks, in dump order, read ahead by a thread of
+    /// its own when there is one.
+    smaps_ahead: Option<std::sync::mpsc::Receiver<SmapsAhead>>,
 }
+
+/// One task's smaps as read ahead: (pid, contents).
+type SmapsAhead = (
+    i32,
+    std::result::Result<Vec<proc::SmapsEntry>, proc::ProcError>,
+);
 
 /// What remote calls tell us about one thread.
 #[derive(Default)]
@@ -510,7 +539,7 @@ impl<'a> Dumper<'a> {
             }
         }
         let stat = proc::read_stat(pid)?;
-        let smaps = proc::read_smaps(pid)?;
+        let smaps = self.smaps(pid)?;
 
         // VMAs (before our scratch mapping exists).
         let mut vmas: Vec<Vma> = Vec::with_capacity(smaps.len());
@@ -553,7 +582,8 @@ impl<'a> Dumper<'a> {
         vma::merge_vvar(&mut vmas);
 
         // What only the process can tell.
-        let mut remote = Remote::new(pid, vdso)?;
+        // SigIgn is per process and the task is stopped: `status` still holds.
+        let mut remote = Remote::with_sig_ign(pid, vdso, status.sig_ign)?;
         let scratch = remote.map_scratch()?;
         let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
         let mut calls = vec![
@@ -784,6 +814,19 @@ impl<'a> Dumper<'a> {
         self.dump_shmem(pid, &vmas)?;
         debug!(pid, vmas = vmas.len(), "task dumped");
         Ok(ids)
+    }
+
+    /// The smaps of live task `pid`: read ahead when a thread does that
+    /// (tasks come in the same order), else now.
+    fn smaps(&mut self, pid: i32) -> Result<Vec<proc::SmapsEntry>> {
+        if let Some(rx) = &self.smaps_ahead {
+            match rx.recv() {
+                Ok((p, r)) if p == pid => return Ok(r?),
+                // Out of step (cannot happen: same order): read it here.
+                _ => self.smaps_ahead = None,
+            }
+        }
+        Ok(proc::read_smaps(pid)?)
     }
 
     /// The shared memory of `vmas` not dumped yet.

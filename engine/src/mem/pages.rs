@@ -6,6 +6,7 @@
 //! batch, so both copies (target -> buffer, buffer -> image) run on every
 //! core and each buffer stays in its own core's cache.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{IoSliceMut, Write};
 use std::os::unix::fs::FileExt;
@@ -20,6 +21,7 @@ use super::{PAGE_SIZE, PE_PRESENT};
 use crate::error::{Error, PathCtx, Result, TaskCtx};
 use crate::images::{common, ImageDir, Writer};
 use crate::progress::Progress;
+use crate::sys::mman::AnonBuf;
 use crate::sys::vm::{self, RemoteIoVec};
 use tracing::debug;
 
@@ -426,6 +428,26 @@ fn read_batch(pid: i32, mem: &mut Option<File>, batch: &[Run], buf: &mut [u8]) -
     Ok(())
 }
 
+thread_local! {
+    /// The page-copy buffer of this thread, kept between tasks: mapping and
+    /// faulting in a fresh one per task cost ~0.13 ms each in a tree of 100.
+    static BUF: RefCell<Option<AnonBuf>> = const { RefCell::new(None) };
+}
+
+/// This thread's kept buffer if it holds `len` bytes, else a new one.
+fn take_buf(len: usize) -> Result<AnonBuf> {
+    if let Some(b) = BUF.with(|c| c.borrow_mut().take()) {
+        if b.len() >= len {
+            return Ok(b);
+        }
+    }
+    AnonBuf::new(len).map_err(|e| Error::Other(format!("page copy buffer: {e}")))
+}
+
+fn keep_buf(b: AnonBuf) {
+    BUF.with(|c| *c.borrow_mut() = Some(b));
+}
+
 /// Copy all runs into `out`. Each worker takes the next batch, reads it from
 /// the target into its own buffer and writes it at the batch's offset: no
 /// hand-off between threads, and both copies of a batch run on one core
@@ -475,9 +497,8 @@ fn copy_runs(
     let failed = AtomicBool::new(false);
     let out = &out;
     let work = || -> Result<(Duration, Duration)> {
-        let mut buf = crate::sys::mman::AnonBuf::new((CHUNK as u64).min(total) as usize)
-            .map_err(|e| Error::Other(format!("page copy buffer: {e}")))?;
-        let buf = buf.as_mut_slice();
+        let mut owned = take_buf((CHUNK as u64).min(total) as usize)?;
+        let buf = owned.as_mut_slice();
         let mut mem = None;
         let (mut read, mut write) = (Duration::ZERO, Duration::ZERO);
         let res = (|| -> Result<()> {
@@ -499,6 +520,7 @@ fn copy_runs(
         if res.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
+        keep_buf(owned);
         res.map(|()| (read, write))
     };
     let results: Vec<Result<(Duration, Duration)>> = std::thread::scope(|s| {

@@ -114,6 +114,11 @@ unsafe impl Send for AnonBuf {}
 unsafe impl Sync for AnonBuf {}
 
 impl AnonBuf {
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     pub fn new(len: usize) -> io::Result<AnonBuf> {
         let len = len.max(1);
         // SAFETY: a fresh private anonymous mapping chosen by the kernel; it

@@ -37,6 +37,15 @@ pub struct Remote {
 impl Remote {
     /// Find a syscall instruction in the target's vDSO.
     pub fn new(pid: i32, vdso: Option<(u64, u64)>) -> Result<Remote> {
+        let ign = crate::proc::read_status(pid)
+            .map(|s| s.sig_ign)
+            .unwrap_or(u64::MAX);
+        Self::with_sig_ign(pid, vdso, ign)
+    }
+
+    /// [`new`](Self::new) for a caller that has read the process's
+    /// `SigIgn` already (one /proc read fewer per dumped process).
+    pub fn with_sig_ign(pid: i32, vdso: Option<(u64, u64)>, sig_ign: u64) -> Result<Remote> {
         let (start, end) = vdso.ok_or_else(|| {
             Error::unsupported(
                 pid,
@@ -44,9 +53,7 @@ impl Remote {
             )
         })?;
         let ip = find_syscall_insn(pid, start, end).task_ctx(pid, "find syscall in vdso")?;
-        let ign = crate::proc::read_status(pid)
-            .map(|s| s.sig_ign & (1 << (libc::SIGTRAP - 1)) != 0)
-            .unwrap_or(true);
+        let ign = sig_ign & (1 << (libc::SIGTRAP - 1)) != 0;
         Ok(Remote {
             pid,
             syscall_ip: ip,
