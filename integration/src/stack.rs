@@ -138,10 +138,22 @@ pub fn jq(file: &Path, filter: &str) {
 
 /// The counter's current value in a rootfs (0 before the first tick).
 pub fn tick(rootfs: &Path) -> u64 {
-    fs::read_to_string(rootfs.join("tmp/tick"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    read_tick(|| fs::read_to_string(rootfs.join("tmp/tick")).unwrap_or_default())
+}
+
+/// The counter from `read` (the tick file's text), 0 if none. The
+/// [`TICKER`]'s `echo $i >/tmp/tick` truncates before it writes, so the
+/// file can be empty for a moment (also right after a restore, when the
+/// dump caught the shell in between): read again then.
+pub fn read_tick(mut read: impl FnMut() -> String) -> u64 {
+    for _ in 0..25 {
+        let s = read();
+        if !s.trim().is_empty() {
+            return s.trim().parse().unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    0
 }
 
 /// Waits until `f` holds, failing the test after `timeout`.
@@ -294,11 +306,10 @@ impl Podman {
     /// The [`TICKER`]'s current value inside container `name` (0 before the
     /// first tick).
     pub fn tick(&self, name: &str) -> u64 {
-        let o = output(self.cmd().args(["exec", name, "cat", "/tmp/tick"]));
-        String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        read_tick(|| {
+            let o = output(self.cmd().args(["exec", name, "cat", "/tmp/tick"]));
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        })
     }
 
     /// The `Seccomp:` mode of the container's init, as it sees itself.

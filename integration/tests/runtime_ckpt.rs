@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{reap_zombie_children, say, Env};
 use stasis_integration::stack::{
-    bundle, jq, no_leftovers, recv_fd, sh_bundle, tick, uniq, wait_until, Containerd, Podman,
-    PodmanRuntime, Rt, CG2, TICKER_ARGS,
+    bundle, jq, no_leftovers, read_tick, recv_fd, sh_bundle, tick, uniq, wait_until, Containerd,
+    Podman, PodmanRuntime, Rt, CG2, TICKER_ARGS,
 };
 
 /// The container's init pid, from `stasis state`.
@@ -563,13 +563,12 @@ fn ckpt_under_containerd() {
         &format!("$C run -d --runc-binary {stasis} {image} {id} </dev/null >/dev/null 2>&1"),
     );
     let tick_of = |cd: &Containerd, id: &str| -> u64 {
-        cd.sh(
-            "ctr task exec",
-            &format!("$C task exec --exec-id t$(date +%s%N) {id} cat /tmp/tick"),
-        )
-        .trim()
-        .parse()
-        .unwrap_or(0)
+        read_tick(|| {
+            cd.sh(
+                "ctr task exec",
+                &format!("$C task exec --exec-id t$(date +%s%N) {id} cat /tmp/tick"),
+            )
+        })
     };
     wait_until("the counter", Duration::from_secs(20), || {
         tick_of(&cd, &id) >= 3

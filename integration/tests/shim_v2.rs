@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use stasis_integration::harness::{say, Env};
-use stasis_integration::stack::{busybox_rootfs, output_within, text, Containerd, CG2};
+use stasis_integration::stack::{busybox_rootfs, output_within, read_tick, text, Containerd, CG2};
 
 const RUNTIME: &str = "io.containerd.stasis.v2";
 
@@ -49,13 +49,19 @@ fn stdout(o: &Output) -> String {
 
 /// The counter the image's command keeps in /tmp/tick, read by an exec.
 fn counter(cd: &Containerd, id: &str, exec_id: &str) -> u64 {
-    let out = cd.sh(
-        "ctr task exec cat /tmp/tick",
-        &format!("$C task exec --exec-id {exec_id} {id} cat /tmp/tick"),
-    );
-    out.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("counter {out:?}"))
+    let mut n = 0;
+    let mut last = String::new();
+    let v = read_tick(|| {
+        // Exec ids must be unique while an exec runs: one per attempt.
+        n += 1;
+        last = cd.sh(
+            "ctr task exec cat /tmp/tick",
+            &format!("$C task exec --exec-id {exec_id}-{n} {id} cat /tmp/tick"),
+        );
+        last.clone()
+    });
+    assert!(last.trim().parse::<u64>().is_ok(), "counter {last:?}");
+    v
 }
 
 fn task_status(cd: &Containerd, id: &str) -> String {
