@@ -12,5 +12,6 @@
 
 pub mod fdutil;
 pub mod harness;
+pub mod net;
 pub mod stack;
 pub mod workload;

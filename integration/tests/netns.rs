@@ -28,43 +28,17 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use stasis_integration::harness::{Env, Workload};
+use stasis_integration::net::{in_ns, ip, run_with_input, tcp_counter};
 use stasis_integration::workload::write_atomic;
 
 const WL_TCP: &str = env!("CARGO_BIN_EXE_wl-tcp");
 const WL_INET: &str = env!("CARGO_BIN_EXE_wl-inet");
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn run(prog: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{prog} {args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{prog} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    run("ip", args)
-}
-
-/// Run `prog args` in the network namespace at `ns` (a path).
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<String, String> {
-    let mut all = vec![format!("--net={ns}"), prog.to_string()];
-    all.extend(args.iter().map(|s| s.to_string()));
-    let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
-    run("nsenter", &all)
-}
 
 /// The outside namespace and the names of this test's devices. Dropping
 /// it puts the test thread home and deletes the outside namespace (the
@@ -300,25 +274,15 @@ impl Topo {
         ] {
             std::fs::write(format!("/proc/sys/{k}"), v).map_err(|e| format!("sysctl {k}: {e}"))?;
         }
-        let mut nft = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("nft: {e}"))?;
-        use std::io::Write as _;
-        nft.stdin
-            .take()
-            .expect("nft stdin")
-            .write_all(
-                b"add table inet nltest\n\
-                  add chain inet nltest in { type filter hook input priority 0; policy accept; }\n\
-                  add rule inet nltest in tcp dport 7777 counter drop\n",
-            )
-            .map_err(|e| format!("nft: {e}"))?;
-        let st = nft.wait().map_err(|e| format!("nft: {e}"))?;
-        if !st.success() {
-            return Err(format!("nft: {st}"));
-        }
+        run_with_input(
+            "nft",
+            &["-f", "-"],
+            Some(
+                "add table inet nltest\n\
+                 add chain inet nltest in { type filter hook input priority 0; policy accept; }\n\
+                 add rule inet nltest in tcp dport 7777 counter drop\n",
+            ),
+        )?;
         Ok(())
     }
 
@@ -524,20 +488,6 @@ fn expect_same(before: &str, after: &str) {
              --- before ---\n{before}--- after ---\n{after}"
         );
     }
-}
-
-fn tcp_counter(ns: &str, name: &str) -> u64 {
-    let text = in_ns(ns, "cat", &["/proc/net/snmp"]).expect("read /proc/net/snmp");
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        panic!("no Tcp lines in /proc/net/snmp of {ns}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Tcp counter {name} in {ns}"))
 }
 
 /// A client in the tree's namespace with an established connection over

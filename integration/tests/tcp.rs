@@ -32,6 +32,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use stasis_integration::net::{assert_no_resets, in_ns, in_ns_with_input, ip, tcp_counter};
 use stasis_integration::workload::write_atomic;
 
 use stasis_integration::harness::{
@@ -42,20 +43,6 @@ const WL_TCP: &str = env!("CARGO_BIN_EXE_wl-tcp");
 const WL_INET: &str = env!("CARGO_BIN_EXE_wl-inet");
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Two namespaces `a` (10.231.0.1, fd00:231::1) and `b` (.2, ::2) joined
 /// by a veth pair. Dropping it puts the test thread back in its own
@@ -124,18 +111,8 @@ impl Net {
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     }
 
-    /// A `Tcp:` counter of /proc/net/snmp in `ns` (EstabResets: resets
-    /// received on established connections; OutRsts: resets sent).
-    fn tcp_counter(&self, ns: &str, name: &str) -> u64 {
-        tcp_counter(ns, name)
-    }
-
     fn nft_tables(&self, ns: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "list", "tables"])
-            .output()
-            .expect("nft list tables");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        in_ns(ns, "nft", &["list", "tables"]).expect("nft list tables")
     }
 }
 
@@ -180,24 +157,6 @@ fn start_pair(
     } else {
         (c, s)
     }
-}
-
-fn tcp_counter(ns: &str, name: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
-        .output()
-        .expect("read /proc/net/snmp");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        panic!("no Tcp lines in /proc/net/snmp of {ns}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Tcp counter {name} in {ns}"))
 }
 
 fn has_nft() -> bool {
@@ -245,13 +204,11 @@ fn established(test: &str, mode: &str, host_a: &str, host_b: &str, port: &str) {
     write_atomic(&other.path("go"), "").expect("go");
     dumped.verify_and_finish("after restore");
     other.verify_and_finish("peer after restore");
-    for (ns, what) in [
+    assert_no_resets(&[
         (&net.b, "EstabResets"),
         (&net.b, "OutRsts"),
         (&net.a, "OutRsts"),
-    ] {
-        assert_eq!(net.tcp_counter(ns, what), 0, "{what} in {ns}");
-    }
+    ]);
     drop(dumped);
     drop(other);
     drop(net);
@@ -355,13 +312,11 @@ fn tcp_connect_during_checkpoint() {
         Ok("world"),
         "the client that connected meanwhile"
     );
-    for (ns, what) in [
+    assert_no_resets(&[
         (&net.b, "EstabResets"),
         (&net.b, "OutRsts"),
         (&net.a, "OutRsts"),
-    ] {
-        assert_eq!(net.tcp_counter(ns, what), 0, "{what} in {ns}");
-    }
+    ]);
     drop(dumped);
     drop(other);
     drop(net);
@@ -380,18 +335,9 @@ fn tcp_client_unacked() {
     let (mut dumped, mut other) =
         start_pair(&env, &net, "client", "peer-server", "10.231.0.2", "5003");
     let loss = |cmd: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &net.b, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().expect("stdin").write_all(cmd.as_bytes())?;
-                c.wait()
-            })
-            .expect("nft");
-        assert!(out.success(), "nft {cmd}");
+        if let Err(e) = in_ns_with_input(&net.b, "nft", &["-f", "-"], Some(cmd)) {
+            panic!("{e}");
+        }
     };
     loss(
         "add table inet stasis_test_loss
@@ -451,7 +397,7 @@ fn tcp_both_ends_in_tree() {
     wl.restore_from(&env, &img, &["--tcp-established"]);
     write_atomic(&wl.path("go"), "").expect("go");
     wl.verify_and_finish("after restore");
-    assert_eq!(net.tcp_counter(&net.a, "OutRsts"), 0, "a reset was sent");
+    assert_eq!(tcp_counter(&net.a, "OutRsts"), 0, "a reset was sent");
     drop(wl);
     drop(net);
 }
@@ -526,9 +472,7 @@ fn half_closed(test: &str, port: &str, fin_wait2: bool) {
     }
     dumped.verify_and_finish("after restore");
     other.verify_and_finish("peer after restore");
-    for (ns, what) in [(&net.b, "EstabResets"), (&net.a, "OutRsts")] {
-        assert_eq!(net.tcp_counter(ns, what), 0, "{what} in {ns}");
-    }
+    assert_no_resets(&[(&net.b, "EstabResets"), (&net.a, "OutRsts")]);
     drop(dumped);
     drop(other);
     drop(net);
