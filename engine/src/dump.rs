@@ -228,6 +228,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     d.ns_links = std::mem::take(&mut tree_ns.links);
     d.own_ipc = tree_ns.owns(crate::proc::NsKind::Ipc);
     d.userns = tree_ns.user.clone();
+    d.files().userns = tree_ns.user.clone();
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     // Fd tables (files id = task index + 2) on a second thread, see

@@ -23,7 +23,12 @@ use crate::error::Result;
 use crate::sys::{fdctl, fdobj};
 
 /// The owner and signal of the open file behind `fd`.
-pub fn read(fd: BorrowedFd<'_>) -> std::io::Result<FownEntry> {
+/// `userns`: the tree's own user namespace, in which the owner's uids are
+/// saved.
+pub fn read(
+    fd: BorrowedFd<'_>,
+    userns: Option<&crate::ns::user::UserNs>,
+) -> std::io::Result<FownEntry> {
     let (ty, pid) = fdctl::get_owner(fd)?;
     let sig = fdctl::get_sig(fd)?;
     let mut e = FownEntry {
@@ -33,8 +38,8 @@ pub fn read(fd: BorrowedFd<'_>) -> std::io::Result<FownEntry> {
     if pid != 0 {
         let (uid, euid) = fdctl::get_owner_uids(fd)?;
         // As the tree sees them, in a user namespace of its own.
-        e.uid = crate::ns::user::owner_to_tree(uid, 0).0;
-        e.euid = crate::ns::user::owner_to_tree(euid, 0).0;
+        e.uid = crate::ns::user::owner_to_tree(userns, uid, 0).0;
+        e.euid = crate::ns::user::owner_to_tree(userns, euid, 0).0;
         e.pid_type = ty as u32;
         e.pid = pid as u32;
     }
@@ -42,10 +47,10 @@ pub fn read(fd: BorrowedFd<'_>) -> std::io::Result<FownEntry> {
 }
 
 /// The owner and signal of the fd being dumped.
-pub fn of(cx: &FdCtx<'_>) -> Result<FownEntry> {
+pub fn of(cx: &FdCtx<'_>, userns: Option<&crate::ns::user::UserNs>) -> Result<FownEntry> {
     let r = match cx.obj {
-        Some(o) => read(o.as_fd()),
-        None => read(cx.steal()?.as_fd()),
+        Some(o) => read(o.as_fd(), userns),
+        None => read(cx.steal()?.as_fd(), userns),
     };
     r.map_err(|e| cx.err(format!("owner of {}: {e}", cx.link)))
 }

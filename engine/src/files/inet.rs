@@ -468,7 +468,8 @@ pub fn dump_fd(
         backlog,
         src_addr: words(pr.local.0),
         dst_addr: dst,
-        fown: super::fown::read(fd).map_err(|e| cx.err(format!("socket owner: {e}")))?,
+        fown: super::fown::read(fd, t.userns.as_ref())
+            .map_err(|e| cx.err(format!("socket owner: {e}")))?,
         opts,
         v6only,
         ip_opts: Some(ip_opts),

@@ -160,7 +160,7 @@ fn dump_inode(
         }
     }
     let id = t.memfds.entries.len() as u32 + 1;
-    let (uid, gid) = crate::ns::user::owner_to_tree(st.uid(), st.gid());
+    let (uid, gid) = crate::ns::user::owner_to_tree(t.userns.as_ref(), st.uid(), st.gid());
     t.memfds.entries.push(MemfdInodeEntry {
         name: name.to_string(),
         uid,
@@ -246,7 +246,11 @@ fn read_inodes(dir: &ImageDir) -> Result<Vec<MemfdInodeEntry>> {
 }
 
 /// Recreate one inode with its content and early seals.
-fn make_inode(dir: &ImageDir, e: &MemfdInodeEntry) -> Result<OwnedFd> {
+fn make_inode(
+    dir: &ImageDir,
+    e: &MemfdInodeEntry,
+    userns: Option<&crate::ns::user::UserNs>,
+) -> Result<OwnedFd> {
     let what = format!("memfd:{} (inode {})", e.name, e.inode_id);
     let sealing = e.seals != libc::F_SEAL_SEAL as u32;
     let mut flags = libc::MFD_CLOEXEC;
@@ -299,7 +303,7 @@ fn make_inode(dir: &ImageDir, e: &MemfdInodeEntry) -> Result<OwnedFd> {
             src += len;
         }
     }
-    let (uid, gid) = crate::ns::user::owner_from_tree(e.uid, e.gid);
+    let (uid, gid) = crate::ns::user::owner_from_tree(userns, e.uid, e.gid);
     let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
     if let Some(m) = e.mode {
         use std::os::unix::fs::PermissionsExt;
@@ -316,10 +320,14 @@ fn make_inode(dir: &ImageDir, e: &MemfdInodeEntry) -> Result<OwnedFd> {
 
 /// Recreate every memfd inode of the image: (inode id, fd) each. Runs in the
 /// restorer before any task is forked.
-pub fn restore_inodes(dir: &ImageDir) -> Result<Vec<(u32, OwnedFd)>> {
+/// `userns`: the tree's own user namespace, in which the owners were saved.
+pub fn restore_inodes(
+    dir: &ImageDir,
+    userns: Option<&crate::ns::user::UserNs>,
+) -> Result<Vec<(u32, OwnedFd)>> {
     let mut out = Vec::new();
     for e in read_inodes(dir)? {
-        out.push((e.inode_id as u32, make_inode(dir, &e)?));
+        out.push((e.inode_id as u32, make_inode(dir, &e, userns)?));
     }
     Ok(out)
 }

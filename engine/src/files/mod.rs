@@ -183,6 +183,8 @@ pub struct FileTable<'a> {
     pub(crate) inet: inet::DumpState,
     pub(crate) tty: tty::DumpState,
     pub(crate) fdscan: fdscan::FdScan,
+    /// The tree's own user namespace, for file owners as it sees them.
+    pub(crate) userns: Option<crate::ns::user::UserNs>,
 }
 
 impl<'a> FileTable<'a> {
@@ -206,6 +208,7 @@ impl<'a> FileTable<'a> {
             }),
             tty: tty::DumpState::default(),
             fdscan: fdscan::FdScan::default(),
+            userns: None,
         }
     }
 

@@ -161,7 +161,7 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
             id: cx.id,
             pipe_id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
-            fown: super::fown::of(cx)?,
+            fown: super::fown::of(cx, t.userns.as_ref())?,
         }),
         ..Default::default()
     })

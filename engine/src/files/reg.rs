@@ -61,7 +61,7 @@ fn dump_ghost(
     let remap_id = t.new_id();
     let img = ghost_image(remap_id);
     let mut w = t.dir.writer(&img, common(magic::GHOST_FILE))?;
-    let (uid, gid) = crate::ns::user::owner_to_tree(st.uid(), st.gid());
+    let (uid, gid) = crate::ns::user::owner_to_tree(t.userns.as_ref(), st.uid(), st.gid());
     let g = GhostFileEntry {
         uid,
         gid,
@@ -136,7 +136,7 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     }
     let flags = cx.info.flags & !(libc::O_CLOEXEC as u32);
     let mut reg = reg_entry(cx.id, flags, cx.info.pos.max(0) as u64, name, cx.st);
-    reg.fown = super::fown::of(cx)?;
+    reg.fown = super::fown::of(cx, t.userns.as_ref())?;
     Ok(FileEntry {
         r#type: FdTypes::Reg as i32,
         id: cx.id,
@@ -156,7 +156,13 @@ pub fn is_tty(e: &RegFileEntry) -> bool {
 
 /// Recreate a ghost file as an unnamed file with its content; the returned
 /// fd stays open in the restorer and is reopened by path through /proc.
-pub fn restore_ghost(dir: &ImageDir, remap_id: u32, orig_name: &str) -> Result<OwnedFd> {
+/// `userns`: the tree's own user namespace, in which the owner was saved.
+pub fn restore_ghost(
+    dir: &ImageDir,
+    remap_id: u32,
+    orig_name: &str,
+    userns: Option<&crate::ns::user::UserNs>,
+) -> Result<OwnedFd> {
     let img = ghost_image(remap_id);
     let mut r = dir.reader(&img, common(magic::GHOST_FILE))?;
     let g: GhostFileEntry = r
@@ -199,7 +205,7 @@ pub fn restore_ghost(dir: &ImageDir, remap_id: u32, orig_name: &str) -> Result<O
         off += n as u64;
         left -= n as u64;
     }
-    let (uid, gid) = crate::ns::user::owner_from_tree(g.uid, g.gid);
+    let (uid, gid) = crate::ns::user::owner_from_tree(userns, g.uid, g.gid);
     let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
     Ok(OwnedFd::from(f))
 }

@@ -194,8 +194,10 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
                 }),
                 pty: Some(TtyPtyEntry { index }),
                 dev: None,
-                uid: (!master).then(|| crate::ns::user::owner_to_tree(cx.st.uid(), 0).0),
-                gid: (!master).then(|| crate::ns::user::owner_to_tree(0, cx.st.gid()).1),
+                uid: (!master)
+                    .then(|| crate::ns::user::owner_to_tree(t.userns.as_ref(), cx.st.uid(), 0).0),
+                gid: (!master)
+                    .then(|| crate::ns::user::owner_to_tree(t.userns.as_ref(), 0, cx.st.gid()).1),
             });
             t.tty.ids.insert((index, master), id);
             id
@@ -208,7 +210,8 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
             id: cx.id,
             tty_info_id: info_id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
-            fown: super::fown::read(b).map_err(|e| cx.err(format!("owner: {e}")))?,
+            fown: super::fown::read(b, t.userns.as_ref())
+                .map_err(|e| cx.err(format!("owner: {e}")))?,
             regf_id: None,
         }),
         ..Default::default()

@@ -128,7 +128,6 @@ fn links(t: &mut TreeNs, pid: i32) -> Result<BTreeMap<&'static str, (NsKind, u64
 /// `live` lists host pids, root first.
 pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
     let Some(&root) = live.first() else {
-        user::set_tree(None);
         return Ok(TreeNs::default());
     };
     let mut t = TreeNs::default();
@@ -201,7 +200,6 @@ pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
     if t.owns(NsKind::User) {
         t.user = Some(user::UserNs::of(root)?);
     }
-    user::set_tree(t.user.clone());
     for &k in &t.own {
         let cx = DumpCx {
             dir,
@@ -298,7 +296,6 @@ impl NsPlan {
 pub fn read(dir: &ImageDir, inv: &InventoryEntry, root: &TaskKobjIdsEntry) -> Result<NsPlan> {
     let mut p = NsPlan::default();
     let Some(dumper) = inv.root_ids.as_ref() else {
-        user::set_tree(None);
         return Ok(p);
     };
     for o in KINDS {
@@ -309,7 +306,6 @@ pub fn read(dir: &ImageDir, inv: &InventoryEntry, root: &TaskKobjIdsEntry) -> Re
             }
         }
     }
-    user::set_tree(p.user.clone());
     if !p.own.is_empty() {
         info!(own = ?p.own, "namespaces to restore");
     }

@@ -125,19 +125,10 @@ impl UserNs {
     }
 }
 
-/// The user namespace of the tree being dumped or restored, for file
-/// owners in the files images (ghost files, memfds, terminals), which are
-/// read and written far from the namespace code. Set by `ns::collect` at
-/// dump and `ns::read` at restore (None: the tree has none).
-static TREE: std::sync::Mutex<Option<UserNs>> = std::sync::Mutex::new(None);
-
-pub(crate) fn set_tree(u: Option<UserNs>) {
-    *TREE.lock().unwrap_or_else(|e| e.into_inner()) = u;
-}
-
-/// An owner read from outside (stat) as the tree sees it.
-pub fn owner_to_tree(uid: u32, gid: u32) -> (u32, u32) {
-    match &*TREE.lock().unwrap_or_else(|e| e.into_inner()) {
+/// An owner read from outside (stat) as the tree sees it, in the tree's
+/// user namespace `u` (None: the tree has none of its own).
+pub fn owner_to_tree(u: Option<&UserNs>, uid: u32, gid: u32) -> (u32, u32) {
+    match u {
         Some(u) => (u.uid_to_ns(uid), u.gid_to_ns(gid)),
         None => (uid, gid),
     }
@@ -145,8 +136,8 @@ pub fn owner_to_tree(uid: u32, gid: u32) -> (u32, u32) {
 
 /// An owner from the images as the restorer (outside) writes it; ids the
 /// maps do not cover are left as they are.
-pub fn owner_from_tree(uid: u32, gid: u32) -> (u32, u32) {
-    match &*TREE.lock().unwrap_or_else(|e| e.into_inner()) {
+pub fn owner_from_tree(u: Option<&UserNs>, uid: u32, gid: u32) -> (u32, u32) {
+    match u {
         Some(u) => (
             from_ns(&u.uid_map, uid).unwrap_or(uid),
             from_ns(&u.gid_map, gid).unwrap_or(gid),

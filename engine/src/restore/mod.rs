@@ -592,7 +592,7 @@ fn prepare(
             .and_then(|f| f.reg.as_ref())
             .map(|r| r.name.clone())
             .unwrap_or_default();
-        let fd = reg::restore_ghost(dir, plan.ghosts[&id], &name)?;
+        let fd = reg::restore_ghost(dir, plan.ghosts[&id], &name, plan.ns.user.as_ref())?;
         prep.ghost_fds.insert(id, pin(fd, next)?);
         next += 1;
     }
@@ -601,7 +601,7 @@ fn prepare(
         next += 1;
     }
     // memfd inodes, reopened by every fd and mapping of them.
-    for (ino, fd) in files::memfd::restore_inodes(dir)? {
+    for (ino, fd) in files::memfd::restore_inodes(dir, plan.ns.user.as_ref())? {
         prep.memfd_fds.insert(ino, pin(fd, next)?);
         next += 1;
     }

@@ -24,7 +24,9 @@
 //! by in-namespace ids; c1 switches to effective uid 5 / gid 6 (real, saved
 //! and fs ids 0, so no effective capabilities); each process checks that its
 //! ids and capability sets as /proc/self/status shows them inside, and the
-//! maps and setgroups of the namespace, are what they were.
+//! maps and setgroups of the namespace, are what they were; the root also
+//! holds an unlinked file and a memfd owned by in-namespace ids, and checks
+//! their owners and contents.
 //! Roles: `root`, `c1`, `c2` (and `g`).
 
 use stasis_integration::workload::{fork, wait_child, Ctx, Verdict};
@@ -529,6 +531,52 @@ fn check_tmpfs(dir: &std::path::Path, v: &mut Verdict) {
     }
 }
 
+/// With `user`: an unlinked file and a memfd, each owned by in-namespace ids
+/// (saved as the tree sees them, written back through the maps).
+const OWNED_FD: (&str, u32, u32) = ("held by an fd, owned inside\n", 1234, 2345);
+
+fn setup_owned_fds(dir: &std::path::Path) -> Result<Vec<std::fs::File>, String> {
+    use std::io::Write;
+    let (text, uid, gid) = OWNED_FD;
+    let p = dir.join("unlinked-owned");
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .map_err(|e| format!("create {}: {e}", p.display()))?;
+    std::fs::remove_file(&p).map_err(|e| format!("unlink {}: {e}", p.display()))?;
+    let m = nix::sys::memfd::memfd_create(c"owned", nix::sys::memfd::MemFdCreateFlag::empty())
+        .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut m = std::fs::File::from(m);
+    for (what, f) in [("unlinked file", &mut f), ("memfd", &mut m)] {
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("write {what}: {e}"))?;
+        std::os::unix::fs::fchown(&*f, Some(uid), Some(gid))
+            .map_err(|e| format!("fchown {what}: {e}"))?;
+    }
+    Ok(vec![f, m])
+}
+
+fn check_owned_fds(fds: &[std::fs::File], v: &mut Verdict) {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let (text, uid, gid) = OWNED_FD;
+    for (what, f) in ["unlinked file", "memfd"].into_iter().zip(fds) {
+        match f.metadata() {
+            Ok(m) => v.eq(&format!("{what} owner"), (m.uid(), m.gid()), (uid, gid)),
+            Err(e) => v.fail(format!("fstat {what}: {e}")),
+        }
+        let mut buf = vec![0u8; text.len() + 8];
+        let n = f.read_at(&mut buf, 0).unwrap_or(0);
+        v.eq(
+            &format!("{what} contents"),
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+            text.to_string(),
+        );
+    }
+}
+
 /// c1 with `user`: effective ids 5/6 (real, saved and fs ids stay 0).
 fn drop_effective() -> Result<(), String> {
     // SAFETY: (whole block) id syscalls with plain integers.
@@ -585,11 +633,17 @@ fn main() {
             ctx.setup_failed("root", &e);
         }
     }
-    if user {
+    let owned = if user {
         if let Err(e) = setup_tmpfs(&ctx.dir) {
             ctx.setup_failed("root", &e);
         }
-    }
+        match setup_owned_fds(&ctx.dir) {
+            Ok(f) => f,
+            Err(e) => ctx.setup_failed("root", &e),
+        }
+    } else {
+        Vec::new()
+    };
     let objs = match setup() {
         Ok(o) => o,
         Err(e) => ctx.setup_failed("root", &e),
@@ -690,6 +744,7 @@ fn main() {
             format!("no user namespace maps: {ns_state:?}")
         });
         check_tmpfs(&ctx.dir, &mut v);
+        check_owned_fds(&owned, &mut v);
     }
     v.eq("pid", std::process::id(), 1);
     v.eq(

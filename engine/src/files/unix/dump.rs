@@ -421,7 +421,7 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
         uflags: 0,
         backlog: if d.state == TCP_LISTEN { d.wqlen } else { 0 },
         peer: d.peer,
-        fown: super::super::fown::read(sk.as_fd())
+        fown: super::super::fown::read(sk.as_fd(), t.userns.as_ref())
             .map_err(|e| cx.err(format!("socket owner: {e}")))?,
         opts,
         name: d.name.clone().unwrap_or_default(),
