@@ -38,6 +38,14 @@ workload_tests!(
     [],
     []
 );
+// The dump's remote calls without any trap (no int3, no single step).
+workload_tests!(
+    signals_trap_ignored_dump_restore,
+    signals_trap_ignored_leave_running,
+    "wl-signals",
+    ["trap-ignored"],
+    []
+);
 workload_tests!(files_dump_restore, files_leave_running, "wl-files", [], []);
 workload_tests!(creds_dump_restore, creds_leave_running, "wl-creds", [], []);
 workload_tests!(

@@ -1157,6 +1157,22 @@ fn finish_task(
     // start, the last thing before release.
     files::locks::restore_posix(r, plan, i, data)?;
     crate::task::timers::arm_task(r, t, data)?;
+    // An ignored SIGTRAP (left out by the stub): the calls from here on stop
+    // at syscall stops, as a step's forced SIGTRAP would reset it to SIG_DFL.
+    let tc = t.cores[0].tc.as_ref();
+    let trap = tc.and_then(|tc| crate::task::signals::action_of(&tc.sigactions, libc::SIGTRAP));
+    if let Some(sa) = trap.filter(|sa| sa.sigaction == libc::SIG_IGN as u64) {
+        r.write(data, &crate::task::signals::encode_ksigaction(sa))?;
+        r.injector(pid)?
+            .set_mode(crate::sys::inject::StepMode::SyscallStops)
+            .task_ctx(pid, "switch to syscall stops")?;
+        r.call(
+            pid,
+            "rt_sigaction(SIGTRAP)",
+            libc::SYS_rt_sigaction,
+            [libc::SIGTRAP as u64, data, 0, 8, 0, 0],
+        )?;
+    }
     r.call(
         pid,
         "munmap scratch",

@@ -234,7 +234,8 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
 
     let tc = t.cores[0].tc.as_ref().unwrap();
     // Signal actions, exactly as dumped (handlers point into the restored image).
-    // An ignored SIGTRAP is set at the very end: single-stepping resets it.
+    // An ignored SIGTRAP is set at the very end (restore::finish_task):
+    // single-stepping resets it.
     for (sig, sa) in signals::settable().zip(tc.sigactions.iter()) {
         if sig == libc::SIGTRAP as u32 && sa.sigaction == libc::SIG_IGN as u64 {
             continue;

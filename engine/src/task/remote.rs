@@ -32,6 +32,10 @@ pub struct Remote {
     batch_code: Option<u64>,
     /// The target ignores SIGTRAP: no batches (their int3 would reset it).
     sigtrap_ignored: bool,
+    /// [`finish`](Self::finish) leaves every thread at a syscall stop, not
+    /// in a SIGTRAP stop: a dump goes on with the target stopped, and if
+    /// the dumper is killed meanwhile the kernel would deliver that SIGTRAP.
+    end_at_syscall_stops: bool,
 }
 
 impl Remote {
@@ -58,10 +62,14 @@ impl Remote {
             pid,
             syscall_ip: ip,
             scratch: None,
-            mode: None,
+            // One stop per remote syscall instead of two, under the same
+            // condition as the batch's int3: a forced SIGTRAP would reset
+            // an ignored one.
+            mode: (!ign).then_some(StepMode::SingleStep),
             threads: HashMap::new(),
             batch_code: None,
             sigtrap_ignored: ign,
+            end_at_syscall_stops: true,
         })
     }
 
@@ -78,6 +86,8 @@ impl Remote {
             threads: HashMap::new(),
             batch_code: Some(syscall_ip + 16),
             sigtrap_ignored: false,
+            // The restorer detaches explicitly (with no signal) right after.
+            end_at_syscall_stops: false,
         }
     }
 
@@ -155,8 +165,19 @@ impl Remote {
 
     /// Put back the registers and signal mask of every thread we used.
     pub fn finish(mut self) -> Result<()> {
+        if self.end_at_syscall_stops {
+            for (&tid, inj) in self.threads.iter_mut() {
+                inj.set_mode(StepMode::SyscallStops)
+                    .task_ctx(tid, "switch to syscall stops")?;
+            }
+        }
+        // The main thread's last call: it ends at a syscall stop.
         self.unmap_scratch()?;
-        for (tid, inj) in self.threads.drain() {
+        for (tid, mut inj) in self.threads.drain() {
+            if self.end_at_syscall_stops && inj.in_trap_stop() {
+                inj.syscall(libc::SYS_getpid, [0; 6])
+                    .task_ctx(tid, "leave the SIGTRAP stop")?;
+            }
             inj.restore().task_ctx(tid, "restore registers")?;
         }
         Ok(())

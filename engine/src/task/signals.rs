@@ -16,6 +16,15 @@ pub fn settable() -> impl Iterator<Item = u32> {
     (1..=NSIG).filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
 }
 
+/// The action of `sig` among `actions` (in [`settable`] order, as in the
+/// images).
+pub fn action_of(actions: &[SaEntry], sig: i32) -> Option<&SaEntry> {
+    settable()
+        .zip(actions)
+        .find(|&(s, _)| s == sig as u32)
+        .map(|(_, a)| a)
+}
+
 /// Decode a kernel `struct sigaction` {handler, flags, restorer, mask}.
 pub fn decode_ksigaction(b: &[u8]) -> SaEntry {
     let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());

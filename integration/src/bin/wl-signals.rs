@@ -1,4 +1,4 @@
-//! wl-signals STATEDIR: signal handlers, masks, pending signals, altstack.
+//! wl-signals STATEDIR [trap-ignored]: signal handlers, masks, pending signals, altstack.
 //!
 //! Set up before `ready`:
 //! - SIGUSR1: SA_SIGINFO|SA_ONSTACK|SA_RESTART, sa_mask {HUP, TERM}; blocked,
@@ -9,6 +9,10 @@
 //!   with `sigqueue` values 4242 then 4343;
 //! - SIGQUIT: SA_SIGINFO|SA_RESETHAND|SA_NODEFER (never sent); SIGINT ignored;
 //!   SIGTERM default;
+//! - SIGTRAP: SA_SIGINFO, sa_mask {USR2}, and blocked (the dump's remote
+//!   calls trap with forced SIGTRAPs, which must neither reach the handler
+//!   nor unblock it); with `trap-ignored`, SIGTRAP is ignored instead (the
+//!   dump must then not trap at all: a forced SIGTRAP resets an ignored one);
 //! - a 256 KiB sigaltstack.
 //!
 //! After `check`: every sigaction (handler, flags, mask, restorer) equals the
@@ -19,7 +23,7 @@
 //! values in order), its `sa_mask` in effect, and on the altstack exactly when
 //! SA_ONSTACK is set. Role: `root`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use stasis_integration::workload::{
     gettid, parse_hex, proc_status_field, sigbit, sigset_bits, sigset_of, thread_sigmask_bits, Ctx,
@@ -29,6 +33,8 @@ use stasis_integration::workload::{
 const ALT_LEN: usize = 256 << 10;
 const MAX_REC: usize = 16;
 const RT_VALUES: [usize; 2] = [4242, 4343];
+/// `trap-ignored`: SIGTRAP is ignored rather than handled and blocked.
+static TRAP_IGNORED: AtomicBool = AtomicBool::new(false);
 
 struct Rec {
     signo: AtomicU64,
@@ -141,6 +147,23 @@ fn acts() -> Vec<Act> {
             flags: 0,
             mask: vec![],
         },
+        if TRAP_IGNORED.load(Ordering::Relaxed) {
+            Act {
+                sig: libc::SIGTRAP,
+                name: "SIGTRAP",
+                handler: Some(libc::SIG_IGN),
+                flags: 0,
+                mask: vec![],
+            }
+        } else {
+            Act {
+                sig: libc::SIGTRAP,
+                name: "SIGTRAP",
+                handler: h,
+                flags: libc::SA_SIGINFO,
+                mask: vec![libc::SIGUSR2],
+            }
+        },
     ]
 }
 
@@ -168,7 +191,11 @@ fn query(sig: i32) -> Disp {
 
 fn setup() -> Result<(Vec<Disp>, usize), String> {
     let rt2 = libc::SIGRTMIN() + 2;
-    let block = sigset_of(&[libc::SIGUSR1, libc::SIGUSR2, rt2]);
+    let mut block = vec![libc::SIGUSR1, libc::SIGUSR2, rt2];
+    if !TRAP_IGNORED.load(Ordering::Relaxed) {
+        block.push(libc::SIGTRAP);
+    }
+    let block = sigset_of(&block);
     // SAFETY: `block` is a valid sigset.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &block, std::ptr::null_mut()) };
 
@@ -244,7 +271,11 @@ fn unblock(sigs: &[i32]) {
 }
 
 fn main() {
-    let mut ctx = Ctx::from_args("wl-signals STATEDIR");
+    let mut ctx = Ctx::from_args("wl-signals STATEDIR [trap-ignored]");
+    TRAP_IGNORED.store(
+        ctx.args.iter().any(|a| a == "trap-ignored"),
+        Ordering::Relaxed,
+    );
     let rt2 = libc::SIGRTMIN() + 2;
     let (recorded, alt) = setup().unwrap_or_else(|e| ctx.setup_failed("root", &e));
     let mask_before = thread_sigmask_bits();
