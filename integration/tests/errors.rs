@@ -275,7 +275,14 @@ fn interrupted_dump(name: &str, sig: i32) {
     let Some(env) = Env::setup(name) else {
         return;
     };
-    let mut wl = Workload::start(&env, env!("CARGO_BIN_EXE_wl-memhog"), &["512"], &[]);
+    // With threads: each must be left at a syscall stop, not in the SIGTRAP
+    // stop of a remote call, which the kernel would deliver on our death.
+    let mut wl = Workload::start(
+        &env,
+        env!("CARGO_BIN_EXE_wl-memhog"),
+        &["512", "threads"],
+        &[],
+    );
     let img = env.dir("images");
     let log = env.path("killed-dump.log");
     let pid = wl.root_pid().to_string();

@@ -14,10 +14,10 @@
 //!   *forced* SIGTRAP: if the target ignores SIGTRAP the kernel silently
 //!   resets that disposition to `SIG_DFL` (measured), and a blocked SIGTRAP
 //!   would be unblocked. Use it only on a thread whose SIGTRAP is known
-//!   not to be ignored (`SigIgn` in /proc/PID/status), and move the thread
-//!   on to a syscall stop before a tracer that may die lets it wait: the
-//!   kernel's implicit detach delivers the SIGTRAP of the stop it is in
-//!   (`Injector::in_trap_stop`, `task::remote::Remote::finish`).
+//!   not to be ignored (`SigIgn` in /proc/PID/status), and end with a call
+//!   in the other mode before a tracer that may die lets the thread wait:
+//!   the trap flag stays set through the kernel's implicit detach
+//!   (`Injector::stepped`, `task::remote::Remote::finish`).
 //!
 //! While an injector is live the thread's signal mask blocks every signal
 //! except faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS; and SIGTRAP when
@@ -135,10 +135,12 @@ pub struct Injector {
     /// The last injected syscall ended at a syscall-exit stop (after which
     /// the kernel runs no restart logic).
     at_exit_stop: bool,
-    /// The last injection ended in the signal-delivery-stop of a forced
-    /// SIGTRAP (single step, int3). Should the tracer die now, the kernel's
-    /// implicit detach delivers that SIGTRAP, and it kills the thread.
-    trap_stop: bool,
+    /// The last injection was a single step. The kernel keeps the trap flag
+    /// set until a resume of another kind: should the tracer die now, its
+    /// implicit detach leaves the flag, and the thread's next instruction
+    /// raises a SIGTRAP that kills it (measured). A trap stop alone is
+    /// harmless: waiting for it cleared its signal.
+    stepped: bool,
     pending: Vec<RawSiginfo>,
     events: Vec<(i32, u64)>,
     done: bool,
@@ -278,7 +280,7 @@ impl Injector {
             saved_sigmask,
             at_entry,
             at_exit_stop: false,
-            trap_stop: false,
+            stepped: false,
             pending: Vec::new(),
             events: Vec::new(),
             done: false,
@@ -306,11 +308,11 @@ impl Injector {
         self.mode
     }
 
-    /// Whether the thread sits in a forced SIGTRAP's signal-delivery-stop
-    /// (see the `trap_stop` field): a tracer that may die before it detaches
-    /// should move it on to a syscall stop first.
-    pub fn in_trap_stop(&self) -> bool {
-        self.trap_stop
+    /// Whether the last injection was a single step (see the `stepped`
+    /// field): a tracer that may die before it detaches should run one more
+    /// call with [`StepMode::SyscallStops`] first.
+    pub fn stepped(&self) -> bool {
+        self.stepped
     }
 
     /// Changes the step mode for the following syscalls.
@@ -388,7 +390,7 @@ impl Injector {
         let syscall_stops = if self.at_entry { 1 } else { 2 };
         self.at_entry = false;
         self.at_exit_stop = false;
-        self.trap_stop = self.mode == StepMode::SingleStep;
+        self.stepped = self.mode == StepMode::SingleStep;
         let rax = self.run(syscall_stops)?.rax;
         self.at_exit_stop = self.mode == StepMode::SyscallStops;
         Ok(rax as i64)
@@ -417,7 +419,8 @@ impl Injector {
             ptrace::set_sigmask(tid, injection_mask(StepMode::SingleStep))?;
         }
         self.at_exit_stop = false;
-        self.trap_stop = true;
+        // PTRACE_CONT clears a trap flag left by single steps.
+        self.stepped = false;
         let trap_ip = code + BATCH_CODE.len() as u64;
         let r = self.run_until_trap(trap_ip);
         if other {

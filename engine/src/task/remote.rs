@@ -32,9 +32,9 @@ pub struct Remote {
     batch_code: Option<u64>,
     /// The target ignores SIGTRAP: no batches (their int3 would reset it).
     sigtrap_ignored: bool,
-    /// [`finish`](Self::finish) leaves every thread at a syscall stop, not
-    /// in a SIGTRAP stop: a dump goes on with the target stopped, and if
-    /// the dumper is killed meanwhile the kernel would deliver that SIGTRAP.
+    /// [`finish`](Self::finish) leaves no thread with the trap flag of a
+    /// single step: a dump goes on with the target stopped, and if the
+    /// dumper is killed meanwhile, a flag left set kills the thread.
     end_at_syscall_stops: bool,
 }
 
@@ -165,20 +165,32 @@ impl Remote {
 
     /// Put back the registers and signal mask of every thread we used.
     pub fn finish(mut self) -> Result<()> {
-        if self.end_at_syscall_stops {
+        self.settle()?;
+        for (tid, inj) in self.threads.drain() {
+            inj.restore().task_ctx(tid, "restore registers")?;
+        }
+        Ok(())
+    }
+
+    /// Unmap the scratch area and, for a dump, leave no thread with the
+    /// trap flag of a single step (see `end_at_syscall_stops`).
+    fn settle(&mut self) -> Result<()> {
+        let clear = self.end_at_syscall_stops;
+        if clear {
             for (&tid, inj) in self.threads.iter_mut() {
                 inj.set_mode(StepMode::SyscallStops)
                     .task_ctx(tid, "switch to syscall stops")?;
             }
         }
-        // The main thread's last call: it ends at a syscall stop.
+        // The main thread's last call, not a step.
         self.unmap_scratch()?;
-        for (tid, mut inj) in self.threads.drain() {
-            if self.end_at_syscall_stops && inj.in_trap_stop() {
-                inj.syscall(libc::SYS_getpid, [0; 6])
-                    .task_ctx(tid, "leave the SIGTRAP stop")?;
+        if clear {
+            for (&tid, inj) in self.threads.iter_mut() {
+                if inj.stepped() {
+                    inj.syscall(libc::SYS_getpid, [0; 6])
+                        .task_ctx(tid, "clear the trap flag")?;
+                }
             }
-            inj.restore().task_ctx(tid, "restore registers")?;
         }
         Ok(())
     }
@@ -262,9 +274,8 @@ impl Remote {
 
 impl Drop for Remote {
     fn drop(&mut self) {
-        if let Some(a) = self.scratch.take() {
-            let _ = self.raw(self.pid, libc::SYS_munmap, [a, SCRATCH_LEN, 0, 0, 0, 0]);
-        }
+        // Best effort: the scratch area goes, no trap flag stays.
+        let _ = self.settle();
         // Dropping an injector restores its thread (best effort).
         self.threads.clear();
     }

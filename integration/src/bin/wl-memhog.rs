@@ -1,4 +1,4 @@
-//! wl-memhog STATEDIR SIZE_MIB [thp]: SIZE MiB of touched anonymous memory,
+//! wl-memhog STATEDIR SIZE_MIB [thp] [threads]: SIZE MiB of touched anonymous memory,
 //! for benchmarks and the killed-dump test.
 //!
 //! Fills the memory with a cheap position-dependent pattern (every word is
@@ -6,6 +6,8 @@
 //! steps until `check`, and verifies the whole pattern. Role: `root`.
 //! With `thp` the memory is madvised MADV_HUGEPAGE first, and must still be
 //! after the restore (its huge pages may come back later: khugepaged).
+//! With `threads`, two more threads sleep in 2 ms steps until `check` and
+//! are joined then (a thread killed by a stray signal takes the process).
 
 use stasis_integration::workload::{Ctx, Verdict};
 
@@ -22,7 +24,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let thp = ctx.args.get(1).map(String::as_str) == Some("thp");
+    let thp = ctx.args.iter().skip(1).any(|a| a == "thp");
+    let threads = ctx.args.iter().skip(1).any(|a| a == "threads");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sleepers: Vec<_> = (0..if threads { 2 } else { 0 })
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
     let len = mib << 20;
     // SAFETY: a fresh anonymous mapping.
     let p = unsafe {
@@ -56,6 +70,10 @@ fn main() {
     ctx.write_ready("root");
     ctx.wait_for_check(|| {});
     let mut v = Verdict::new();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (k, t) in sleepers.into_iter().enumerate() {
+        v.check(t.join().is_ok(), || format!("sleeper thread {k} panicked"));
+    }
     if thp {
         v.check(madvised_huge(p as usize) == Some(true), || {
             "MADV_HUGEPAGE lost".into()
