@@ -234,9 +234,13 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
             .collect();
     }
     let prep = prep;
+    // One read of our own maps: the plan's memory, and the vDSO block that
+    // every stub inherits.
+    let own_maps = proc::read_maps(std::process::id() as i32)?;
     if plan.tasks.len() > 1 {
-        huge_plan();
+        huge_plan(&own_maps);
     }
+    let cur_vdso = own_vdso(&own_maps)?;
     let ns_guard = crate::ns::RestorerNs::enter(&plan.ns)?;
     let root_flags =
         crate::ns::clone_flags(&plan.ns) | crate::ns::pid::clone_flags(None, root) | sibling_flags;
@@ -282,7 +286,6 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
 
     // Puppet every live task.
     let cur_creds = creds::from_status(&proc::read_status(std::process::id() as i32)?, 0);
-    let cur_vdso = own_vdso()?;
     let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(plan.tasks.len());
     let mut pages = 0u64;
     for i in 0..plan.tasks.len() {
@@ -447,11 +450,8 @@ fn check_pids_free(plan: &Plan) -> Result<()> {
 /// stub zaps them again when it drops our address space. Backed by huge
 /// pages, that is one entry per 2 MiB (fd tree of 100 x 50: 8 MiB of plan,
 /// restore 217 -> 197 ms). Best effort: without huge pages it is only slower.
-fn huge_plan() {
-    let Ok(maps) = proc::read_maps(std::process::id() as i32) else {
-        return;
-    };
-    for m in &maps {
+fn huge_plan(maps: &[proc::MapsEntry]) {
+    for m in maps {
         let anon = m.inode == 0 && matches!(m.path.as_deref(), None | Some("[heap]"));
         if anon && m.perms.write && !m.perms.shared && m.size() >= 2 << 20 {
             if let Err(e) = crate::sys::mman::collapse(m.start, m.end) {
@@ -462,10 +462,9 @@ fn huge_plan() {
 }
 
 /// The restorer's own [vvar]..[vdso] block, which every stub inherits.
-fn own_vdso() -> Result<(u64, u64)> {
-    let maps = proc::read_maps(std::process::id() as i32)?;
+fn own_vdso(maps: &[proc::MapsEntry]) -> Result<(u64, u64)> {
     let mut r: Option<(u64, u64)> = None;
-    for m in &maps {
+    for m in maps {
         if matches!(
             m.path.as_deref(),
             Some("[vdso]" | "[vvar]" | "[vvar_vclock]")
