@@ -111,4 +111,22 @@ mod tests {
         };
         assert_eq!(decode_ksigaction(&encode_ksigaction(&e)), e);
     }
+
+    #[test]
+    fn action_of_counts_past_kill_and_stop() {
+        // Entries in settable() order: the one of signal s is at s - 1 below
+        // SIGKILL (9), s - 2 up to SIGSTOP (19), s - 3 above.
+        let acts: Vec<SaEntry> = settable()
+            .map(|s| SaEntry {
+                sigaction: s as u64,
+                ..Default::default()
+            })
+            .collect();
+        for sig in [libc::SIGTRAP, libc::SIGUSR1, libc::SIGTERM, 20, 64] {
+            assert_eq!(action_of(&acts, sig).map(|a| a.sigaction), Some(sig as u64));
+        }
+        assert!(action_of(&acts, libc::SIGKILL).is_none());
+        assert!(action_of(&acts, libc::SIGSTOP).is_none());
+        assert!(action_of(&acts[..3], libc::SIGTRAP).is_none());
+    }
 }
