@@ -33,9 +33,10 @@ pub struct Remote {
     /// The target ignores SIGTRAP: no batches (their int3 would reset it).
     sigtrap_ignored: bool,
     /// [`finish`](Self::finish) leaves no thread with the trap flag of a
-    /// single step: a dump goes on with the target stopped, and if the
-    /// dumper is killed meanwhile, a flag left set kills the thread.
-    end_at_syscall_stops: bool,
+    /// single step (its last call runs with syscall stops): a dump goes on
+    /// with the target stopped, and if the dumper is killed meanwhile, the
+    /// kernel's implicit detach leaves that flag, which kills the thread.
+    clear_step_flags: bool,
 }
 
 impl Remote {
@@ -69,7 +70,7 @@ impl Remote {
             threads: HashMap::new(),
             batch_code: None,
             sigtrap_ignored: ign,
-            end_at_syscall_stops: true,
+            clear_step_flags: true,
         })
     }
 
@@ -87,7 +88,7 @@ impl Remote {
             batch_code: Some(syscall_ip + 16),
             sigtrap_ignored: false,
             // The restorer detaches explicitly (with no signal) right after.
-            end_at_syscall_stops: false,
+            clear_step_flags: false,
         }
     }
 
@@ -173,9 +174,9 @@ impl Remote {
     }
 
     /// Unmap the scratch area and, for a dump, leave no thread with the
-    /// trap flag of a single step (see `end_at_syscall_stops`).
+    /// trap flag of a single step (see `clear_step_flags`).
     fn settle(&mut self) -> Result<()> {
-        let clear = self.end_at_syscall_stops;
+        let clear = self.clear_step_flags;
         if clear {
             for (&tid, inj) in self.threads.iter_mut() {
                 inj.set_mode(StepMode::SyscallStops)
