@@ -1,5 +1,5 @@
 //! One look at every fd of the tree before any task is dumped: its number
-//! and link text (and the stat of device nodes, for pty masters). Unix and
+//! and link text (and the stat of what may be a pty master). Unix and
 //! inet sockets, pty masters and the fd tables all need them; reading /proc
 //! once instead of once per pass saves two readlinks per fd. The tree is
 //! frozen, so they stay valid until the dump itself changes an fd table
@@ -27,8 +27,8 @@ fn scan_part(pids: &[i32]) -> Result<HashMap<i32, Vec<ScannedFd>>> {
                 .ok()
                 .map(|l| l.to_string_lossy().into_owned());
             let st = link
-                .as_ref()
-                .filter(|l| l.starts_with("/dev/"))
+                .as_deref()
+                .filter(|l| maybe_ptmx(l))
                 .and_then(|_| std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok());
             v.push(ScannedFd { fd, link, st });
         }
@@ -37,13 +37,21 @@ fn scan_part(pids: &[i32]) -> Result<HashMap<i32, Vec<ScannedFd>>> {
     Ok(by_pid)
 }
 
+/// Whether an fd with link text `link` may be a pty master: opened as
+/// `/dev/ptmx` or `/dev/pts/ptmx`, seen from here (a container's shows its
+/// rootfs path, or the path in its own mounts). Any other link (files in
+/// `/dev/shm`, say) is not stat'ed: a /proc stat is ~6 µs an fd.
+fn maybe_ptmx(link: &str) -> bool {
+    link.starts_with('/') && link.ends_with("/ptmx")
+}
+
 pub(crate) struct ScannedFd {
     pub fd: i32,
     /// The /proc/PID/fd/N link text; None if it could not be read (the
     /// fd table dump reads it again and reports the error).
     pub link: Option<String>,
-    /// stat through the link, of device nodes only (`/dev/...` links: the
-    /// pty masters); None otherwise or if it failed.
+    /// stat through the link, of possible pty masters only (see
+    /// [`maybe_ptmx`]); None otherwise or if it failed.
     pub st: Option<std::fs::Metadata>,
 }
 
@@ -89,5 +97,21 @@ impl FdScan {
     /// None if it was not scanned.
     pub(crate) fn take(&mut self, pid: i32) -> Option<Vec<ScannedFd>> {
         self.by_pid.remove(&pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::maybe_ptmx;
+
+    #[test]
+    fn ptmx_links() {
+        assert!(maybe_ptmx("/dev/ptmx"));
+        assert!(maybe_ptmx("/dev/pts/ptmx"));
+        assert!(maybe_ptmx("/run/ctr/rootfs/dev/pts/ptmx"));
+        assert!(!maybe_ptmx("/dev/pts/3"));
+        assert!(!maybe_ptmx("/dev/shm/data"));
+        assert!(!maybe_ptmx("/dev/null"));
+        assert!(!maybe_ptmx("anon_inode:ptmx"));
     }
 }
