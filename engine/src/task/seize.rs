@@ -134,19 +134,26 @@ impl SeizedTree {
             released: false,
         };
         // On error the guard's Drop detaches whatever was seized.
-        let mut stack = vec![root];
+        // One generation at a time: every child of the stopped parents is
+        // interrupted first, then their stops are collected, so they stop
+        // in parallel (each stop waits for its task to be scheduled: a few
+        // hundred µs on a VM whose other vCPU sleeps).
+        let mut generation = vec![root];
         let mut seen = BTreeSet::new();
-        while let Some(pid) = stack.pop() {
-            if !seen.insert(pid) {
-                continue;
+        while !generation.is_empty() {
+            let mut started = Vec::with_capacity(generation.len());
+            for pid in generation.drain(..) {
+                if seen.insert(pid) {
+                    started.push(tree.start_process(pid, pid == root)?);
+                }
             }
-            let task = tree.seize_process(pid, pid == root, &mut opts)?;
-            let Some(task) = task else { continue };
-            // Push in reverse so children come out in ascending order.
-            for &c in task.children.iter().rev() {
-                stack.push(c);
+            for st in started {
+                let Some(task) = tree.finish_process(st, &mut opts)? else {
+                    continue;
+                };
+                generation.extend(task.children.iter().copied());
+                tree.tasks.push(task);
             }
-            tree.tasks.push(task);
         }
         tree.order();
         Ok(tree)
@@ -173,52 +180,76 @@ impl SeizedTree {
         self.tasks = out;
     }
 
-    /// Stop every thread of `pid`; `None` if the process vanished first
-    /// (only allowed for non-root tasks).
-    fn seize_process(
-        &mut self,
-        pid: i32,
-        is_root: bool,
-        opts: &mut SeizeOpts<'_>,
-    ) -> Result<Option<Task>> {
+    /// Interrupt every thread `pid` has now: the first half of seizing a
+    /// process, [`finish_process`](Self::finish_process) the second.
+    fn start_process(&mut self, pid: i32, is_root: bool) -> Result<Started> {
         let stat = match proc::read_stat(pid) {
             Ok(s) => s,
-            Err(_) if !is_root => return Ok(None),
+            Err(_) if !is_root => return Ok(Started::Gone),
             Err(_) => return Err(Error::NoProcess(pid)),
         };
-        let zombie = |stat: &proc::Stat| Task {
-            pid,
-            ppid: stat.ppid,
-            pgid: stat.pgrp,
-            sid: stat.session,
-            threads: vec![pid],
-            children: Vec::new(),
-            state: TaskState::Zombie {
-                exit_code: stat.exit_code,
-            },
-        };
         if stat.state == 'Z' {
-            return Ok(Some(zombie(&stat)));
+            return Ok(Started::Zombie(zombie(pid, &stat)));
         }
-        let mut group_stop = None;
-        // Threads that exited (or died) before we could seize them: their
-        // task entries may linger, and must not be retried forever.
+        let listed = match proc::read_tids(pid) {
+            Ok(t) => t,
+            Err(_) if !is_root => return Ok(Started::Gone),
+            Err(e) => return Err(e.into()),
+        };
+        let mut interrupted = Vec::with_capacity(listed.len());
         let mut gone = BTreeSet::new();
+        for tid in listed {
+            if self.traced.contains(&tid) {
+                continue;
+            }
+            if self.seize_thread(tid)? {
+                interrupted.push(tid);
+            } else {
+                gone.insert(tid);
+            }
+        }
+        Ok(Started::Interrupted {
+            pid,
+            is_root,
+            interrupted,
+            gone,
+        })
+    }
+
+    /// Stop every thread of a started process; `None` if the process
+    /// vanished first (only allowed for non-root tasks).
+    fn finish_process(&mut self, st: Started, opts: &mut SeizeOpts<'_>) -> Result<Option<Task>> {
+        let (pid, is_root, mut interrupted, mut gone) = match st {
+            Started::Gone => return Ok(None),
+            Started::Zombie(t) => return Ok(Some(t)),
+            Started::Interrupted {
+                pid,
+                is_root,
+                interrupted,
+                gone,
+            } => (pid, is_root, interrupted, gone),
+        };
+        let mut group_stop = None;
         // Threads may be created until every existing one is stopped: repeat
         // until a listing shows nothing new.
         let mut threads: Vec<i32> = Vec::new();
         loop {
+            for tid in interrupted.drain(..) {
+                match self.wait_stop(pid, tid, opts)? {
+                    Some(sig) => {
+                        group_stop.get_or_insert(sig);
+                        threads.push(tid);
+                    }
+                    None if self.traced.contains(&tid) => threads.push(tid),
+                    None => {
+                        gone.insert(tid);
+                    }
+                }
+            }
             let listed = match proc::read_tids(pid) {
                 Ok(t) => t,
-                Err(e) => {
-                    if threads.is_empty() {
-                        if is_root {
-                            return Err(e.into());
-                        }
-                        return Ok(None);
-                    }
-                    return Err(e.into());
-                }
+                Err(_) if threads.is_empty() && !is_root => return Ok(None),
+                Err(e) => return Err(e.into()),
             };
             let new: Vec<i32> = listed
                 .iter()
@@ -232,22 +263,11 @@ impl SeizedTree {
             }
             // Interrupt them all first, then collect the stops: the threads
             // stop in parallel.
-            let mut interrupted = Vec::with_capacity(new.len());
             for tid in new {
                 if self.seize_thread(tid)? {
                     interrupted.push(tid);
-                }
-            }
-            for tid in interrupted {
-                match self.wait_stop(pid, tid, opts)? {
-                    Some(sig) => {
-                        group_stop.get_or_insert(sig);
-                        threads.push(tid);
-                    }
-                    None if self.traced.contains(&tid) => threads.push(tid),
-                    None => {
-                        gone.insert(tid);
-                    }
+                } else {
+                    gone.insert(tid);
                 }
             }
         }
@@ -256,7 +276,7 @@ impl SeizedTree {
             if threads.is_empty() {
                 if let Ok(st) = proc::read_stat(pid) {
                     if st.state == 'Z' {
-                        return Ok(Some(zombie(&st)));
+                        return Ok(Some(zombie(pid, &st)));
                     }
                 }
             }
@@ -492,6 +512,36 @@ impl Drop for SeizedTree {
             let signo = i32::from_ne_bytes(s.siginfo[0..4].try_into().unwrap());
             let _ = crate::sys::misc::raw_tgkill(tgid_of(s.tid), s.tid, signo);
         }
+    }
+}
+
+/// A process half seized (see [`SeizedTree::start_process`]).
+enum Started {
+    /// It exited before it could be looked at.
+    Gone,
+    Zombie(Task),
+    /// These threads were seized and interrupted; their stops are pending.
+    Interrupted {
+        pid: i32,
+        is_root: bool,
+        interrupted: Vec<i32>,
+        /// Threads that exited (or died) before they could be seized:
+        /// their task entries may linger, and must not be retried forever.
+        gone: BTreeSet<i32>,
+    },
+}
+
+fn zombie(pid: i32, stat: &proc::Stat) -> Task {
+    Task {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        threads: vec![pid],
+        children: Vec::new(),
+        state: TaskState::Zombie {
+            exit_code: stat.exit_code,
+        },
     }
 }
 
