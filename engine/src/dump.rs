@@ -244,6 +244,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let inline_tables = d.files().scanned_fds() <= INLINE_TABLES_MAX;
     if inline_tables {
         tables::dump_tables(&files, &fd_tasks, &stop)?;
+    } else {
+        d.files().fast_fd_flags();
     }
     let (root_ids, root_task_ids) = std::thread::scope(|s| -> Result<_> {
         let tables =
@@ -314,6 +316,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             d.pages.add(&pg?);
         }
         t?;
+        tables::all_written(&files)?;
         Ok(root_ids)
     })?;
     d.write_pstree(&tree)?;
@@ -609,7 +612,30 @@ impl<'a> Dumper<'a> {
         names.extend(tnames);
         calls.extend(crate::task::timers::itimer_calls(scratch + SC_TIMERS));
         names.resize(calls.len(), "getitimer");
+        // The fd flags of a many-fd table (see files::tables), where one
+        // round trip asks for all.
+        let fd_flags_at = calls.len();
+        let want_fd_flags = self.files().fd_flags_wanted(pid).map(<[i32]>::to_vec);
+        if let Some(fds) = want_fd_flags.as_ref().filter(|_| remote.batches()) {
+            calls.extend(fds.iter().map(|&fd| {
+                (
+                    libc::SYS_fcntl,
+                    [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0],
+                )
+            }));
+            names.resize(calls.len(), "fcntl(F_GETFD)");
+        }
         let res = remote.batch_checked(pid, &calls, &names)?;
+        if let Some(fds) = want_fd_flags {
+            let flags = remote.batches().then(|| {
+                let fl = &res[fd_flags_at..];
+                fds.iter()
+                    .zip(fl)
+                    .map(|(&fd, &f)| (fd, f as u32 & libc::FD_CLOEXEC as u32))
+                    .collect()
+            });
+            tables::deliver(self.files, pid, flags)?;
+        }
         let (brk, dumpable, thp_disabled) = (res[0], res[2] as i32, res[3] != 0);
         let sigactions = signals::read_actions(&remote, scratch + SC_SIGACT)?;
         let subreaper = remote.read_u64(scratch + SC_MISC)? as u32 != 0;

@@ -88,6 +88,11 @@ impl FdScan {
         self.by_pid.get(&pid).map_or(&[], |v| v.as_slice())
     }
 
+    /// The scanned processes.
+    pub(crate) fn pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.by_pid.keys().copied()
+    }
+
     /// How many fds were scanned in all.
     pub(crate) fn total(&self) -> usize {
         self.by_pid.values().map(Vec::len).sum()

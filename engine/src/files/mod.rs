@@ -185,6 +185,8 @@ pub struct FileTable<'a> {
     pub(crate) fdscan: fdscan::FdScan,
     /// The tree's own user namespace, for file owners as it sees them.
     pub(crate) userns: Option<crate::ns::user::UserNs>,
+    /// Fd flags come from remote calls (see [`tables`]).
+    pub(crate) fast: Option<tables::FastFlags>,
 }
 
 impl<'a> FileTable<'a> {
@@ -209,6 +211,7 @@ impl<'a> FileTable<'a> {
             tty: tty::DumpState::default(),
             fdscan: fdscan::FdScan::default(),
             userns: None,
+            fast: None,
         }
     }
 
@@ -306,11 +309,8 @@ impl<'a> FileTable<'a> {
             info,
             obj,
         } = g;
-        let fd_flags = if info.flags & libc::O_CLOEXEC as u32 != 0 {
-            libc::FD_CLOEXEC as u32
-        } else {
-            0
-        };
+        // Fast tables put in the flags of remote calls when written.
+        let fd_flags = tables::cloexec_flag(info.flags);
         let kind = classify(&link, st.mode(), libc::major(st.rdev()));
         // Inet sockets go to their own module; others to unix (which
         // refuses the families it does not know by name).
@@ -451,7 +451,17 @@ pub struct Gathered {
 /// Read what [`FileTable::dump_fd`] needs of `fd` of `pid`: `link` is its
 /// scanned link text, if it was. The stat is taken on the stolen fd, which
 /// is the same file as through the /proc link, without a path walk.
-pub fn gather(pid: i32, fd: i32, link: Option<String>) -> Result<Gathered> {
+///
+/// `locked`: the files with locks, when the fd flags come from remote calls
+/// (see [`tables`]): then a file, directory, pipe or socket without a lock
+/// is not looked up in fdinfo; its position and status flags are read on
+/// the stolen fd (the same open file description).
+pub fn gather(
+    pid: i32,
+    fd: i32,
+    link: Option<String>,
+    locked: Option<&tables::Locked>,
+) -> Result<Gathered> {
     let link = match link {
         Some(l) => l,
         None => proc::read_fd_link(pid, fd)?.to_string_lossy().into_owned(),
@@ -463,7 +473,16 @@ pub fn gather(pid: i32, fd: i32, link: Option<String>) -> Result<Gathered> {
         fd,
         why: format!("stat {link}: {e}"),
     })?;
-    let info = proc::read_fdinfo(pid, fd)?;
+    let info = match locked {
+        Some(l) if !l.contains(&(st.dev(), st.ino())) => fdinfo_of(&f, &st)
+            .map_err(|e| Error::Fd {
+                pid,
+                fd,
+                why: format!("fcntl/lseek on {link}: {e}"),
+            })?
+            .map_or_else(|| proc::read_fdinfo(pid, fd), Ok)?,
+        _ => proc::read_fdinfo(pid, fd)?,
+    };
     Ok(Gathered {
         pid,
         fd,
@@ -472,6 +491,31 @@ pub fn gather(pid: i32, fd: i32, link: Option<String>) -> Result<Gathered> {
         info,
         obj: f.into(),
     })
+}
+
+/// What fdinfo would show of a file, directory, pipe or socket without a
+/// lock, read on the open file description itself: `flags` (F_GETFL, the
+/// same `f_flags`, without O_CLOEXEC, which is the fd's) and `pos` (lseek,
+/// which only reads it for files and directories; 0 for pipes and sockets,
+/// which have none). None for other kinds: devices (whose lseek may do
+/// anything) and anonymous inodes (whose state is in fdinfo).
+fn fdinfo_of(f: &std::fs::File, st: &std::fs::Metadata) -> std::io::Result<Option<proc::Fdinfo>> {
+    use std::os::fd::AsRawFd;
+    let fmt = st.mode() & libc::S_IFMT;
+    let pos = match fmt {
+        libc::S_IFREG | libc::S_IFDIR => {
+            nix::unistd::lseek(f.as_raw_fd(), 0, nix::unistd::Whence::SeekCur)?
+        }
+        libc::S_IFIFO | libc::S_IFSOCK => 0,
+        _ => return Ok(None),
+    };
+    let flags = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    Ok(Some(proc::Fdinfo {
+        pos,
+        flags: flags as u32,
+        ino: st.ino(),
+        ..Default::default()
+    }))
 }
 
 /// File objects restore must create together, in one task, because one call

@@ -123,6 +123,12 @@ impl Remote {
         Ok(out)
     }
 
+    /// Whether [`batch`](Self::batch) runs many calls in one round trip
+    /// (once the scratch is mapped), not one remote syscall each.
+    pub fn batches(&self) -> bool {
+        self.batch_code.is_some() && !self.sigtrap_ignored
+    }
+
     /// Like [`batch`](Self::batch), failing on the first negative result
     /// with `what[i]` naming the call.
     pub fn batch_checked(&mut self, tid: i32, calls: &[Call], what: &[&str]) -> Result<Vec<u64>> {

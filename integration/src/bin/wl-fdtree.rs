@@ -14,7 +14,8 @@
 //! - 18/19: `STATEDIR/data` opened by the root before forking (shared
 //!   open file descriptions, offsets 111 and 222);
 //! - 20..10+M: `STATEDIR/data` opened by each process at its own offset
-//!   (every fifth one a dup of the previous: one description, two fds).
+//!   (every fifth one a dup of the previous: one description, two fds);
+//!   every third one (shifted by p) close-on-exec, dups too.
 //!
 //! Each regular-file fd must still be the data file at its offset with its
 //! content. Children report through their exit status (details on stderr);
@@ -55,6 +56,11 @@ fn own_off(p: usize, fd: i32) -> i64 {
     ((p * 131 + fd as usize * 17) % (DATA_LEN - 64)) as i64
 }
 
+/// Whether own fd `fd` of process `p` is close-on-exec.
+fn own_cloexec(p: usize, fd: i32) -> bool {
+    (p + fd as usize).is_multiple_of(3)
+}
+
 /// Whether `fd` (from FIRST_OWN) is a dup of `fd - 1`.
 fn is_dup(fd: i32) -> bool {
     (fd - FIRST_OWN) % 5 == 4
@@ -87,10 +93,15 @@ fn setup_private(data: &CString, p: usize, m: i32) -> R<()> {
     }
     move_fd(nfd, 17, false)?;
     for fd in FIRST_OWN..10 + m {
+        let cloexec = if own_cloexec(p, fd) {
+            libc::O_CLOEXEC
+        } else {
+            0
+        };
         if is_dup(fd) {
-            // SAFETY: dup2 between descriptors we own.
-            if unsafe { libc::dup2(fd - 1, fd) } != fd {
-                return Err(format!("dup2 {}: {}", fd - 1, errno()));
+            // SAFETY: dup3 between descriptors we own.
+            if unsafe { libc::dup3(fd - 1, fd, cloexec) } != fd {
+                return Err(format!("dup3 {}: {}", fd - 1, errno()));
             }
             continue;
         }
@@ -100,7 +111,7 @@ fn setup_private(data: &CString, p: usize, m: i32) -> R<()> {
             libc::O_RDWR
         };
         let f = open_data(data, flags)?;
-        move_fd(f, fd, false)?;
+        move_fd(f, fd, cloexec != 0)?;
         seek(fd, own_off(p, fd))?;
     }
     Ok(())
@@ -178,6 +189,12 @@ fn verify(p: usize, m: i32, ino: u64, data: &[u8]) -> Verdict {
             getfl(fd).map(|f| f & libc::O_ACCMODE),
             Ok(want),
         );
+        let cloexec = if own_cloexec(p, fd) {
+            libc::FD_CLOEXEC
+        } else {
+            0
+        };
+        v.eq(&format!("fd {fd} fd flags"), getfd(fd), Ok(cloexec));
     }
     v
 }
