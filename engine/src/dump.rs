@@ -32,7 +32,7 @@ use crate::mem::vma::{self, Contents, Vma};
 use crate::proc;
 use crate::stats::{self, DumpStats};
 use crate::sys::{kcmp, misc, ptrace};
-use crate::task::remote::Remote;
+use crate::task::remote::{Kept, Remote};
 use crate::task::seize::{check_target, SeizeOpts, SeizedTree, Task, TaskState};
 use crate::task::{creds, regs, signals};
 
@@ -214,6 +214,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         own_ipc: false,
         page_jobs: None,
         smaps_ahead: None,
+        asked: HashMap::new(),
+        kept: Vec::new(),
     };
     let live: Vec<i32> = tree
         .tasks
@@ -247,6 +249,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     } else {
         d.files().fast_fd_flags();
     }
+    d.ask_all(&live)?;
     let (root_ids, root_task_ids) = std::thread::scope(|s| -> Result<_> {
         let tables =
             (!inline_tables).then(|| s.spawn(|| tables::dump_tables(&files, &fd_tasks, &stop)));
@@ -328,6 +331,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         pages,
         track_fds,
         tracked_parent,
+        kept,
         ..
     } = d;
     // The table is still borrowed by `d`'s type: take it out of its mutex.
@@ -362,6 +366,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     })?;
     if let Err(e) = crate::hook::run(&opts.post_dump, opts.pid) {
         drop(held);
+        crate::task::remote::unmap_kept(kept)?;
         tree.release()?;
         return Err(e);
     }
@@ -371,10 +376,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         track::stop(p);
     }
     if opts.leave_running || opts.pre_dump {
+        crate::task::remote::unmap_kept(kept)?;
         held.finish(false)?;
         tree.release()?;
     } else {
         tree.kill()?;
+        kept.into_iter().for_each(Kept::forget);
         held.finish(true)?;
     }
     let mut st = st;
@@ -417,6 +424,12 @@ struct Dumper<'a> {
     /// smaps of the live tasks, in dump order, read ahead by a thread of
     /// its own when there is one.
     smaps_ahead: Option<std::sync::mpsc::Receiver<SmapsAhead>>,
+    /// What each task told [`Dumper::ask_all`], taken by its dump_task.
+    asked: HashMap<i32, Asked>,
+    /// The scratch areas of dumped tasks, left mapped until the end of the
+    /// dump: unmapped all at once if the tree runs on, never if it is
+    /// killed, one by one (drop) if the dump fails.
+    kept: Vec<Kept>,
 }
 
 /// One task's smaps as read ahead: (pid, contents).
@@ -526,7 +539,11 @@ impl<'a> Dumper<'a> {
         }
         self.check_sharing(tree, task)?;
         let ids = self.ids(pid, id)?;
-        let status = proc::read_status(pid)?;
+        let asked = self.asked.remove(&pid);
+        let status = match &asked {
+            Some(a) => a.status.clone(),
+            None => proc::read_status(pid)?,
+        };
         // Our remote calls must not meet the task's seccomp filters.
         for &tid in &task.threads {
             let mode = if tid == pid {
@@ -535,11 +552,7 @@ impl<'a> Dumper<'a> {
                 proc::read_status_tid(pid, tid)?.seccomp
             };
             if mode != 0 {
-                ptrace::set_options(
-                    tid,
-                    ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP,
-                )
-                .task_ctx(tid, "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP)")?;
+                suspend_seccomp(tid)?;
             }
         }
         let stat = proc::read_stat(pid)?;
@@ -585,57 +598,31 @@ impl<'a> Dumper<'a> {
         }
         vma::merge_vvar(&mut vmas);
 
-        // What only the process can tell.
+        // What only the process can tell: asked already by `ask_all`, or now.
         // SigIgn is per process and the task is stopped: `status` still holds.
-        let mut remote = Remote::with_sig_ign(pid, vdso, status.sig_ign)?;
-        let scratch = remote.map_scratch()?;
-        let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
-        let mut calls = vec![
-            (libc::SYS_brk, [0; 6]),
-            prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SC_MISC),
-            prctl(libc::PR_GET_DUMPABLE, 0),
-            prctl(libc::PR_GET_THP_DISABLE, 0),
-        ];
-        let mut names = vec![
-            "brk",
-            "prctl(PR_GET_CHILD_SUBREAPER)",
-            "prctl(PR_GET_DUMPABLE)",
-            "prctl(PR_GET_THP_DISABLE)",
-        ];
-        calls.extend(signals::action_calls(scratch + SC_SIGACT));
-        names.resize(calls.len(), "rt_sigaction");
-        // The main thread's own questions and the interval timers ride along
-        // in the same round trip.
-        let (tcalls, tnames) = thread_extra_calls(scratch + SC_THREAD);
-        let main_extra = calls.len();
-        calls.extend(tcalls);
-        names.extend(tnames);
-        calls.extend(crate::task::timers::itimer_calls(scratch + SC_TIMERS));
-        names.resize(calls.len(), "getitimer");
-        // The fd flags of a many-fd table (see files::tables), where one
-        // round trip asks for all.
-        let fd_flags_at = calls.len();
-        let want_fd_flags = self.files().fd_flags_wanted(pid).map(<[i32]>::to_vec);
-        if let Some(fds) = want_fd_flags.as_ref().filter(|_| remote.batches()) {
-            calls.extend(fds.iter().map(|&fd| {
-                (
-                    libc::SYS_fcntl,
-                    [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0],
-                )
-            }));
-            names.resize(calls.len(), "fcntl(F_GETFD)");
-        }
-        let res = remote.batch_checked(pid, &calls, &names)?;
-        if let Some(fds) = want_fd_flags {
-            let flags = remote.batches().then(|| {
-                let fl = &res[fd_flags_at..];
-                fds.iter()
-                    .zip(fl)
-                    .map(|(&fd, &f)| (fd, f as u32 & libc::FD_CLOEXEC as u32))
-                    .collect()
-            });
-            tables::deliver(self.files, pid, flags)?;
-        }
+        let (mut remote, pre) = match asked {
+            Some(a) => (Remote::from_kept(a.kept, status.sig_ign), a.res),
+            None => {
+                let mut r = Remote::with_sig_ign(pid, vdso, status.sig_ign)?;
+                r.map_scratch()?;
+                (r, None)
+            }
+        };
+        let scratch = remote.scratch();
+        let (res, main_extra) = match pre {
+            Some(x) => x,
+            None => {
+                let want = self.files().fd_flags_wanted(pid).map(<[i32]>::to_vec);
+                // Unbatched (SIGTRAP ignored): fdinfo is read instead.
+                let fds = want.as_deref().filter(|_| remote.batches());
+                let tc = TaskCalls::new(scratch, fds);
+                let res = remote.batch_checked(pid, &tc.calls, &tc.names)?;
+                if want.is_some() {
+                    tc.deliver_fd_flags(self.files, pid, fds, &res)?;
+                }
+                (res, tc.main_extra)
+            }
+        };
         let (brk, dumpable, thp_disabled) = (res[0], res[2] as i32, res[3] != 0);
         let sigactions = signals::read_actions(&remote, scratch + SC_SIGACT)?;
         let subreaper = remote.read_u64(scratch + SC_MISC)? as u32 != 0;
@@ -681,7 +668,8 @@ impl<'a> Dumper<'a> {
                 self.track_fds.push(fd);
             }
         }
-        remote.finish()?;
+        // The scratch area goes at the end of the dump (see Dumper::kept).
+        self.kept.extend(remote.keep_scratch()?);
 
         // Per-thread state.
         for (i, &tid) in task.threads.iter().enumerate() {
@@ -867,6 +855,156 @@ impl<'a> Dumper<'a> {
         }
         Ok(())
     }
+}
+
+/// The remote calls a task's main thread answers in one batch, with their
+/// names (results in the scratch area at `scratch`).
+struct TaskCalls {
+    calls: Vec<crate::task::remote::Call>,
+    names: Vec<&'static str>,
+    /// Where the main thread's [`thread_extra_calls`] start.
+    main_extra: usize,
+    /// Where the fcntl(F_GETFD) of each fd start (see files::tables).
+    fd_flags_at: usize,
+}
+
+impl TaskCalls {
+    /// `fds`: the fds whose flags to read, if any.
+    fn new(scratch: u64, fds: Option<&[i32]>) -> TaskCalls {
+        let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
+        let mut calls = vec![
+            (libc::SYS_brk, [0; 6]),
+            prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SC_MISC),
+            prctl(libc::PR_GET_DUMPABLE, 0),
+            prctl(libc::PR_GET_THP_DISABLE, 0),
+        ];
+        let mut names = vec![
+            "brk",
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            "prctl(PR_GET_DUMPABLE)",
+            "prctl(PR_GET_THP_DISABLE)",
+        ];
+        calls.extend(signals::action_calls(scratch + SC_SIGACT));
+        names.resize(calls.len(), "rt_sigaction");
+        // The main thread's own questions and the interval timers ride along
+        // in the same round trip.
+        let (tcalls, tnames) = thread_extra_calls(scratch + SC_THREAD);
+        let main_extra = calls.len();
+        calls.extend(tcalls);
+        names.extend(tnames);
+        calls.extend(crate::task::timers::itimer_calls(scratch + SC_TIMERS));
+        names.resize(calls.len(), "getitimer");
+        // The fd flags of a many-fd table, where one round trip asks for all.
+        let fd_flags_at = calls.len();
+        for &fd in fds.unwrap_or_default() {
+            calls.push((
+                libc::SYS_fcntl,
+                [fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0],
+            ));
+        }
+        names.resize(calls.len(), "fcntl(F_GETFD)");
+        TaskCalls {
+            calls,
+            names,
+            main_extra,
+            fd_flags_at,
+        }
+    }
+
+    /// Hand the fd flags in `res` (of `fds`; None: not asked, so the fd
+    /// table thread reads them from fdinfo) to the fd table of `pid`.
+    fn deliver_fd_flags(
+        &self,
+        files: &Mutex<FileTable<'_>>,
+        pid: i32,
+        fds: Option<&[i32]>,
+        res: &[u64],
+    ) -> Result<()> {
+        let flags = fds.map(|fds| {
+            fds.iter()
+                .zip(&res[self.fd_flags_at..])
+                .map(|(&fd, &f)| (fd, f as u32 & libc::FD_CLOEXEC as u32))
+                .collect()
+        });
+        tables::deliver(files, pid, flags)
+    }
+}
+
+/// What [`Dumper::ask_all`] got from a task ahead of its dump.
+struct Asked {
+    status: proc::Status,
+    /// Its scratch area, with the batch's results in it.
+    kept: Kept,
+    /// The batch's results and where the main thread's extra calls start;
+    /// None if it was too long for one round trip (asked in dump_task).
+    res: Option<(Vec<u64>, usize)>,
+}
+
+impl<'a> Dumper<'a> {
+    /// Ask every task of `live` its [`TaskCalls`] at once: each remote round
+    /// trip waits for the task to be scheduled (a few hundred µs on a busy
+    /// VM), and this way they all run in parallel instead of one after the
+    /// other. Each task gets its registers back right after, and keeps its
+    /// scratch area (with the answers) until the end of the dump. Tasks this
+    /// cannot serve (SIGTRAP ignored: no batch; a moved vDSO) ask in
+    /// dump_task as before.
+    fn ask_all(&mut self, live: &[i32]) -> Result<()> {
+        let trap = 1u64 << (libc::SIGTRAP - 1);
+        let mut started = Vec::with_capacity(live.len());
+        for &pid in live {
+            let status = proc::read_status(pid)?;
+            if status.sig_ign & trap != 0 {
+                continue;
+            }
+            let Some(ip) = crate::task::remote::vdso_syscall_ip(pid) else {
+                continue;
+            };
+            if status.seccomp != 0 {
+                suspend_seccomp(pid)?;
+            }
+            let mut r = Remote::at(pid, ip, status.sig_ign);
+            r.begin_map_scratch()?;
+            started.push((status, r));
+        }
+        let mut batched = Vec::with_capacity(started.len());
+        for (status, mut r) in started {
+            let pid = r.pid;
+            let scratch = r.end_map_scratch()?;
+            let want = self.files().fd_flags_wanted(pid).map(<[i32]>::to_vec);
+            let tc = TaskCalls::new(scratch, want.as_deref());
+            if tc.calls.len() > crate::task::remote::BATCH_MAX {
+                if let Some(kept) = r.keep_scratch()? {
+                    let res = None;
+                    self.asked.insert(pid, Asked { status, kept, res });
+                }
+                continue;
+            }
+            r.begin_batch(pid, &tc.calls)?;
+            batched.push((status, r, tc, want));
+        }
+        for (status, mut r, tc, want) in batched {
+            let pid = r.pid;
+            let raw = r.end_batch(pid, tc.calls.len())?;
+            let res = crate::task::remote::check_all(pid, &raw, &tc.names)?;
+            if want.is_some() {
+                tc.deliver_fd_flags(self.files, pid, want.as_deref(), &res)?;
+            }
+            if let Some(kept) = r.keep_scratch()? {
+                let res = Some((res, tc.main_extra));
+                self.asked.insert(pid, Asked { status, kept, res });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Let our remote calls in thread `tid` pass its seccomp filters.
+fn suspend_seccomp(tid: i32) -> Result<()> {
+    ptrace::set_options(
+        tid,
+        ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP,
+    )
+    .task_ctx(tid, "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP)")
 }
 
 /// The per-thread remote calls (results at `sc`), with their names.

@@ -144,6 +144,11 @@ pub struct Injector {
     pending: Vec<RawSiginfo>,
     events: Vec<(i32, u64)>,
     done: bool,
+    /// Syscall stops the running injected syscall is still to make.
+    syscall_stops: u32,
+    /// The running batch: its final trap's address, and whether the step
+    /// mode's signal mask is to be put back.
+    batch_trap: Option<(u64, bool)>,
 }
 
 impl std::fmt::Debug for Injector {
@@ -284,6 +289,8 @@ impl Injector {
             pending: Vec::new(),
             events: Vec::new(),
             done: false,
+            syscall_stops: 0,
+            batch_trap: None,
         })
     }
 
@@ -367,6 +374,15 @@ impl Injector {
     /// Runs syscall `nr` with `args` in the thread and returns the raw
     /// result (`-errno` on failure, as the kernel returns it).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+        self.begin_syscall(nr, args)?;
+        self.end_syscall()
+    }
+
+    /// The first half of [`syscall`](Self::syscall): load the registers
+    /// and resume the thread. Other threads (of other processes) can be
+    /// started meanwhile, so they all run at once; [`end_syscall`]
+    /// (Self::end_syscall) waits for this one's result.
+    pub fn begin_syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<()> {
         let mut regs = self.base;
         regs.rax = nr as u64;
         regs.rdi = args[0];
@@ -387,11 +403,17 @@ impl Injector {
         }
         ptrace::set_regs(self.tid, &regs)?;
         // From an entry stop only the exit stop is still to come.
-        let syscall_stops = if self.at_entry { 1 } else { 2 };
+        self.syscall_stops = if self.at_entry { 1 } else { 2 };
         self.at_entry = false;
         self.at_exit_stop = false;
         self.stepped = self.mode == StepMode::SingleStep;
-        let rax = self.run(syscall_stops)?.rax;
+        self.resume()
+    }
+
+    /// The second half of [`syscall`](Self::syscall), after
+    /// [`begin_syscall`](Self::begin_syscall).
+    pub fn end_syscall(&mut self) -> io::Result<i64> {
+        let rax = self.run()?.rax;
         self.at_exit_stop = self.mode == StepMode::SyscallStops;
         Ok(rax as i64)
     }
@@ -402,6 +424,14 @@ impl Injector {
     /// does not reset its disposition; do not use this on a thread that
     /// ignores SIGTRAP.
     pub fn run_batch(&mut self, code: u64, table: u64, n: usize) -> io::Result<()> {
+        self.begin_batch(code, table, n)?;
+        self.end_batch()
+    }
+
+    /// The first half of [`run_batch`](Self::run_batch): load the
+    /// registers and resume the thread (see [`begin_syscall`]
+    /// (Self::begin_syscall)); [`end_batch`](Self::end_batch) waits.
+    pub fn begin_batch(&mut self, code: u64, table: u64, n: usize) -> io::Result<()> {
         if self.at_entry {
             // Finish the interrupted entry stop first, with a harmless call.
             self.syscall(libc::SYS_getpid, [0; 6])?;
@@ -421,10 +451,20 @@ impl Injector {
         self.at_exit_stop = false;
         // PTRACE_CONT clears a trap flag left by single steps.
         self.stepped = false;
-        let trap_ip = code + BATCH_CODE.len() as u64;
+        self.batch_trap = Some((code + BATCH_CODE.len() as u64, other));
+        ptrace::cont(tid, 0)
+    }
+
+    /// The second half of [`run_batch`](Self::run_batch), after
+    /// [`begin_batch`](Self::begin_batch).
+    pub fn end_batch(&mut self) -> io::Result<()> {
+        let (trap_ip, other) = self
+            .batch_trap
+            .take()
+            .ok_or_else(|| io::Error::other("no batch was started"))?;
         let r = self.run_until_trap(trap_ip);
         if other {
-            ptrace::set_sigmask(tid, injection_mask(self.mode))?;
+            ptrace::set_sigmask(self.tid, injection_mask(self.mode))?;
         }
         r
     }
@@ -457,9 +497,10 @@ impl Injector {
         Ok(())
     }
 
+    /// Wait for the batch's final trap at `trap_ip` (the thread was
+    /// resumed by [`begin_batch`](Self::begin_batch)).
     fn run_until_trap(&mut self, trap_ip: u64) -> io::Result<()> {
         let tid = self.tid;
-        ptrace::cont(tid, 0)?;
         loop {
             let st = ptrace::wait(tid)?;
             match st {
@@ -513,13 +554,14 @@ impl Injector {
         Ok(())
     }
 
-    /// Resumes the thread until the injected instruction has completed and
-    /// returns the registers then. In `SyscallStops` mode that is after
+    /// Waits until the injected instruction (resumed by
+    /// [`begin_syscall`](Self::begin_syscall)) has completed and returns
+    /// the registers then. In `SyscallStops` mode that is after
     /// `syscall_stops` syscall stops: SIGTRAP is blocked then, so every
     /// SIGTRAP-like stop is a syscall stop, and none needs classifying.
-    fn run(&mut self, mut syscall_stops: u32) -> io::Result<user_regs_struct> {
+    fn run(&mut self) -> io::Result<user_regs_struct> {
         let tid = self.tid;
-        self.resume()?;
+        let mut syscall_stops = self.syscall_stops;
         loop {
             let st = ptrace::wait(tid)?;
             match st {

@@ -15,7 +15,7 @@ pub const SCRATCH_LEN: u64 = 16 * 4096;
 /// Where the syscall-batch table lives in the scratch area (its second half;
 /// the first page holds code, the rest is for call arguments).
 pub const BATCH_TABLE: u64 = SCRATCH_LEN / 2;
-const BATCH_MAX: usize = ((SCRATCH_LEN - BATCH_TABLE) as usize) / BATCH_ENTRY;
+pub const BATCH_MAX: usize = ((SCRATCH_LEN - BATCH_TABLE) as usize) / BATCH_ENTRY;
 
 /// One syscall of a batch: number and arguments.
 pub type Call = (i64, [u64; 6]);
@@ -58,10 +58,16 @@ impl Remote {
             )
         })?;
         let ip = find_syscall_insn(pid, start, end).task_ctx(pid, "find syscall in vdso")?;
+        Ok(Remote::at(pid, ip, sig_ign))
+    }
+
+    /// Use the syscall instruction at `syscall_ip` (see [`vdso_syscall_ip`])
+    /// of a process whose `SigIgn` is `sig_ign`.
+    pub fn at(pid: i32, syscall_ip: u64, sig_ign: u64) -> Remote {
         let ign = sig_ign & (1 << (libc::SIGTRAP - 1)) != 0;
-        Ok(Remote {
+        Remote {
             pid,
-            syscall_ip: ip,
+            syscall_ip,
             scratch: None,
             // One stop per remote syscall instead of two, under the same
             // condition as the batch's int3: a forced SIGTRAP would reset
@@ -71,7 +77,7 @@ impl Remote {
             batch_code: None,
             sigtrap_ignored: ign,
             clear_step_flags: true,
-        })
+        }
     }
 
     /// Use an explicit syscall instruction address (restore's scratch page).
@@ -102,23 +108,13 @@ impl Remote {
         let table = code - (code % 4096) + BATCH_TABLE;
         let mut out = Vec::with_capacity(calls.len());
         for chunk in calls.chunks(BATCH_MAX) {
-            let mut t = Vec::with_capacity(chunk.len() * BATCH_ENTRY);
-            for &(nr, a) in chunk {
-                t.extend_from_slice(&(nr as u64).to_ne_bytes());
-                for x in a {
-                    t.extend_from_slice(&x.to_ne_bytes());
-                }
-                t.extend_from_slice(&0u64.to_ne_bytes());
-            }
+            let mut t = batch_table(chunk);
             self.write(table, &t)?;
             self.injector(tid)?
                 .run_batch(code, table, chunk.len())
                 .task_ctx(tid, "run syscall batch")?;
             self.read(table, &mut t)?;
-            out.extend(
-                t.chunks_exact(BATCH_ENTRY)
-                    .map(|e| i64::from_ne_bytes(e[56..64].try_into().unwrap())),
-            );
+            out.extend(batch_results(&t));
         }
         Ok(out)
     }
@@ -129,26 +125,243 @@ impl Remote {
         self.batch_code.is_some() && !self.sigtrap_ignored
     }
 
+    /// A context for a process whose scratch area `kept` is still mapped
+    /// (see [`keep_scratch`](Self::keep_scratch)); it owns the area again.
+    pub fn from_kept(kept: Kept, sig_ign: u64) -> Remote {
+        let mut r = Remote::at(kept.pid, kept.syscall_ip, sig_ign);
+        r.scratch = Some(kept.addr);
+        r.batch_code = Some(kept.addr);
+        kept.forget();
+        r
+    }
+
+    /// [`map_scratch`](Self::map_scratch) in two halves, so that many
+    /// processes run theirs at once: this one starts the mmap...
+    pub fn begin_map_scratch(&mut self) -> Result<()> {
+        let pid = self.pid;
+        self.injector(pid)?
+            .begin_syscall(libc::SYS_mmap, scratch_mmap_args())
+            .task_ctx(pid, "remote mmap scratch")
+    }
+
+    /// ... and this one waits for it and returns the area.
+    pub fn end_map_scratch(&mut self) -> Result<u64> {
+        let pid = self.pid;
+        let r = self
+            .injector(pid)?
+            .end_syscall()
+            .task_ctx(pid, "remote mmap scratch")?;
+        check(pid, "mmap scratch", r)?;
+        self.scratch_mapped(r as u64)
+    }
+
+    /// [`batch`](Self::batch) of at most [`BATCH_MAX`] calls in two halves
+    /// (see [`begin_map_scratch`](Self::begin_map_scratch)): this one
+    /// starts it, [`end_batch`](Self::end_batch) waits.
+    pub fn begin_batch(&mut self, tid: i32, calls: &[Call]) -> Result<()> {
+        let (Some(code), true) = (self.batch_code, self.batches()) else {
+            return Err(Error::task(
+                tid,
+                "remote batch",
+                std::io::Error::other("no batch loop in this process"),
+            ));
+        };
+        if calls.len() > BATCH_MAX {
+            return Err(Error::task(
+                tid,
+                "remote batch",
+                std::io::Error::other(format!("{} calls, at most {BATCH_MAX}", calls.len())),
+            ));
+        }
+        let table = code - (code % 4096) + BATCH_TABLE;
+        self.write(table, &batch_table(calls))?;
+        self.injector(tid)?
+            .begin_batch(code, table, calls.len())
+            .task_ctx(tid, "run syscall batch")
+    }
+
+    /// The results of the `n` calls started by [`begin_batch`](Self::begin_batch).
+    pub fn end_batch(&mut self, tid: i32, n: usize) -> Result<Vec<i64>> {
+        self.injector(tid)?
+            .end_batch()
+            .task_ctx(tid, "run syscall batch")?;
+        let table = self.scratch() + BATCH_TABLE;
+        let mut t = vec![0u8; n * BATCH_ENTRY];
+        self.read(table, &mut t)?;
+        Ok(batch_results(&t))
+    }
+
+    /// Put back every thread's registers like [`finish`](Self::finish), but
+    /// leave the scratch area mapped (with the batch's results in it) for
+    /// later: the returned token unmaps it, see [`unmap_kept`]. No thread
+    /// keeps a single step's trap flag.
+    pub fn keep_scratch(mut self) -> Result<Option<Kept>> {
+        if self.clear_step_flags {
+            for (&tid, inj) in self.threads.iter_mut() {
+                if inj.stepped() {
+                    inj.set_mode(StepMode::SyscallStops)
+                        .task_ctx(tid, "switch to syscall stops")?;
+                    inj.syscall(libc::SYS_getpid, [0; 6])
+                        .task_ctx(tid, "clear the trap flag")?;
+                }
+            }
+        }
+        for (tid, inj) in self.threads.drain() {
+            inj.restore().task_ctx(tid, "restore registers")?;
+        }
+        Ok(self.scratch.take().map(|addr| Kept {
+            pid: self.pid,
+            addr,
+            syscall_ip: self.syscall_ip,
+        }))
+    }
+
     /// Like [`batch`](Self::batch), failing on the first negative result
     /// with `what[i]` naming the call.
     pub fn batch_checked(&mut self, tid: i32, calls: &[Call], what: &[&str]) -> Result<Vec<u64>> {
         let res = self.batch(tid, calls)?;
-        res.iter()
-            .enumerate()
-            .map(|(i, &r)| {
-                if (-4095..0).contains(&r) {
-                    Err(Error::task(
-                        tid,
-                        format!("remote {}", what.get(i).copied().unwrap_or("syscall")),
-                        std::io::Error::from_raw_os_error(-r as i32),
-                    ))
-                } else {
-                    Ok(r as u64)
-                }
-            })
-            .collect()
+        check_all(tid, &res, what)
     }
+}
 
+/// A scratch area left mapped in a stopped process by
+/// [`Remote::keep_scratch`]; dropping it unmaps it (best effort, one remote
+/// call), [`unmap_kept`] unmaps many at once, [`Kept::forget`] leaves it
+/// (the process is killed).
+#[derive(Debug)]
+pub struct Kept {
+    pub pid: i32,
+    pub addr: u64,
+    pub syscall_ip: u64,
+}
+
+impl Kept {
+    /// The process is going away: nothing to undo.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let pid = self.pid;
+        let r = Injector::new(pid, self.syscall_ip).and_then(|mut inj| {
+            inj.syscall(libc::SYS_munmap, [self.addr, SCRATCH_LEN, 0, 0, 0, 0])?;
+            inj.restore()
+        });
+        if let Err(e) = r {
+            tracing::warn!(pid, error = %e, "unmapping the remote scratch area failed");
+        }
+    }
+}
+
+/// Unmap the scratch areas of `kept`, every process's munmap running at
+/// once. Syscall stops, not single steps: no trap flag is left behind.
+pub fn unmap_kept(kept: Vec<Kept>) -> Result<()> {
+    let mut started = Vec::with_capacity(kept.len());
+    for k in kept {
+        let mut inj = Injector::new(k.pid, k.syscall_ip).task_ctx(k.pid, "save registers")?;
+        inj.begin_syscall(libc::SYS_munmap, [k.addr, SCRATCH_LEN, 0, 0, 0, 0])
+            .task_ctx(k.pid, "remote munmap scratch")?;
+        started.push((k, inj));
+    }
+    let mut first_err = None;
+    for (k, mut inj) in started {
+        let pid = k.pid;
+        let r = inj
+            .end_syscall()
+            .task_ctx(pid, "remote munmap scratch")
+            .and_then(|r| check(pid, "munmap scratch", r))
+            .and_then(|_| inj.restore().task_ctx(pid, "restore registers"));
+        match r {
+            Ok(()) => k.forget(),
+            // The token's drop tries once more.
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// The address of a `syscall` instruction in the vDSO of `pid`, found
+/// without reading its maps: the vDSO text is the same in every 64-bit
+/// process of this kernel, so the instruction's offset is looked up once in
+/// our own, and the process's vDSO base comes from its auxv
+/// (AT_SYSINFO_EHDR). None if its vDSO was moved or unmapped (the two bytes
+/// read there are not that instruction): then find it in its maps.
+pub fn vdso_syscall_ip(pid: i32) -> Option<u64> {
+    static OFFSET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let off = (*OFFSET.get_or_init(|| {
+        let me = std::process::id() as i32;
+        let maps = crate::proc::read_maps(me).ok()?;
+        let v = maps.iter().find(|m| m.path.as_deref() == Some("[vdso]"))?;
+        find_syscall_insn(me, v.start, v.end)
+            .ok()
+            .map(|ip| ip - v.start)
+    }))?;
+    let auxv = crate::proc::read_auxv(pid).ok()?;
+    let ip = crate::proc::auxv_get(&auxv, libc::AT_SYSINFO_EHDR)? + off;
+    let mut b = [0u8; 2];
+    vm::read_remote_into(pid, ip, &mut b).ok()?;
+    (b == SYSCALL_INSN).then_some(ip)
+}
+
+/// `syscall` on x86_64.
+const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+fn scratch_mmap_args() -> [u64; 6] {
+    [
+        0,
+        SCRATCH_LEN,
+        (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+        (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+        u64::MAX,
+        0,
+    ]
+}
+
+/// The batch table of `calls` (see `BATCH_CODE`).
+fn batch_table(calls: &[Call]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(calls.len() * BATCH_ENTRY);
+    for &(nr, a) in calls {
+        t.extend_from_slice(&(nr as u64).to_ne_bytes());
+        for x in a {
+            t.extend_from_slice(&x.to_ne_bytes());
+        }
+        t.extend_from_slice(&0u64.to_ne_bytes());
+    }
+    t
+}
+
+/// The results in a batch table read back.
+fn batch_results(t: &[u8]) -> Vec<i64> {
+    t.chunks_exact(BATCH_ENTRY)
+        .map(|e| i64::from_ne_bytes(e[56..64].try_into().unwrap()))
+        .collect()
+}
+
+/// A raw result, or the error it stands for, naming the call.
+fn check(tid: i32, what: &str, r: i64) -> Result<u64> {
+    if (-4095..0).contains(&r) {
+        return Err(Error::task(
+            tid,
+            format!("remote {what}"),
+            std::io::Error::from_raw_os_error(-r as i32),
+        ));
+    }
+    Ok(r as u64)
+}
+
+/// [`check`] of each result, `what[i]` naming call `i`.
+pub fn check_all(tid: i32, res: &[i64], what: &[&str]) -> Result<Vec<u64>> {
+    res.iter()
+        .enumerate()
+        .map(|(i, &r)| check(tid, what.get(i).copied().unwrap_or("syscall"), r))
+        .collect()
+}
+
+impl Remote {
     /// The injector of `tid`, created (registers saved) on first use.
     pub fn injector(&mut self, tid: i32) -> Result<&mut Injector> {
         if !self.threads.contains_key(&tid) {
@@ -211,14 +424,7 @@ impl Remote {
     /// Like [`raw`](Self::raw) but a negative result is an error naming the call.
     pub fn call(&mut self, tid: i32, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
         let r = self.raw(tid, nr, args)?;
-        if (-4095..0).contains(&r) {
-            return Err(Error::task(
-                tid,
-                format!("remote {what}"),
-                std::io::Error::from_raw_os_error(-r as i32),
-            ));
-        }
-        Ok(r as u64)
+        check(tid, what, r)
     }
 
     /// Map a private scratch area in the target (for syscall arguments).
@@ -230,17 +436,15 @@ impl Remote {
             self.pid,
             "mmap scratch",
             libc::SYS_mmap,
-            [
-                0,
-                SCRATCH_LEN,
-                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
+            scratch_mmap_args(),
         )?;
+        self.scratch_mapped(a)
+    }
+
+    /// The scratch area is mapped at `a`: put the batch loop at its start
+    /// (data goes after it).
+    fn scratch_mapped(&mut self, a: u64) -> Result<u64> {
         self.scratch = Some(a);
-        // The batch loop sits at the start; data goes from SCRATCH_DATA on.
         self.write(a, &BATCH_CODE)?;
         self.batch_code = Some(a);
         Ok(a)
