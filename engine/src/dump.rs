@@ -949,11 +949,10 @@ impl<'a> Dumper<'a> {
     /// cannot serve (SIGTRAP ignored: no batch; a moved vDSO) ask in
     /// dump_task as before.
     fn ask_all(&mut self, live: &[i32]) -> Result<()> {
-        let trap = 1u64 << (libc::SIGTRAP - 1);
         let mut started = Vec::with_capacity(live.len());
         for &pid in live {
             let status = proc::read_status(pid)?;
-            if status.sig_ign & trap != 0 {
+            if signals::ignores_trap(status.sig_ign) {
                 continue;
             }
             let Some(ip) = crate::task::remote::vdso_syscall_ip(pid) else {

@@ -350,8 +350,7 @@ pub(super) fn finish_task(
     // An ignored SIGTRAP (left out by the stub): the calls from here on stop
     // at syscall stops, as a step's forced SIGTRAP would reset it to SIG_DFL.
     let tc = t.cores[0].tc.as_ref();
-    let trap = tc.and_then(|tc| crate::task::signals::action_of(&tc.sigactions, libc::SIGTRAP));
-    if let Some(sa) = trap.filter(|sa| sa.sigaction == libc::SIG_IGN as u64) {
+    if let Some(sa) = tc.and_then(|tc| crate::task::signals::ignored_trap(&tc.sigactions)) {
         r.write(data, &crate::task::signals::encode_ksigaction(sa))?;
         r.injector(pid)?
             .set_mode(crate::sys::inject::StepMode::SyscallStops)

@@ -236,8 +236,9 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     // Signal actions, exactly as dumped (handlers point into the restored image).
     // An ignored SIGTRAP is set at the very end (restore::finish_task):
     // single-stepping resets it.
+    let skip_trap = signals::ignored_trap(&tc.sigactions).is_some();
     for (sig, sa) in signals::settable().zip(tc.sigactions.iter()) {
-        if sig == libc::SIGTRAP as u32 && sa.sigaction == libc::SIG_IGN as u64 {
+        if skip_trap && sig == libc::SIGTRAP as u32 {
             continue;
         }
         let act = signals::encode_ksigaction(sa);

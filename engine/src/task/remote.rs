@@ -64,7 +64,7 @@ impl Remote {
     /// Use the syscall instruction at `syscall_ip` (see [`vdso_syscall_ip`])
     /// of a process whose `SigIgn` is `sig_ign`.
     pub fn at(pid: i32, syscall_ip: u64, sig_ign: u64) -> Remote {
-        let ign = sig_ign & (1 << (libc::SIGTRAP - 1)) != 0;
+        let ign = crate::task::signals::ignores_trap(sig_ign);
         Remote {
             pid,
             syscall_ip,

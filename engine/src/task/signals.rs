@@ -25,6 +25,19 @@ pub fn action_of(actions: &[SaEntry], sig: i32) -> Option<&SaEntry> {
         .map(|(_, a)| a)
 }
 
+/// Whether a process with this `SigIgn` mask ignores SIGTRAP. Remote calls
+/// must not raise one then (a forced SIGTRAP resets an ignored one to
+/// SIG_DFL): no single steps and no int3 batches, only syscall stops.
+pub fn ignores_trap(sig_ign: u64) -> bool {
+    sig_ign & (1 << (libc::SIGTRAP - 1)) != 0
+}
+
+/// The ignored SIGTRAP among `actions` (images order), if it is: a restore
+/// sets it only after its last single step (see [`ignores_trap`]).
+pub fn ignored_trap(actions: &[SaEntry]) -> Option<&SaEntry> {
+    action_of(actions, libc::SIGTRAP).filter(|sa| sa.sigaction == libc::SIG_IGN as u64)
+}
+
 /// Decode a kernel `struct sigaction` {handler, flags, restorer, mask}.
 pub fn decode_ksigaction(b: &[u8]) -> SaEntry {
     let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
@@ -128,5 +141,18 @@ mod tests {
         assert!(action_of(&acts, libc::SIGKILL).is_none());
         assert!(action_of(&acts, libc::SIGSTOP).is_none());
         assert!(action_of(&acts[..3], libc::SIGTRAP).is_none());
+    }
+
+    #[test]
+    fn trap_ignored() {
+        // SigIgn bit n-1 is signal n: SIGTRAP is 5.
+        assert!(ignores_trap(0x10));
+        assert!(!ignores_trap(0x1000));
+        let mut acts: Vec<SaEntry> = settable().map(|_| SaEntry::default()).collect();
+        assert!(ignored_trap(&acts).is_none());
+        acts[libc::SIGTRAP as usize - 1].sigaction = libc::SIG_IGN as u64;
+        assert!(ignored_trap(&acts).is_some());
+        acts[libc::SIGTRAP as usize - 1].sigaction = 0x401000;
+        assert!(ignored_trap(&acts).is_none());
     }
 }
