@@ -11,30 +11,28 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::proc;
 
 /// Fewer processes than this in each half are scanned on one thread.
 const SPLIT_MIN: usize = 8;
 
-fn scan_part(pids: &[i32]) -> Result<HashMap<i32, Vec<ScannedFd>>> {
-    let mut by_pid = HashMap::with_capacity(pids.len());
-    for &pid in pids {
-        let fds = proc::read_fd_numbers(pid)?;
-        let mut v = Vec::with_capacity(fds.len());
-        for fd in fds {
-            let link = proc::read_fd_link(pid, fd)
-                .ok()
-                .map(|l| l.to_string_lossy().into_owned());
-            let st = link
-                .as_deref()
-                .filter(|l| maybe_ptmx(l))
-                .and_then(|_| std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok());
-            v.push(ScannedFd { fd, link, st });
-        }
-        by_pid.insert(pid, v);
+/// The fds of `pid`: numbers, link texts and the stats of possible pty
+/// masters.
+fn scan_pid(pid: i32) -> Result<Vec<ScannedFd>> {
+    let fds = proc::read_fd_numbers(pid)?;
+    let mut v = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let link = proc::read_fd_link(pid, fd)
+            .ok()
+            .map(|l| l.to_string_lossy().into_owned());
+        let st = link
+            .as_deref()
+            .filter(|l| maybe_ptmx(l))
+            .and_then(|_| std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok());
+        v.push(ScannedFd { fd, link, st });
     }
-    Ok(by_pid)
+    Ok(v)
 }
 
 /// Whether an fd with link text `link` may be a pty master: opened as
@@ -63,23 +61,9 @@ pub(crate) struct FdScan {
 impl FdScan {
     /// Every fd of `pids`, sorted by number.
     pub(crate) fn scan(pids: &[i32]) -> Result<FdScan> {
-        // Two halves on two threads: the scan is mostly /proc lookups
-        // (kernel time), and nothing else runs while it does.
-        let (a, b) = pids.split_at(pids.len() / 2);
-        let (ra, rb) = if a.len() < SPLIT_MIN {
-            (scan_part(a), scan_part(b))
-        } else {
-            std::thread::scope(|s| {
-                let h = s.spawn(|| scan_part(a));
-                let rb = scan_part(b);
-                let ra = h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::Other("fd scan thread panicked".into())));
-                (ra, rb)
-            })
-        };
-        let mut by_pid = ra?;
-        by_pid.extend(rb?);
+        let by_pid = proc::map_halves(pids, SPLIT_MIN, |pid| Ok((pid, scan_pid(pid)?)))
+            .into_iter()
+            .collect::<Result<_>>()?;
         Ok(FdScan { by_pid })
     }
 

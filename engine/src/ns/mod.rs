@@ -117,7 +117,10 @@ impl TreeNs {
 }
 
 fn links(t: &mut TreeNs, pid: i32) -> Result<BTreeMap<&'static str, (NsKind, u64)>> {
-    let all = proc::read_all_ns(pid)?;
+    let all = match t.links.remove(&pid) {
+        Some(l) => l,
+        None => proc::read_all_ns(pid)?,
+    };
     let m = all.iter().map(|l| (l.name, (l.kind, l.ino))).collect();
     t.links.insert(pid, all);
     Ok(m)
@@ -131,6 +134,10 @@ pub fn collect(dir: &ImageDir, live: &[i32]) -> Result<TreeNs> {
         return Ok(TreeNs::default());
     };
     let mut t = TreeNs::default();
+    // Nine links a task, ~8 µs each: read on two threads first.
+    for (pid, l) in proc::map_halves(live, 8, |p| (p, proc::read_all_ns(p))) {
+        t.links.insert(pid, l?);
+    }
     let me = links(&mut t, std::process::id() as i32)?;
     let rl = links(&mut t, root)?;
     for (&name, &(kind, ino)) in &me {

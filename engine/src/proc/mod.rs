@@ -28,7 +28,7 @@ pub mod status;
 pub mod timers;
 
 pub use error::ProcError;
-pub use util::kernel_dev_split;
+pub use util::{kernel_dev_split, map_halves};
 
 pub use auxv::{auxv_get, criu_saved_auxv, parse_auxv, read_auxv, AT_NULL, CRIU_AUXV_WORDS};
 pub use cgroup::{find_cgroup_v2, parse_cgroup, read_cgroup, CgroupEntry};
