@@ -80,7 +80,16 @@ fn has_pages(pm: &Pagemap, s: u64, e: u64) -> bool {
 
 /// Replace the stub's address space with the dumped one and fill it.
 /// Returns the number of pages written.
-pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>) -> Result<u64> {
+/// `first`: calls (with their names) to run at the start of the first
+/// batch, before the stub's memory goes. The protections and advice are
+/// left to [`finish_vmas`].
+pub fn restore_vmas(
+    r: &mut Remote,
+    mm: &MmEntry,
+    pm: &Pagemap,
+    cx: &MemCtx<'_>,
+    first: &[(Call, &str)],
+) -> Result<u64> {
     let pid = r.pid;
     let scratch = (cx.scratch, cx.scratch + SCRATCH_LEN);
     let cur = cx.cur_vdso;
@@ -88,8 +97,8 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     let mut keep = vec![scratch, cur];
     keep.sort();
     // One batch: unmap the stub, move the vDSO, map every VMA.
-    let mut calls: Vec<Call> = Vec::with_capacity(mm.vmas.len() + 6);
-    let mut what: Vec<String> = Vec::with_capacity(mm.vmas.len() + 6);
+    let mut calls: Vec<Call> = first.iter().map(|c| c.0).collect();
+    let mut what: Vec<String> = first.iter().map(|c| c.1.to_string()).collect();
     unmap_all_but(&keep, &mut calls);
     what.resize(calls.len(), "munmap".into());
 
@@ -133,7 +142,6 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     sysv_attach_calls(pid, mm, cx, &keep, target, &mut calls, &mut what)?;
 
     // Map every VMA, writable while it is filled.
-    let mut fixups = Vec::new();
     let first_mmap = calls.len();
     for v in &mm.vmas {
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_SYSVIPC) != 0 {
@@ -141,10 +149,8 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
         }
         let len = v.end - v.start;
         let mut prot = v.prot as u64;
-        let fill = has_pages(pm, v.start, v.end);
-        if fill && prot & libc::PROT_WRITE as u64 == 0 {
+        if refilled_read_only(v, pm) {
             prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
-            fixups.push(v);
         }
         let mut flags = (v.flags as u64
             & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN)
@@ -228,32 +234,52 @@ pub fn restore_vmas(r: &mut Remote, mm: &MmEntry, pm: &Pagemap, cx: &MemCtx<'_>)
     if let Some(u) = uffd {
         u.close()?;
     }
+    Ok(pages)
+}
 
-    // Final protections, then advice (best effort, as in CRIU: KSM or THP
-    // may be off).
-    let prot: Vec<Call> = fixups
-        .iter()
-        .map(|v| {
-            (
-                libc::SYS_mprotect,
-                [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
-            )
-        })
-        .collect();
-    r.batch_checked(pid, &prot, &vec!["mprotect"; prot.len()])?;
-    let mut adv: Vec<Call> = Vec::new();
+/// After [`restore_vmas`], in one batch: the final protections of the VMAs
+/// it filled (checked), the calls of `then` (checked), and the advice (best
+/// effort, as in CRIU: KSM or THP may be off).
+pub fn finish_vmas(
+    r: &mut Remote,
+    mm: &MmEntry,
+    pm: &Pagemap,
+    then: &[(Call, &str)],
+) -> Result<()> {
+    let pid = r.pid;
+    let mut calls: Vec<Call> = Vec::new();
+    let mut what: Vec<&str> = Vec::new();
+    for v in mm.vmas.iter().filter(|v| refilled_read_only(v, pm)) {
+        calls.push((
+            libc::SYS_mprotect,
+            [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+        ));
+        what.push("mprotect");
+    }
+    calls.extend(then.iter().map(|c| c.0));
+    what.extend(then.iter().map(|c| c.1));
+    let checked = calls.len();
     for v in &mm.vmas {
         let Some(m) = v.madv.filter(|&m| m != 0) else {
             continue;
         };
         for a in 0..64u64 {
             if m & (1 << a) != 0 {
-                adv.push((libc::SYS_madvise, [v.start, v.end - v.start, a, 0, 0, 0]));
+                calls.push((libc::SYS_madvise, [v.start, v.end - v.start, a, 0, 0, 0]));
             }
         }
     }
-    r.batch(pid, &adv)?;
-    Ok(pages)
+    let res = r.batch(pid, &calls)?;
+    crate::task::remote::check_all(pid, &res[..checked], &what)?;
+    Ok(())
+}
+
+/// A VMA mapped writable by [`restore_vmas`] to be filled, though its own
+/// protection is not.
+fn refilled_read_only(v: &VmaEntry, pm: &Pagemap) -> bool {
+    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_SYSVIPC) == 0
+        && v.prot as u64 & libc::PROT_WRITE as u64 == 0
+        && has_pages(pm, v.start, v.end)
 }
 
 /// shmat of each SysV segment at its dumped address (the segments exist:
@@ -295,9 +321,9 @@ fn sysv_attach_calls(
     Ok(())
 }
 
-/// Restore mm fields, auxv and exe with one PR_SET_MM_MAP.
-pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result<()> {
-    let pid = r.pid;
+/// The PR_SET_MM_MAP call that restores mm fields, auxv and exe, its data
+/// written into the scratch area.
+pub fn set_mm_call(r: &Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result<Call> {
     let auxv: Vec<u8> = mm
         .mm_saved_auxv
         .iter()
@@ -323,9 +349,7 @@ pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result
     };
     r.write(auxv_at, &auxv)?;
     r.write(map_at, &m.to_bytes())?;
-    r.call(
-        pid,
-        "prctl(PR_SET_MM_MAP)",
+    Ok((
         libc::SYS_prctl,
         [
             libc::PR_SET_MM as u64,
@@ -335,8 +359,7 @@ pub fn set_mm(r: &mut Remote, mm: &MmEntry, exe_fd: i32, scratch: u64) -> Result
             0,
             0,
         ],
-    )?;
-    Ok(())
+    ))
 }
 
 /// Fill the target's private memory from the pages image with one kernel

@@ -76,21 +76,24 @@ pub(super) fn puppet(
     let mut r = Remote::with_ip(pid, tp.scratch);
     // The stub inherited the restorer's rseq registration; it must go before
     // its memory does.
+    // First thing in the first batch.
     let rs = ptrace::get_rseq_config(pid).task_ctx(pid, "get rseq configuration")?;
+    let mut first = Vec::new();
     if rs.rseq_abi_pointer != 0 {
-        r.call(
-            pid,
+        first.push((
+            (
+                libc::SYS_rseq,
+                [
+                    rs.rseq_abi_pointer,
+                    rs.rseq_abi_size as u64,
+                    1,
+                    rs.signature as u64,
+                    0,
+                    0,
+                ],
+            ),
             "rseq unregister",
-            libc::SYS_rseq,
-            [
-                rs.rseq_abi_pointer,
-                rs.rseq_abi_size as u64,
-                1,
-                rs.signature as u64,
-                0,
-                0,
-            ],
-        )?;
+        ));
     }
     let mut file_fds = HashMap::new();
     for l in &tp.locals {
@@ -110,8 +113,11 @@ pub(super) fn puppet(
         scratch: tp.scratch,
         cur_vdso,
     };
-    let pages = memr::restore_vmas(&mut r, mm, t.pagemap.as_ref().unwrap(), &cx)?;
-    memr::set_mm(&mut r, mm, file_fds[&mm.exe_file_id], tp.scratch)?;
+    let pm = t.pagemap.as_ref().unwrap();
+    let pages = memr::restore_vmas(&mut r, mm, pm, &cx, &first)?;
+    // The mm fields ride with the final protections.
+    let set_mm = memr::set_mm_call(&r, mm, file_fds[&mm.exe_file_id], tp.scratch)?;
+    memr::finish_vmas(&mut r, mm, pm, &[(set_mm, "prctl(PR_SET_MM_MAP)")])?;
 
     // Threads, each with its own TID, by clone3 run in the leader.
     let data = tp.scratch + SCRATCH_DATA;
