@@ -65,8 +65,16 @@ pub fn dump_tables(
 }
 
 /// The (device, inode) of every file with a lock, from `/proc/locks`; None
-/// if a line is not understood (every fdinfo is read then).
+/// if a line is not understood (every fdinfo is read then). Only in the
+/// initial pid namespace: elsewhere the kernel leaves out the flock locks
+/// whose taker has exited, though another process may hold them now.
 fn locked_inodes() -> Option<Locked> {
+    // PROC_PID_INIT_INO: the initial pid namespace's inode, fixed.
+    const INIT_PID_NS: u64 = 0xEFFF_FFFC;
+    let ns = std::fs::metadata("/proc/self/ns/pid").ok()?;
+    if std::os::unix::fs::MetadataExt::ino(&ns) != INIT_PID_NS {
+        return None;
+    }
     let text = std::fs::read_to_string("/proc/locks")
         .map_err(|e| debug!("/proc/locks: {e}"))
         .ok()?;
