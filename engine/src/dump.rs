@@ -24,6 +24,7 @@ use stasis_proto::image::magic;
 use tracing::{debug, info};
 
 use crate::error::{Error, PathCtx, Result, TaskCtx};
+use crate::files::fdscan::Scanner;
 use crate::files::{tables, FileOpts, FileTable};
 use crate::images::{common, ImageDir};
 use crate::mem::pages::{self, PageStats};
@@ -172,13 +173,27 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     // A vfork parent in a frozen cgroup only stops once its child has run
     // to its exec: thaw if a stop is slow in coming.
     let mut thaw = || freezer.as_mut().map_or(Ok(()), |f| f.thaw());
+    // Fd tables are scanned as their processes stop, once there is more
+    // than one (a single process is not worth two threads).
+    let (mut scanner, mut stopped) = (None, 0usize);
+    let mut scan = |pid: i32| {
+        stopped += 1;
+        if stopped == 2 {
+            scanner = Some(Scanner::start());
+        }
+        if let Some(s) = &scanner {
+            s.push(pid);
+        }
+    };
     let tree = SeizedTree::seize_with(
         opts.pid,
         SeizeOpts {
             timeout: opts.timeout.unwrap_or(crate::task::seize::DEFAULT_TIMEOUT),
             on_slow: Some(&mut thaw),
+            on_stopped: Some(&mut scan),
         },
     )?;
+    let early = scanner.take().map(Scanner::finish).unwrap_or_default();
     if let Some(f) = freezer.as_mut() {
         f.thaw()?;
     }
@@ -209,7 +224,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         track_fds: Vec::new(),
         stolen: tree.stolen.clone(),
         ns_links: HashMap::new(),
-        userns: None,
         seccomp: Default::default(),
         own_ipc: false,
         page_jobs: None,
@@ -223,13 +237,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .filter(|t| !matches!(t.state, TaskState::Zombie { .. }))
         .map(|t| t.pid)
         .collect();
-    d.files().prepare_tree(&live)?;
+    d.files().prepare_tree(&live, early)?;
     d.cg_sets = crate::cgroup::dump(&dir, &live)?;
     // Namespaces: refuse what we cannot restore before writing anything.
     let mut tree_ns = crate::ns::collect(&dir, &live)?;
     d.ns_links = std::mem::take(&mut tree_ns.links);
     d.own_ipc = tree_ns.owns(crate::proc::NsKind::Ipc);
-    d.userns = tree_ns.user.clone();
+    // The tree's own user namespace: credentials and file owners are
+    // written as seen inside.
     d.files().userns = tree_ns.user.clone();
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
@@ -410,8 +425,6 @@ struct Dumper<'a> {
     stolen: Vec<crate::task::seize::StolenSignal>,
     /// Namespace links read by ns::collect, by pid.
     ns_links: HashMap<i32, Vec<proc::NsLink>>,
-    /// The tree's own user namespace: credentials are written as seen inside.
-    userns: Option<crate::ns::user::UserNs>,
     seccomp: crate::task::seccomp::Filters,
     /// Parent images whose memory tracking runs: unchanged pages stay there.
     tracked_parent: Option<PathBuf>,
@@ -456,7 +469,7 @@ impl<'a> Dumper<'a> {
     /// A thread's credentials as it sees them (CRIU reads them inside).
     fn creds(&self, st: &proc::Status, secbits: u32) -> stasis_proto::criu::CredsEntry {
         let mut c = creds::from_status(st, secbits);
-        if let Some(u) = &self.userns {
+        if let Some(u) = &self.files().userns {
             u.creds_to_ns(&mut c);
         }
         c
@@ -561,6 +574,10 @@ impl<'a> Dumper<'a> {
         // VMAs (before our scratch mapping exists).
         let mut vmas: Vec<Vma> = Vec::with_capacity(smaps.len());
         let mut vdso = None;
+        // Taken once for all file mappings, not once each: the fd table
+        // thread takes it for every fd, and a wait behind it can be a
+        // whole time slice when it is preempted holding it.
+        let mut files = self.files();
         for s in &smaps {
             let mut v = vma::classify(pid, s)?;
             if v.is_sysv() && !self.own_ipc {
@@ -585,17 +602,13 @@ impl<'a> Dumper<'a> {
                     v.end()
                 ));
                 let path = v.path.clone().unwrap_or_default();
-                let fid = self.files().path_file(
-                    pid,
-                    &path,
-                    v.deleted,
-                    v.entry.fdflags.unwrap_or(0),
-                    source,
-                )?;
+                let fid =
+                    files.path_file(pid, &path, v.deleted, v.entry.fdflags.unwrap_or(0), source)?;
                 v.entry.shmid = fid as u64;
             }
             vmas.push(v);
         }
+        drop(files);
         vma::merge_vvar(&mut vmas);
 
         // What only the process can tell: asked already by `ask_all`, or now.
@@ -735,20 +748,20 @@ impl<'a> Dumper<'a> {
         let dirflags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
         let cwd = link(pid, "cwd")?;
         let root = link(pid, "root")?;
-        let cwd_id = self.files().path_file(
-            pid,
-            &cwd.0,
-            cwd.1,
-            dirflags,
-            format!("/proc/{pid}/cwd").into(),
-        )?;
-        let root_id = self.files().path_file(
-            pid,
-            &root.0,
-            root.1,
-            dirflags,
-            format!("/proc/{pid}/root").into(),
-        )?;
+        let exe = link(pid, "exe")?;
+        // One lock for the three (see the file mappings above).
+        let (cwd_id, root_id, exe_file_id) = {
+            let mut files = self.files();
+            let mut file = |l: &(String, bool), what: &str, flags: u32| {
+                let source = format!("/proc/{pid}/{what}").into();
+                files.path_file(pid, &l.0, l.1, flags, source)
+            };
+            (
+                file(&cwd, "cwd", dirflags)?,
+                file(&root, "root", dirflags)?,
+                file(&exe, "exe", libc::O_RDONLY as u32)?,
+            )
+        };
         self.dir.write_one(
             &format!("fs-{vpid}.img"),
             common(magic::FS),
@@ -757,14 +770,6 @@ impl<'a> Dumper<'a> {
                 root_id,
                 umask: status.umask,
             },
-        )?;
-        let exe = link(pid, "exe")?;
-        let exe_file_id = self.files().path_file(
-            pid,
-            &exe.0,
-            exe.1,
-            libc::O_RDONLY as u32,
-            format!("/proc/{pid}/exe").into(),
         )?;
 
         // Memory.

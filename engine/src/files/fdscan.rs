@@ -35,6 +35,76 @@ fn scan_pid(pid: i32) -> Result<Vec<ScannedFd>> {
     Ok(v)
 }
 
+/// One process's fds as [`scan_pid`] read them.
+type Scanned = (i32, Result<Vec<ScannedFd>>);
+
+/// Fd tables scanned while the tree was being seized (see [`Scanner`]).
+#[derive(Default)]
+pub struct Early(HashMap<i32, Result<Vec<ScannedFd>>>);
+
+/// Scans the fd tables of processes as soon as they are stopped, on two
+/// threads of its own, while the tracer seizes the rest of the tree: the
+/// scan is /proc lookups (kernel time), seizing mostly waits for stops.
+pub struct Scanner {
+    tx: Option<std::sync::mpsc::Sender<i32>>,
+    workers: Vec<std::thread::JoinHandle<Vec<Scanned>>>,
+}
+
+impl Scanner {
+    pub fn start() -> Scanner {
+        let (tx, rx) = std::sync::mpsc::channel::<i32>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let workers = (0..2)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(pid) = next else { break };
+                        out.push((pid, scan_pid(pid)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        Scanner {
+            tx: Some(tx),
+            workers,
+        }
+    }
+
+    /// Scan `pid` (stopped, and staying so until the dump is over).
+    pub fn push(&self, pid: i32) {
+        if let Some(tx) = &self.tx {
+            // Fails only if both workers panicked: prepare_tree scans then.
+            let _ = tx.send(pid);
+        }
+    }
+
+    /// Wait for every scan pushed.
+    pub fn finish(mut self) -> Early {
+        self.tx = None;
+        let mut out = HashMap::new();
+        for w in self.workers.drain(..) {
+            // A panicked worker's pids are scanned again by prepare_tree.
+            if let Ok(v) = w.join() {
+                out.extend(v);
+            }
+        }
+        Early(out)
+    }
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
 /// Whether an fd with link text `link` may be a pty master: opened as
 /// `/dev/ptmx` or `/dev/pts/ptmx`, seen from here (a container's shows its
 /// rootfs path, or the path in its own mounts). Any other link (files in
@@ -61,9 +131,24 @@ pub(crate) struct FdScan {
 impl FdScan {
     /// Every fd of `pids`, sorted by number.
     pub(crate) fn scan(pids: &[i32]) -> Result<FdScan> {
-        let by_pid = proc::map_halves(pids, SPLIT_MIN, |pid| Ok((pid, scan_pid(pid)?)))
-            .into_iter()
-            .collect::<Result<_>>()?;
+        Self::scan_with(pids, Early::default())
+    }
+
+    /// [`scan`](Self::scan), taking what `early` has scanned already.
+    pub(crate) fn scan_with(pids: &[i32], mut early: Early) -> Result<FdScan> {
+        let mut by_pid = HashMap::with_capacity(pids.len());
+        let mut rest = Vec::new();
+        for &pid in pids {
+            match early.0.remove(&pid) {
+                Some(r) => {
+                    by_pid.insert(pid, r?);
+                }
+                None => rest.push(pid),
+            }
+        }
+        for (pid, r) in proc::map_halves(&rest, SPLIT_MIN, |pid| (pid, scan_pid(pid))) {
+            by_pid.insert(pid, r?);
+        }
         Ok(FdScan { by_pid })
     }
 
@@ -91,7 +176,24 @@ impl FdScan {
 
 #[cfg(test)]
 mod tests {
-    use super::maybe_ptmx;
+    use super::*;
+
+    #[test]
+    fn early_scan_is_used() {
+        let me = std::process::id() as i32;
+        let s = Scanner::start();
+        s.push(me);
+        let early = s.finish();
+        assert!(early.0[&me].as_ref().is_ok_and(|v| !v.is_empty()));
+        let scan = FdScan::scan_with(&[me], early).unwrap();
+        assert!(scan
+            .fds(me)
+            .iter()
+            .any(|f| f.fd == 0 || f.fd == 1 || f.fd == 2));
+        // Nothing pushed: scanned there and then.
+        let scan = FdScan::scan_with(&[me], Scanner::start().finish()).unwrap();
+        assert!(!scan.fds(me).is_empty());
+    }
 
     #[test]
     fn ptmx_links() {

@@ -9,7 +9,7 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
-mod fdscan;
+pub mod fdscan;
 pub mod fown;
 pub mod inet;
 pub mod inotify;
@@ -219,8 +219,8 @@ impl<'a> FileTable<'a> {
     /// its live processes, root first): unix sockets and their peers; inet
     /// sockets (established connections are locked and put in repair mode
     /// here).
-    pub fn prepare_tree(&mut self, pids: &[i32]) -> Result<()> {
-        self.fdscan = fdscan::FdScan::scan(pids)?;
+    pub fn prepare_tree(&mut self, pids: &[i32], early: fdscan::Early) -> Result<()> {
+        self.fdscan = fdscan::FdScan::scan_with(pids, early)?;
         unix::prepare(self, pids)?;
         inet::prepare(self, pids)?;
         tty::prepare(self, pids)

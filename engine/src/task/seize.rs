@@ -98,6 +98,9 @@ pub struct SeizeOpts<'a> {
     /// frozen cgroup is thawed there, so that a vfork child can run to its
     /// exec and let its parent stop.
     pub on_slow: Option<&'a mut dyn FnMut() -> Result<()>>,
+    /// Called with each live process once all its threads are stopped
+    /// (its fds, say, can be read from then on, while seizing goes on).
+    pub on_stopped: Option<&'a mut dyn FnMut(i32)>,
 }
 
 impl Default for SeizeOpts<'_> {
@@ -105,6 +108,7 @@ impl Default for SeizeOpts<'_> {
         SeizeOpts {
             timeout: DEFAULT_TIMEOUT,
             on_slow: None,
+            on_stopped: None,
         }
     }
 }
@@ -152,6 +156,11 @@ impl SeizedTree {
                     continue;
                 };
                 generation.extend(task.children.iter().copied());
+                if !matches!(task.state, TaskState::Zombie { .. }) {
+                    if let Some(f) = opts.on_stopped.as_mut() {
+                        f(task.pid);
+                    }
+                }
                 tree.tasks.push(task);
             }
         }
