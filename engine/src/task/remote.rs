@@ -105,7 +105,7 @@ impl Remote {
         let (Some(code), false) = (self.batch_code, self.sigtrap_ignored) else {
             return calls.iter().map(|&(nr, a)| self.raw(tid, nr, a)).collect();
         };
-        let table = code - (code % 4096) + BATCH_TABLE;
+        let table = batch_table_at(code);
         let mut out = Vec::with_capacity(calls.len());
         for chunk in calls.chunks(BATCH_MAX) {
             let mut t = batch_table(chunk);
@@ -173,7 +173,7 @@ impl Remote {
                 std::io::Error::other(format!("{} calls, at most {BATCH_MAX}", calls.len())),
             ));
         }
-        let table = code - (code % 4096) + BATCH_TABLE;
+        let table = batch_table_at(code);
         self.write(table, &batch_table(calls))?;
         self.injector(tid)?
             .begin_batch(code, table, calls.len())
@@ -185,7 +185,8 @@ impl Remote {
         self.injector(tid)?
             .end_batch()
             .task_ctx(tid, "run syscall batch")?;
-        let table = self.scratch() + BATCH_TABLE;
+        let code = self.batch_code.expect("batch started");
+        let table = batch_table_at(code);
         let mut t = vec![0u8; n * BATCH_ENTRY];
         self.read(table, &mut t)?;
         Ok(batch_results(&t))
@@ -197,14 +198,7 @@ impl Remote {
     /// keeps a single step's trap flag.
     pub fn keep_scratch(mut self) -> Result<Option<Kept>> {
         if self.clear_step_flags {
-            for (&tid, inj) in self.threads.iter_mut() {
-                if inj.stepped() {
-                    inj.set_mode(StepMode::SyscallStops)
-                        .task_ctx(tid, "switch to syscall stops")?;
-                    inj.syscall(libc::SYS_getpid, [0; 6])
-                        .task_ctx(tid, "clear the trap flag")?;
-                }
-            }
+            self.clear_steps()?;
         }
         for (tid, inj) in self.threads.drain() {
             inj.restore().task_ctx(tid, "restore registers")?;
@@ -321,6 +315,12 @@ fn scratch_mmap_args() -> [u64; 6] {
     ]
 }
 
+/// Where the batch table is for the batch loop at `code`: in the second half
+/// of the scratch area whose first page holds the loop.
+fn batch_table_at(code: u64) -> u64 {
+    code - (code % 4096) + BATCH_TABLE
+}
+
 /// The batch table of `calls` (see `BATCH_CODE`).
 fn batch_table(calls: &[Call]) -> Vec<u8> {
     let mut t = Vec::with_capacity(calls.len() * BATCH_ENTRY);
@@ -405,11 +405,20 @@ impl Remote {
         // The main thread's last call, not a step.
         self.unmap_scratch()?;
         if clear {
-            for (&tid, inj) in self.threads.iter_mut() {
-                if inj.stepped() {
-                    inj.syscall(libc::SYS_getpid, [0; 6])
-                        .task_ctx(tid, "clear the trap flag")?;
-                }
+            self.clear_steps()?;
+        }
+        Ok(())
+    }
+
+    /// One call with syscall stops in every thread whose last call was a
+    /// single step: none keeps the step's trap flag.
+    fn clear_steps(&mut self) -> Result<()> {
+        for (&tid, inj) in self.threads.iter_mut() {
+            if inj.stepped() {
+                inj.set_mode(StepMode::SyscallStops)
+                    .task_ctx(tid, "switch to syscall stops")?;
+                inj.syscall(libc::SYS_getpid, [0; 6])
+                    .task_ctx(tid, "clear the trap flag")?;
             }
         }
         Ok(())
