@@ -50,7 +50,7 @@ only=${1:-all}
 want() { [[ $only == all || $only == "$1" ]]; }
 
 note "building (release)"
-cargo build --release --quiet -p stasis-shim -p stasis-shim-v2 -p stasis-integration
+bash hack/build.sh --quiet -p stasis-shim -p stasis-shim-v2 -p stasis-integration
 T=$PWD/target/release
 STASIS=${STASIS_BIN:-$T/stasis}
 [[ -x $STASIS ]] || die "no $STASIS (build it, or set STASIS_BIN)"

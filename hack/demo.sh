@@ -12,7 +12,7 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 step "set-up and release build"
 bash hack/setup.sh
-cargo build --release --quiet -p stasis-shim -p stasis-integration
+bash hack/build.sh --quiet -p stasis-shim -p stasis-integration
 STASIS=${STASIS_BIN:-$PWD/target/release/stasis}
 COUNTER=$PWD/target/release/wl-counter
 [[ -x $STASIS ]] || die "no $STASIS after the build"

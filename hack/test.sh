@@ -19,8 +19,8 @@ step() { printf '\n==== %s ====\n' "$*"; }
 step "set-up (hack/setup.sh)"
 bash hack/setup.sh
 
-step "build: cargo build --release --workspace --all-targets"
-cargo build --release --workspace --all-targets
+step "build: hack/build.sh --workspace --all-targets (stasis linked statically)"
+bash hack/build.sh --workspace --all-targets
 
 step "format: cargo fmt --all -- --check"
 cargo fmt --all -- --check
