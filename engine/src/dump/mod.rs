@@ -407,10 +407,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     Ok(st)
 }
 
+/// The uptime /proc/uptime shows (CLOCK_BOOTTIME), in microseconds.
 fn uptime_us() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
-    Some((secs * 1e6) as u64)
+    let (s, ns) = crate::sys::clock::gettime(libc::CLOCK_BOOTTIME).ok()?;
+    Some(s as u64 * 1_000_000 + ns as u64 / 1000)
 }
 
 struct Dumper<'a> {

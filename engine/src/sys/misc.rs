@@ -199,6 +199,12 @@ pub fn getpriority(which: i32, who: i32) -> io::Result<i32> {
     Ok(20 - r as i32)
 }
 
+/// An entry of our own auxiliary vector (0 when absent).
+pub fn own_auxval(kind: u64) -> u64 {
+    // SAFETY: getauxval only reads the process's auxv; any type is allowed.
+    unsafe { libc::getauxval(kind) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

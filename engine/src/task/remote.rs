@@ -288,17 +288,39 @@ pub fn vdso_syscall_ip(pid: i32) -> Option<u64> {
     static OFFSET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     let off = (*OFFSET.get_or_init(|| {
         let me = std::process::id() as i32;
-        let maps = crate::proc::read_maps(me).ok()?;
-        let v = maps.iter().find(|m| m.path.as_deref() == Some("[vdso]"))?;
-        find_syscall_insn(me, v.start, v.end)
-            .ok()
-            .map(|ip| ip - v.start)
+        let base = crate::sys::misc::own_auxval(libc::AT_SYSINFO_EHDR);
+        let mut head = [0u8; 4096];
+        vm::read_remote_into(me, base, &mut head).ok()?;
+        let end = base + elf_image_len(&head)?;
+        find_syscall_insn(me, base, end).ok().map(|ip| ip - base)
     }))?;
     let auxv = crate::proc::read_auxv(pid).ok()?;
     let ip = crate::proc::auxv_get(&auxv, libc::AT_SYSINFO_EHDR)? + off;
     let mut b = [0u8; 2];
     vm::read_remote_into(pid, ip, &mut b).ok()?;
     (b == SYSCALL_INSN).then_some(ip)
+}
+
+/// The loaded size of the ELF image whose first page is `head` (the end of
+/// its last PT_LOAD segment, for an image linked at 0 like the vDSO); None
+/// if `head` is not an ELF64 header with its program headers in that page.
+fn elf_image_len(head: &[u8]) -> Option<u64> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(head.get(o..o + 2)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(head.get(o..o + 8)?.try_into().ok()?));
+    if head.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+    let mut end = 0;
+    for i in 0..phnum as usize {
+        let ph = phoff.checked_add(i.checked_mul(phentsize as usize)?)?;
+        let kind = u32::from_le_bytes(head.get(ph..ph + 4)?.try_into().ok()?);
+        if kind == 1 {
+            // PT_LOAD: p_vaddr + p_memsz
+            end = end.max(u64_at(ph + 0x10)?.checked_add(u64_at(ph + 0x28)?)?);
+        }
+    }
+    (end > 0 && end <= 1 << 20).then_some(end)
 }
 
 /// `syscall` on x86_64.
@@ -498,5 +520,32 @@ impl Drop for Remote {
         let _ = self.settle();
         // Dropping an injector restores its thread (best effort).
         self.threads.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_vdso_size_from_its_elf_header() {
+        let me = std::process::id() as i32;
+        let maps = crate::proc::read_maps(me).unwrap();
+        let v = maps
+            .iter()
+            .find(|m| m.path.as_deref() == Some("[vdso]"))
+            .unwrap();
+        let base = crate::sys::misc::own_auxval(libc::AT_SYSINFO_EHDR);
+        assert_eq!(base, v.start);
+        let mut head = [0u8; 4096];
+        vm::read_remote_into(me, base, &mut head).unwrap();
+        let len = elf_image_len(&head).unwrap();
+        // The mapping is whole pages: the image ends in its last one.
+        assert!(len <= v.end - v.start && len > v.end - v.start - 4096);
+        assert_eq!(
+            vdso_syscall_ip(me).map(|ip| ip >= v.start && ip < v.end),
+            Some(true)
+        );
+        assert_eq!(elf_image_len(&[0u8; 64]), None);
     }
 }
