@@ -100,6 +100,8 @@ impl TaskCalls {
 /// What [`Dumper::ask_all`] got from a task ahead of its dump.
 pub(super) struct Asked {
     pub(super) status: proc::Status,
+    /// Its auxv (read for the vDSO's address; saved in its mm image).
+    pub(super) auxv: Vec<(u64, u64)>,
     /// Its scratch area, with the batch's results in it.
     pub(super) kept: Kept,
     /// The batch's results and where the main thread's extra calls start;
@@ -122,7 +124,8 @@ impl<'a> Dumper<'a> {
             if signals::ignores_trap(status.sig_ign) {
                 continue;
             }
-            let Some(ip) = crate::task::remote::vdso_syscall_ip(pid) else {
+            let auxv = proc::read_auxv(pid)?;
+            let Some(ip) = crate::task::remote::vdso_syscall_ip_in(pid, &auxv) else {
                 continue;
             };
             if status.seccomp != 0 {
@@ -130,10 +133,10 @@ impl<'a> Dumper<'a> {
             }
             let mut r = Remote::at(pid, ip, status.sig_ign);
             r.begin_map_scratch()?;
-            started.push((status, r));
+            started.push(((status, auxv), r));
         }
         let mut batched = Vec::with_capacity(started.len());
-        for (status, mut r) in started {
+        for ((status, auxv), mut r) in started {
             let pid = r.pid;
             let scratch = r.end_map_scratch()?;
             let want = self.files().fd_flags_wanted(pid).map(<[i32]>::to_vec);
@@ -141,14 +144,20 @@ impl<'a> Dumper<'a> {
             if tc.calls.len() > crate::task::remote::BATCH_MAX {
                 if let Some(kept) = r.keep_scratch()? {
                     let res = None;
-                    self.asked.insert(pid, Asked { status, kept, res });
+                    let asked = Asked {
+                        status,
+                        auxv,
+                        kept,
+                        res,
+                    };
+                    self.asked.insert(pid, asked);
                 }
                 continue;
             }
             r.begin_batch(pid, &tc.calls)?;
-            batched.push((status, r, tc, want));
+            batched.push(((status, auxv), r, tc, want));
         }
-        for (status, mut r, tc, want) in batched {
+        for ((status, auxv), mut r, tc, want) in batched {
             let pid = r.pid;
             let raw = r.end_batch(pid, tc.calls.len())?;
             let res = crate::task::remote::check_all(pid, &raw, &tc.names)?;
@@ -157,7 +166,13 @@ impl<'a> Dumper<'a> {
             }
             if let Some(kept) = r.keep_scratch()? {
                 let res = Some((res, tc.main_extra));
-                self.asked.insert(pid, Asked { status, kept, res });
+                let asked = Asked {
+                    status,
+                    auxv,
+                    kept,
+                    res,
+                };
+                self.asked.insert(pid, asked);
             }
         }
         Ok(())

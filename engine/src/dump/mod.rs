@@ -546,10 +546,9 @@ impl<'a> Dumper<'a> {
         }
         self.check_sharing(tree, task)?;
         let ids = self.ids(pid, id)?;
-        let asked = self.asked.remove(&pid);
-        let status = match &asked {
-            Some(a) => a.status.clone(),
-            None => proc::read_status(pid)?,
+        let (status, auxv, asked) = match self.asked.remove(&pid) {
+            Some(a) => (a.status, Some(a.auxv), Some((a.kept, a.res))),
+            None => (proc::read_status(pid)?, None, None),
         };
         // Our remote calls must not meet the task's seccomp filters.
         for &tid in &task.threads {
@@ -608,7 +607,7 @@ impl<'a> Dumper<'a> {
         // What only the process can tell: asked already by `ask_all`, or now.
         // SigIgn is per process and the task is stopped: `status` still holds.
         let (mut remote, pre) = match asked {
-            Some(a) => (Remote::from_kept(a.kept, status.sig_ign), a.res),
+            Some((kept, res)) => (Remote::from_kept(kept, status.sig_ign), res),
             None => {
                 let mut r = Remote::with_sig_ign(pid, vdso, status.sig_ign)?;
                 r.map_scratch()?;
@@ -767,7 +766,10 @@ impl<'a> Dumper<'a> {
         )?;
 
         // Memory.
-        let auxv = proc::read_auxv(pid)?;
+        let auxv = match auxv {
+            Some(a) => a,
+            None => proc::read_auxv(pid)?,
+        };
         let mm = MmEntry {
             mm_start_code: stat.start_code,
             mm_end_code: stat.end_code,

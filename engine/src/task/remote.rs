@@ -285,6 +285,11 @@ pub fn unmap_kept(kept: Vec<Kept>) -> Result<()> {
 /// (AT_SYSINFO_EHDR). None if its vDSO was moved or unmapped (the two bytes
 /// read there are not that instruction): then find it in its maps.
 pub fn vdso_syscall_ip(pid: i32) -> Option<u64> {
+    vdso_syscall_ip_in(pid, &crate::proc::read_auxv(pid).ok()?)
+}
+
+/// [`vdso_syscall_ip`] with the process's auxv already read.
+pub fn vdso_syscall_ip_in(pid: i32, auxv: &[(u64, u64)]) -> Option<u64> {
     static OFFSET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     let off = (*OFFSET.get_or_init(|| {
         let me = std::process::id() as i32;
@@ -294,8 +299,7 @@ pub fn vdso_syscall_ip(pid: i32) -> Option<u64> {
         let end = base + elf_image_len(&head)?;
         find_syscall_insn(me, base, end).ok().map(|ip| ip - base)
     }))?;
-    let auxv = crate::proc::read_auxv(pid).ok()?;
-    let ip = crate::proc::auxv_get(&auxv, libc::AT_SYSINFO_EHDR)? + off;
+    let ip = crate::proc::auxv_get(auxv, libc::AT_SYSINFO_EHDR)? + off;
     let mut b = [0u8; 2];
     vm::read_remote_into(pid, ip, &mut b).ok()?;
     (b == SYSCALL_INSN).then_some(ip)
