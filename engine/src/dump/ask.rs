@@ -142,16 +142,7 @@ impl<'a> Dumper<'a> {
             let want = self.files().fd_flags_wanted(pid).map(<[i32]>::to_vec);
             let tc = TaskCalls::new(scratch, want.as_deref());
             if tc.calls.len() > crate::task::remote::BATCH_MAX {
-                if let Some(kept) = r.keep_scratch()? {
-                    let res = None;
-                    let asked = Asked {
-                        status,
-                        auxv,
-                        kept,
-                        res,
-                    };
-                    self.asked.insert(pid, asked);
-                }
+                self.keep_asked(r, (status, auxv), None)?;
                 continue;
             }
             r.begin_batch(pid, &tc.calls)?;
@@ -164,16 +155,27 @@ impl<'a> Dumper<'a> {
             if want.is_some() {
                 tc.deliver_fd_flags(self.files, pid, want.as_deref(), &res)?;
             }
-            if let Some(kept) = r.keep_scratch()? {
-                let res = Some((res, tc.main_extra));
-                let asked = Asked {
-                    status,
-                    auxv,
-                    kept,
-                    res,
-                };
-                self.asked.insert(pid, asked);
-            }
+            self.keep_asked(r, (status, auxv), Some((res, tc.main_extra)))?;
+        }
+        Ok(())
+    }
+
+    /// Keep `r`'s scratch area and what the prologue learnt, for dump_task.
+    fn keep_asked(
+        &mut self,
+        r: Remote,
+        (status, auxv): (proc::Status, Vec<(u64, u64)>),
+        res: Option<(Vec<u64>, usize)>,
+    ) -> Result<()> {
+        let pid = r.pid;
+        if let Some(kept) = r.keep_scratch()? {
+            let asked = Asked {
+                status,
+                auxv,
+                kept,
+                res,
+            };
+            self.asked.insert(pid, asked);
         }
         Ok(())
     }
