@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use tracing::warn;
 
-use super::plan::Plan;
+use super::plan::{Plan, TaskPlan};
 use super::{Local, Prep, Tree, RESTORE_PTRACE_OPTS};
 use crate::error::{Error, PathCtx, Result, TaskCtx};
 use crate::files;
@@ -15,6 +15,10 @@ use crate::mem::restore::{self as memr, MemCtx, SCRATCH_DATA};
 use crate::sys::{ptrace, stub as sstub};
 use crate::task::remote::{Call, Remote, SCRATCH_LEN};
 use crate::task::{creds, regs};
+
+/// Where the leader's thread data sits in the scratch data area while the
+/// final batch runs: past the auxv and PR_SET_MM_MAP struct at its start.
+const LEADER_DATA: u64 = 2048;
 
 /// A thread stopped inside an rseq critical section must restart at the
 /// section's abort handler, as the kernel would have made it do on its
@@ -115,9 +119,15 @@ pub(super) fn puppet(
     };
     let pm = t.pagemap.as_ref().unwrap();
     let pages = memr::restore_vmas(&mut r, mm, pm, &cx, &first)?;
-    // The mm fields ride with the final protections.
+    // The mm fields ride with the final protections, and so does the
+    // leader's own kernel state: one round trip fewer. (Threads cloned after
+    // this inherit none of it but the name, which they set themselves.)
     let set_mm = memr::set_mm_call(&r, mm, file_fds[&mm.exe_file_id], tp.scratch)?;
-    memr::finish_vmas(&mut r, mm, pm, &[(set_mm, "prctl(PR_SET_MM_MAP)")])?;
+    let leader_data = tp.scratch + SCRATCH_DATA + LEADER_DATA;
+    let (mut then, bytes) = thread_calls(t, 0, leader_data);
+    r.write(leader_data, &bytes)?;
+    then.insert(0, (set_mm, "prctl(PR_SET_MM_MAP)"));
+    memr::finish_vmas(&mut r, mm, pm, &then)?;
 
     // Threads, each with its own TID, by clone3 run in the leader.
     let data = tp.scratch + SCRATCH_DATA;
@@ -174,69 +184,15 @@ pub(super) fn puppet(
         }
     }
 
-    // Per-thread kernel state.
+    // Per-thread kernel state (the leader's rode with the final batch).
     for (k, &tid) in threads.iter().enumerate() {
-        let c = &t.cores[k];
-        let ti = c.thread_info.as_ref().unwrap();
-        let tc = c.thread_core.as_ref().unwrap();
-        // One batch per thread: tid address, robust list, rseq,
-        // sigaltstack, name (the data for the last two sits at `data`).
-        let mut calls: Vec<Call> = Vec::with_capacity(5);
-        let mut what: Vec<&str> = Vec::with_capacity(5);
-        if ti.clear_tid_addr != 0 {
-            calls.push((
-                libc::SYS_set_tid_address,
-                [ti.clear_tid_addr, 0, 0, 0, 0, 0],
-            ));
-            what.push("set_tid_address");
+        let tc = t.cores[k].thread_core.as_ref().unwrap();
+        if k > 0 {
+            let (calls, bytes) = thread_calls(t, k, data);
+            r.write(data, &bytes)?;
+            let (calls, what): (Vec<Call>, Vec<&str>) = calls.into_iter().unzip();
+            r.batch_checked(tid, &calls, &what)?;
         }
-        if tc.futex_rla != 0 {
-            calls.push((
-                libc::SYS_set_robust_list,
-                [tc.futex_rla, tc.futex_rla_len as u64, 0, 0, 0, 0],
-            ));
-            what.push("set_robust_list");
-        }
-        if let Some(rs) = &tc.rseq_entry {
-            calls.push((
-                libc::SYS_rseq,
-                [
-                    rs.rseq_abi_pointer,
-                    rs.rseq_abi_size as u64,
-                    0,
-                    rs.signature as u64,
-                    0,
-                    0,
-                ],
-            ));
-            what.push("rseq");
-        }
-        let mut b = Vec::with_capacity(48);
-        if let Some(sas) = tc.sas.filter(|s| s.ss_flags & libc::SS_DISABLE as u32 == 0) {
-            b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
-            b.extend_from_slice(&(sas.ss_flags & !(libc::SS_ONSTACK as u32)).to_ne_bytes());
-            b.extend_from_slice(&0u32.to_ne_bytes());
-            b.extend_from_slice(&sas.ss_size.to_ne_bytes());
-            calls.push((libc::SYS_sigaltstack, [data, 0, 0, 0, 0, 0]));
-            what.push("sigaltstack");
-        }
-        b.resize(24, 0);
-        let comm = tc
-            .comm
-            .clone()
-            .or_else(|| c.tc.as_ref().map(|x| x.comm.clone()))
-            .unwrap_or_default();
-        let mut cb = comm.into_bytes();
-        cb.truncate(15);
-        cb.push(0);
-        b.extend_from_slice(&cb);
-        r.write(data, &b)?;
-        calls.push((
-            libc::SYS_prctl,
-            [libc::PR_SET_NAME as u64, data + 24, 0, 0, 0, 0],
-        ));
-        what.push("prctl(PR_SET_NAME)");
-        r.batch_checked(tid, &calls, &what)?;
         if let Some(n) = tc.sched_nice {
             if let Err(e) = sstub::set_nice(tid, n) {
                 warn!(tid, "cannot restore nice {n}: {e}");
@@ -262,6 +218,74 @@ pub(super) fn puppet(
         }
     }
     Ok((r, pages, threads))
+}
+
+/// The batch that gives thread `k` of `t` its kernel state: tid address,
+/// robust list, rseq, sigaltstack and name, with the bytes to write at
+/// `data` first (the last two calls read them there).
+fn thread_calls(t: &TaskPlan, k: usize, data: u64) -> (Vec<(Call, &'static str)>, Vec<u8>) {
+    let c = &t.cores[k];
+    let ti = c.thread_info.as_ref().unwrap();
+    let tc = c.thread_core.as_ref().unwrap();
+    let mut calls: Vec<(Call, &'static str)> = Vec::with_capacity(5);
+    if ti.clear_tid_addr != 0 {
+        calls.push((
+            (
+                libc::SYS_set_tid_address,
+                [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+            ),
+            "set_tid_address",
+        ));
+    }
+    if tc.futex_rla != 0 {
+        calls.push((
+            (
+                libc::SYS_set_robust_list,
+                [tc.futex_rla, tc.futex_rla_len as u64, 0, 0, 0, 0],
+            ),
+            "set_robust_list",
+        ));
+    }
+    if let Some(rs) = &tc.rseq_entry {
+        let args = [
+            rs.rseq_abi_pointer,
+            rs.rseq_abi_size as u64,
+            0,
+            rs.signature as u64,
+            0,
+            0,
+        ];
+        calls.push(((libc::SYS_rseq, args), "rseq"));
+    }
+    let mut b = Vec::with_capacity(48);
+    if let Some(sas) = tc.sas.filter(|s| s.ss_flags & libc::SS_DISABLE as u32 == 0) {
+        b.extend_from_slice(&sas.ss_sp.to_ne_bytes());
+        b.extend_from_slice(&(sas.ss_flags & !(libc::SS_ONSTACK as u32)).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&sas.ss_size.to_ne_bytes());
+        calls.push((
+            (libc::SYS_sigaltstack, [data, 0, 0, 0, 0, 0]),
+            "sigaltstack",
+        ));
+    }
+    b.resize(24, 0);
+    let comm = tc
+        .comm
+        .clone()
+        .or_else(|| c.tc.as_ref().map(|x| x.comm.clone()))
+        .unwrap_or_default();
+    let mut cb = comm.into_bytes();
+    cb.truncate(15);
+    cb.push(0);
+    b.extend_from_slice(&cb);
+    calls.push((
+        (
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, data + 24, 0, 0, 0, 0],
+        ),
+        "prctl(PR_SET_NAME)",
+    ));
+    (calls, b)
 }
 
 /// Queue a signal from inside task `pid`; `local`/`tid` are the ids the
