@@ -36,7 +36,7 @@ use crate::proc;
 use crate::stats::{self, RestoreStats};
 use crate::sys::{clone3, misc, ptrace, stub as sstub};
 use crate::task::creds;
-use crate::task::remote::{Remote, SCRATCH_LEN};
+use crate::task::remote::{Call, Remote, SCRATCH_LEN};
 use plan::{Plan, TASK_SIZE};
 
 #[derive(Debug, Clone, Default)]
@@ -307,43 +307,37 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
     crate::ns::ipc::remove_destroyed(&plan.ns, root_pid)?;
     // Seals that forbid new writable mappings, now that all are mapped.
     files::memfd::late_seals(&dir, &prep.memfd_fds)?;
-    // Process groups: leaders first, then members.
-    for pass in 0..2 {
-        for (i, t) in plan.tasks.iter().enumerate() {
-            let Some(r) = remotes[i].as_mut() else {
-                continue;
-            };
-            let leader = t.pgid == t.pid;
-            if (pass == 0) != leader || t.sid == t.pid {
-                continue;
-            }
-            if !leader && !plan.tasks.iter().any(|x| x.pid == t.pgid) {
-                info!(
-                    pid = t.pid,
-                    pgid = t.pgid,
-                    "process group leader outside the tree: keeping the restorer's"
-                );
-                continue;
-            }
-            r.call(
-                t.pid,
-                "setpgid",
-                libc::SYS_setpgid,
-                [0, crate::ns::pid::local_pgid(t) as u64, 0, 0, 0, 0],
-            )?;
+    // Credentials last, then the final registers. Each task joins its
+    // process group in its final batch: group leaders before members.
+    let pgid_call = |t: &plan::TaskPlan| -> Option<Call> {
+        let leader = t.pgid == t.pid;
+        if t.sid == t.pid {
+            return None;
         }
-    }
-    // Credentials last, then the final registers.
-    for (i, t) in plan.tasks.iter().enumerate() {
+        if !leader && !plan.tasks.iter().any(|x| x.pid == t.pgid) {
+            info!(
+                pid = t.pid,
+                pgid = t.pgid,
+                "process group leader outside the tree: keeping the restorer's"
+            );
+            return None;
+        }
+        let pgid = crate::ns::pid::local_pgid(t) as u64;
+        Some((libc::SYS_setpgid, [0, pgid, 0, 0, 0, 0]))
+    };
+    let mut order: Vec<usize> = (0..plan.tasks.len()).collect();
+    order.sort_by_key(|&i| plan.tasks[i].pgid != plan.tasks[i].pid);
+    for i in order {
         let Some(mut r) = remotes[i].take() else {
             continue;
         };
+        let t = &plan.tasks[i];
         // In a user namespace of their own, tasks start with other
         // credentials than ours (see ns::user).
         let own = crate::ns::user::current_creds(t.pid, &plan.ns)?;
-        puppet::finish_task(&plan, &prep, i, &mut r, own.as_ref().unwrap_or(&cur_creds))?;
+        let creds = own.as_ref().unwrap_or(&cur_creds);
+        puppet::finish_task(&plan, &prep, i, &mut r, creds, pgid_call(t))?;
         r.finish()?;
-        let _ = t;
     }
     // Last chance to give up cleanly: after this the tree runs.
     crate::error::check_interrupt()?;

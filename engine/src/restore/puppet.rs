@@ -331,6 +331,7 @@ pub(super) fn finish_task(
     i: usize,
     r: &mut Remote,
     cur: &stasis_proto::criu::CredsEntry,
+    setpgid: Option<Call>,
 ) -> Result<()> {
     let t = &plan.tasks[i];
     let pid = t.pid;
@@ -357,9 +358,13 @@ pub(super) fn finish_task(
             creds::restore(r, tid, c, cur, data)?;
         }
     }
-    // One round trip for both.
-    let mut calls: Vec<Call> = Vec::with_capacity(2);
-    let mut what: Vec<&str> = Vec::with_capacity(2);
+    // One round trip for the process group, dumpable and the staged fds.
+    let mut calls: Vec<Call> = Vec::with_capacity(3);
+    let mut what: Vec<&str> = Vec::with_capacity(3);
+    if let Some(c) = setpgid {
+        calls.push(c);
+        what.push("setpgid");
+    }
     if let Some(d) = t.mm.as_ref().and_then(|m| m.dumpable) {
         calls.push((
             libc::SYS_prctl,
