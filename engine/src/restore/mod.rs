@@ -327,6 +327,7 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
     };
     let mut order: Vec<usize> = (0..plan.tasks.len()).collect();
     order.sort_by_key(|&i| plan.tasks[i].pgid != plan.tasks[i].pid);
+    let mut ending = Vec::with_capacity(order.len());
     for i in order {
         let Some(mut r) = remotes[i].take() else {
             continue;
@@ -337,6 +338,10 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
         let own = crate::ns::user::current_creds(t.pid, &plan.ns)?;
         let creds = own.as_ref().unwrap_or(&cur_creds);
         puppet::finish_task(&plan, &prep, i, &mut r, creds, pgid_call(t))?;
+        ending.push((i, r));
+    }
+    for (i, mut r) in ending {
+        puppet::end_task(&plan, i, &mut r)?;
         r.finish()?;
     }
     // Last chance to give up cleanly: after this the tree runs.

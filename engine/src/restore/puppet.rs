@@ -20,6 +20,8 @@ use crate::task::{creds, regs};
 /// final batch runs: past the auxv and PR_SET_MM_MAP struct at its start.
 const LEADER_DATA: u64 = 2048;
 
+const UNMAP: &str = "munmap scratch";
+
 /// A thread stopped inside an rseq critical section must restart at the
 /// section's abort handler, as the kernel would have made it do on its
 /// next return to user space (it may resume on another CPU, or machine).
@@ -323,8 +325,8 @@ fn queue_signal(
     Ok(())
 }
 
-/// Credentials, dumpable, staged fds, scratch; then the final registers of
-/// every thread (loaded when the injectors are put back).
+/// Credentials, process group, dumpable, staged fds, timers; the scratch's
+/// unmapping is started (see [`end_task`]).
 pub(super) fn finish_task(
     plan: &Plan,
     prep: &Prep,
@@ -397,12 +399,18 @@ pub(super) fn finish_task(
             [libc::SIGTRAP as u64, data, 0, 8, 0, 0],
         )?;
     }
-    r.call(
-        pid,
-        "munmap scratch",
-        libc::SYS_munmap,
-        [tp.scratch, SCRATCH_LEN, 0, 0, 0, 0],
-    )?;
+    // The scratch goes last: started here, waited for in end_task, so all
+    // tasks unmap theirs at the same time.
+    let args = [tp.scratch, SCRATCH_LEN, 0, 0, 0, 0];
+    r.begin_call(pid, UNMAP, libc::SYS_munmap, args)
+}
+
+/// After [`finish_task`]: the scratch unmapped, the final registers of every
+/// thread (loaded when the injectors are put back).
+pub(super) fn end_task(plan: &Plan, i: usize, r: &mut Remote) -> Result<()> {
+    let t = &plan.tasks[i];
+    let pid = t.pid;
+    r.end_call(pid, UNMAP)?;
     let xsize = ptrace::get_xstate(pid)
         .task_ctx(pid, "get xsave state")?
         .len();

@@ -462,6 +462,23 @@ impl Remote {
         check(tid, what, r)
     }
 
+    /// [`call`](Self::call) in two halves, so that other tasks' calls can
+    /// run meanwhile: this one starts it in `tid`...
+    pub fn begin_call(&mut self, tid: i32, what: &str, nr: i64, args: [u64; 6]) -> Result<()> {
+        self.injector(tid)?
+            .begin_syscall(nr, args)
+            .task_ctx(tid, &format!("remote {what}"))
+    }
+
+    /// ... and this one waits for it and checks its result.
+    pub fn end_call(&mut self, tid: i32, what: &str) -> Result<u64> {
+        let r = self
+            .injector(tid)?
+            .end_syscall()
+            .task_ctx(tid, &format!("remote {what}"))?;
+        check(tid, what, r)
+    }
+
     /// Map a private scratch area in the target (for syscall arguments).
     pub fn map_scratch(&mut self) -> Result<u64> {
         if let Some(a) = self.scratch {
