@@ -125,7 +125,7 @@ impl<'a> Dumper<'a> {
                 continue;
             }
             let auxv = proc::read_auxv(pid)?;
-            let Some(ip) = crate::task::remote::vdso_syscall_ip_in(pid, &auxv) else {
+            let Some(ip) = crate::task::remote::vdso_syscall_ip(pid, &auxv) else {
                 continue;
             };
             if status.seccomp != 0 {

@@ -87,8 +87,8 @@ pub struct DumpOptions {
     pub parent: Option<PathBuf>,
 }
 
-/// Remote-call scratch layout (offsets into the scratch area).
-/// Remote-call scratch layout: code at 0, then outputs of the calls.
+/// Remote-call scratch layout (offsets into the scratch area): code at 0,
+/// then the outputs of the calls.
 const SC_SIGACT: u64 = 4096;
 const SC_MISC: u64 = 8192;
 const SC_THREAD: u64 = 12288;
@@ -353,11 +353,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         ..
     } = d;
     // The table is still borrowed by `d`'s type: take it out of its mutex.
-    let table = std::mem::replace(
+    let mut table = std::mem::replace(
         &mut *tables::lock(&files),
         FileTable::new(&dir, FileOpts::default()),
     );
-    let mut table = table;
     // Connections in repair mode and the network lock: undone on any
     // error from here (drop), settled once the tree is killed or let go.
     let held = table.take_inet_held();

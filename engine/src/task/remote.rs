@@ -139,20 +139,13 @@ impl Remote {
     /// processes run theirs at once: this one starts the mmap...
     pub fn begin_map_scratch(&mut self) -> Result<()> {
         let pid = self.pid;
-        self.injector(pid)?
-            .begin_syscall(libc::SYS_mmap, scratch_mmap_args())
-            .task_ctx(pid, "remote mmap scratch")
+        self.begin_call(pid, "mmap scratch", libc::SYS_mmap, scratch_mmap_args())
     }
 
     /// ... and this one waits for it and returns the area.
     pub fn end_map_scratch(&mut self) -> Result<u64> {
-        let pid = self.pid;
-        let r = self
-            .injector(pid)?
-            .end_syscall()
-            .task_ctx(pid, "remote mmap scratch")?;
-        check(pid, "mmap scratch", r)?;
-        self.scratch_mapped(r as u64)
+        let a = self.end_call(self.pid, "mmap scratch")?;
+        self.scratch_mapped(a)
     }
 
     /// [`batch`](Self::batch) of at most [`BATCH_MAX`] calls in two halves
@@ -284,12 +277,7 @@ pub fn unmap_kept(kept: Vec<Kept>) -> Result<()> {
 /// our own, and the process's vDSO base comes from its auxv
 /// (AT_SYSINFO_EHDR). None if its vDSO was moved or unmapped (the two bytes
 /// read there are not that instruction): then find it in its maps.
-pub fn vdso_syscall_ip(pid: i32) -> Option<u64> {
-    vdso_syscall_ip_in(pid, &crate::proc::read_auxv(pid).ok()?)
-}
-
-/// [`vdso_syscall_ip`] with the process's auxv already read.
-pub fn vdso_syscall_ip_in(pid: i32, auxv: &[(u64, u64)]) -> Option<u64> {
+pub fn vdso_syscall_ip(pid: i32, auxv: &[(u64, u64)]) -> Option<u64> {
     static OFFSET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     let off = (*OFFSET.get_or_init(|| {
         let me = std::process::id() as i32;
@@ -564,7 +552,8 @@ mod tests {
         // The mapping is whole pages: the image ends in its last one.
         assert!(len <= v.end - v.start && len > v.end - v.start - 4096);
         assert_eq!(
-            vdso_syscall_ip(me).map(|ip| ip >= v.start && ip < v.end),
+            vdso_syscall_ip(me, &crate::proc::read_auxv(me).unwrap())
+                .map(|ip| ip >= v.start && ip < v.end),
             Some(true)
         );
         assert_eq!(elf_image_len(&[0u8; 64]), None);
