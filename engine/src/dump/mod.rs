@@ -33,7 +33,7 @@ use crate::mem::vma::{self, Contents, Vma};
 use crate::proc;
 use crate::stats::{self, DumpStats};
 use crate::sys::{kcmp, misc, ptrace};
-use crate::task::remote::{Kept, Remote};
+use crate::task::remote::{Kept, Remote, SCRATCH_LEN};
 use crate::task::seize::{check_target, SeizeOpts, SeizedTree, Task, TaskState};
 use crate::task::{creds, regs, signals};
 
@@ -561,9 +561,13 @@ impl<'a> Dumper<'a> {
             }
         }
         let stat = proc::read_stat(pid)?;
-        let smaps = self.smaps(pid)?;
+        let mut smaps = self.smaps(pid)?;
+        if let Some((kept, _)) = &asked {
+            // ask_all mapped our scratch area before smaps were read.
+            smaps = vma::cut_out(smaps, (kept.addr, kept.addr + SCRATCH_LEN));
+        }
 
-        // VMAs (before our scratch mapping exists).
+        // VMAs (without our scratch area).
         let mut vmas: Vec<Vma> = Vec::with_capacity(smaps.len());
         let mut vdso = None;
         // Taken once for all file mappings, not once each: the fd table

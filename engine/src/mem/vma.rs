@@ -313,6 +313,37 @@ pub fn sysv_attaches(
     Ok(out)
 }
 
+/// `smaps` without `[start, end)`: the dumper's scratch area, mapped in the
+/// task before its smaps were read. The kernel may have merged it with a
+/// neighbour of its kind (anonymous, private, rwx), so whatever overlaps is
+/// cut, not only an exact match dropped.
+pub fn cut_out(smaps: Vec<SmapsEntry>, (start, end): (u64, u64)) -> Vec<SmapsEntry> {
+    let mut out = Vec::with_capacity(smaps.len());
+    for s in smaps {
+        let (a, b) = (s.vma.start, s.vma.end);
+        if b <= start || a >= end {
+            out.push(s);
+            continue;
+        }
+        if a < start {
+            let mut left = s.clone();
+            left.vma.end = start;
+            left.size_kb = (start - a) / 1024;
+            out.push(left);
+        }
+        if b > end {
+            let mut right = s;
+            if right.vma.path.is_some() {
+                right.vma.offset += end - a;
+            }
+            right.vma.start = end;
+            right.size_kb = (b - end) / 1024;
+            out.push(right);
+        }
+    }
+    out
+}
+
 /// Merges adjacent vvar VMAs (`[vvar]` + `[vvar_vclock]` on 6.x kernels)
 /// into one, as CRIU records them: its restore expects a single vvar area.
 pub fn merge_vvar(vmas: &mut Vec<Vma>) {
@@ -335,6 +366,42 @@ pub fn merge_vvar(vmas: &mut Vec<Vma>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_out_drops_or_splits_what_overlaps() {
+        let e = |start: u64, end: u64| {
+            let mut s = SmapsEntry::default();
+            s.vma.start = start;
+            s.vma.end = end;
+            s.size_kb = (end - start) / 1024;
+            s
+        };
+        let span = |v: &[SmapsEntry]| {
+            v.iter()
+                .map(|s| (s.vma.start, s.vma.end))
+                .collect::<Vec<_>>()
+        };
+        let all = vec![e(0x1000, 0x2000), e(0x10000, 0x20000), e(0x30000, 0x40000)];
+        // An exact match goes.
+        assert_eq!(
+            span(&cut_out(all.clone(), (0x10000, 0x20000))),
+            vec![(0x1000, 0x2000), (0x30000, 0x40000)]
+        );
+        // Merged with neighbours on both sides: they stay.
+        let cut = cut_out(all.clone(), (0x14000, 0x18000));
+        assert_eq!(
+            span(&cut),
+            vec![
+                (0x1000, 0x2000),
+                (0x10000, 0x14000),
+                (0x18000, 0x20000),
+                (0x30000, 0x40000)
+            ]
+        );
+        assert_eq!((cut[1].size_kb, cut[2].size_kb), (16, 32));
+        // Not mapped there: nothing changes.
+        assert_eq!(span(&cut_out(all.clone(), (0x5000, 0x6000))), span(&all));
+    }
     use crate::proc::parse_smaps;
 
     const SMAPS: &str = "\
