@@ -28,12 +28,13 @@ use crate::files::fdscan::Scanner;
 use crate::files::{tables, FileOpts, FileTable};
 use crate::images::{common, ImageDir};
 use crate::mem::pages::{self, PageStats};
+use crate::mem::selfwrite::TargetIo;
 use crate::mem::track;
 use crate::mem::vma::{self, Contents, Vma};
 use crate::proc;
 use crate::stats::{self, DumpStats};
 use crate::sys::{kcmp, misc, ptrace};
-use crate::task::remote::{Kept, Remote, SCRATCH_LEN};
+use crate::task::remote::{Kept, Remote, BATCH_TABLE, SCRATCH_LEN};
 use crate::task::seize::{check_target, SeizeOpts, SeizedTree, Task, TaskState};
 use crate::task::{creds, regs, signals};
 
@@ -93,6 +94,8 @@ const SC_SIGACT: u64 = 4096;
 const SC_MISC: u64 = 8192;
 const SC_THREAD: u64 = 12288;
 const SC_TIMERS: u64 = 24576;
+/// The iovecs of the task's own page writes, once the outputs above are read.
+const SC_PAGES: u64 = 4096;
 
 /// Trees with at most this many fds dump their fd tables on the main thread.
 const INLINE_TABLES_MAX: usize = 64;
@@ -121,8 +124,10 @@ fn page_worker(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let st = pages::dump_private_as(dir, j.pid, j.vpid, &j.vmas, j.pages_id, progress)
-            .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+        let st = pages::dump_private_as(
+            dir, j.pid, j.vpid, &j.vmas, j.pages_id, progress, None, None,
+        )
+        .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
         total.add(&st);
     }
     Ok(total)
@@ -232,6 +237,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         page_jobs: None,
         smaps_ahead: None,
         asked: HashMap::new(),
+        tables_done: false,
         kept: Vec::new(),
     };
     let live: Vec<i32> = tree
@@ -264,6 +270,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let inline_tables = d.files().scanned_fds() <= INLINE_TABLES_MAX;
     if inline_tables {
         tables::dump_tables(&files, &fd_tasks, &stop)?;
+        d.tables_done = true;
     } else {
         d.files().fast_fd_flags();
     }
@@ -441,6 +448,9 @@ struct Dumper<'a> {
     smaps_ahead: Option<std::sync::mpsc::Receiver<SmapsAhead>>,
     /// What each task told [`Dumper::ask_all`], taken by its dump_task.
     asked: HashMap<i32, Asked>,
+    /// The fd tables are dumped: a task may be given a passing fd of ours
+    /// (mem::selfwrite) without it showing up in its table.
+    tables_done: bool,
     /// The scratch areas of dumped tasks, left mapped until the end of the
     /// dump: unmapped all at once if the tree runs on, never if it is
     /// killed, one by one (drop) if the dump fails.
@@ -811,24 +821,44 @@ impl<'a> Dumper<'a> {
             debug!(pid, "task dumped (pages queued)");
             return Ok(ids);
         }
-        let st = match &self.tracked_parent {
-            Some(p) => {
-                let name = format!("pagemap-{vpid}.img");
-                pages::dump_private_incremental(
-                    self.dir,
-                    pid,
-                    vpid,
-                    &vmas,
-                    pages_id,
-                    self.opts.progress,
-                    &track::parent_ranges(p, &name)?,
-                    &track::written(pid, &vmas)?,
-                )?
+        // Big memory may be written by the task itself (mem::selfwrite), on
+        // its scratch area (all outputs read by now). Not with seccomp
+        // filters (they would apply to the thread that writes), nor in a
+        // job-control stop (which that thread would join).
+        let writes_itself =
+            self.tables_done && status.seccomp == 0 && !matches!(task.state, TaskState::Stopped(_));
+        let mut by_target = match self.kept.last() {
+            Some(k) if k.pid == pid && writes_itself => {
+                let kept = self.kept.pop().unwrap();
+                Some(TargetIo::new(
+                    kept,
+                    status.sig_ign,
+                    SC_PAGES,
+                    BATCH_TABLE - SC_PAGES,
+                ))
             }
-            None => {
-                pages::dump_private_as(self.dir, pid, vpid, &vmas, pages_id, self.opts.progress)?
-            }
+            _ => None,
         };
+        let parent = match &self.tracked_parent {
+            Some(p) => Some((
+                track::parent_ranges(p, &format!("pagemap-{vpid}.img"))?,
+                track::written(pid, &vmas)?,
+            )),
+            None => None,
+        };
+        let st = pages::dump_private_as(
+            self.dir,
+            pid,
+            vpid,
+            &vmas,
+            pages_id,
+            self.opts.progress,
+            parent.as_ref().map(|(h, w)| (&h[..], &w[..])),
+            by_target.as_mut(),
+        )?;
+        if let Some(t) = by_target {
+            self.kept.extend(t.into_kept());
+        }
         self.pages.add(&st);
         self.dump_shmem(pid, &vmas)?;
         debug!(pid, vmas = vmas.len(), "task dumped");

@@ -2,6 +2,7 @@
 
 pub mod pages;
 pub mod restore;
+pub mod selfwrite;
 pub mod track;
 pub mod vma;
 

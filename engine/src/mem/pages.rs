@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use stasis_proto::criu::{PagemapEntry, PagemapHead};
 use stasis_proto::image::magic;
 
+use super::selfwrite::{self, TargetIo};
 use super::vma::{Contents, Vma};
 use super::{PAGE_SIZE, PE_PRESENT};
 use crate::error::{Error, PathCtx, Result, TaskCtx};
@@ -270,7 +271,8 @@ fn write_pagemap(
     dir.finish(w, name)
 }
 
-/// Copy `runs` of `pid` into `pages-<pages_id>.img`.
+/// Copy `runs` of `pid` into `pages-<pages_id>.img`: by the target itself
+/// when `by_target` is given and it may (see [`selfwrite`]), else here.
 fn save_runs(
     dir: &ImageDir,
     pid: i32,
@@ -278,32 +280,37 @@ fn save_runs(
     scanned: u64,
     pages_id: u32,
     progress: bool,
+    by_target: Option<&mut TargetIo>,
 ) -> Result<PageStats> {
     let pages_name = format!("pages-{pages_id}.img");
     let out = dir.raw_writer(&pages_name)?;
+    let out_path = dir.file(&pages_name);
     let total: u64 = runs.iter().map(|r| r.len).sum();
     let bar = Progress::new(progress, total, format!("dump pid {pid}"));
-    let mut st = copy_runs(pid, runs, total, out, &dir.file(&pages_name), &bar)?;
+    let by_target = by_target.filter(|_| total >= selfwrite::MIN && selfwrite::allowed(pid, total));
+    let done = match by_target {
+        Some(t) => selfwrite::write_runs(t, pid, runs, &out, &out_path, &bar)?,
+        None => None,
+    };
+    let mut st = match done {
+        Some(st) => st,
+        None => copy_runs(pid, runs, total, out, &out_path, &bar)?,
+    };
     bar.finish();
     st.pages_scanned = scanned;
     st.pages_written = total / PAGE_SIZE;
     Ok(st)
 }
 
-/// Save the private memory of `pid`: `pagemap-<pid>.img` and
-/// `pages-<pages_id>.img`.
-pub fn dump_private(
-    dir: &ImageDir,
-    pid: i32,
-    vmas: &[Vma],
-    pages_id: u32,
-    progress: bool,
-) -> Result<PageStats> {
-    dump_private_as(dir, pid, pid, vmas, pages_id, progress)
-}
+/// Sorted, disjoint address ranges `[start, end)`.
+pub type Ranges = [(u64, u64)];
 
-/// [`dump_private`] of host pid `pid`, written as `pagemap-<img_pid>.img`
-/// (the pid its pid namespace sees).
+/// Save the private memory of host pid `pid`: `pagemap-<img_pid>.img` (the
+/// pid its pid namespace sees) and `pages-<pages_id>.img`. On top of a
+/// parent image (`parent`: the ranges it has and those written since,
+/// sorted), pages it has that were not written since are recorded as the
+/// parent's (PE_PARENT) instead of saved.
+#[allow(clippy::too_many_arguments)]
 pub fn dump_private_as(
     dir: &ImageDir,
     pid: i32,
@@ -311,42 +318,25 @@ pub fn dump_private_as(
     vmas: &[Vma],
     pages_id: u32,
     progress: bool,
-) -> Result<PageStats> {
-    let (runs, scanned) = collect_runs(pid, vmas)?;
-    write_pagemap(
-        dir,
-        &format!("pagemap-{img_pid}.img"),
-        pages_id,
-        runs.iter().map(|r| (r.addr, r.len, PE_PRESENT)),
-    )?;
-    save_runs(dir, pid, &runs, scanned, pages_id, progress)
-}
-
-/// [`dump_private_as`] on top of a parent image: pages the parent has and
-/// that were not written since (`parent`, `written`: sorted ranges) are
-/// recorded as the parent's (PE_PARENT) instead of saved.
-#[allow(clippy::too_many_arguments)]
-pub fn dump_private_incremental(
-    dir: &ImageDir,
-    pid: i32,
-    img_pid: i32,
-    vmas: &[Vma],
-    pages_id: u32,
-    progress: bool,
-    parent: &[(u64, u64)],
-    written: &[(u64, u64)],
+    parent: Option<(&Ranges, &Ranges)>,
+    by_target: Option<&mut TargetIo>,
 ) -> Result<PageStats> {
     let (all, scanned) = collect_runs(pid, vmas)?;
-    let (runs, up) = super::track::split_runs(&all, parent, written);
-    let pm_name = format!("pagemap-{img_pid}.img");
+    let (runs, up) = match parent {
+        Some((has, written)) => super::track::split_runs(&all, has, written),
+        None => (all, Vec::new()),
+    };
     let mut ents: Vec<(u64, u64, u32)> = runs
         .iter()
         .map(|r| (r.addr, r.len, PE_PRESENT))
         .chain(up.iter().map(|&(s, e)| (s, e - s, super::PE_PARENT)))
         .collect();
-    ents.sort_unstable();
+    if !up.is_empty() {
+        ents.sort_unstable();
+    }
+    let pm_name = format!("pagemap-{img_pid}.img");
     write_pagemap(dir, &pm_name, pages_id, ents.into_iter())?;
-    save_runs(dir, pid, &runs, scanned, pages_id, progress)
+    save_runs(dir, pid, &runs, scanned, pages_id, progress, by_target)
 }
 
 /// Split runs into batches of at most `BATCH` bytes.
@@ -380,7 +370,12 @@ fn batches(runs: &[Run], limit: usize) -> Vec<Vec<Run>> {
 }
 
 /// Read one batch of target memory into `buf` (which is exactly its size).
-fn read_batch(pid: i32, mem: &mut Option<File>, batch: &[Run], buf: &mut [u8]) -> Result<()> {
+pub(super) fn read_batch(
+    pid: i32,
+    mem: &mut Option<File>,
+    batch: &[Run],
+    buf: &mut [u8],
+) -> Result<()> {
     let mut off = 0usize;
     let mut i = 0;
     while i < batch.len() {

@@ -70,6 +70,59 @@ pub const BATCH_CODE: [u8; 56] = [
     0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x49, 0x83,
     0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc9, 0xcc,
 ];
+/// Where [`SPAWN_CODE`] and [`EXIT_LOOP_CODE`] go, as offsets from
+/// [`BATCH_CODE`] on the same page.
+pub const SPAWN_AT: u64 = 64;
+pub const EXIT_LOOP_AT: u64 = 128;
+
+/// Run the first entry of a [`BATCH_CODE`] table (a `clone` of a thread),
+/// then `int3` in the caller; the new thread, which starts after the
+/// `syscall` with `rax` = 0 and the caller's registers, jumps to
+/// [`EXIT_LOOP_CODE`] with the table's other entries. Neither touches the
+/// stack, so the thread may share the caller's.
+///
+/// ```text
+///  0: mov  rax, [r12] .. mov r9, [r12+48]    (as BATCH_CODE 5..39)
+/// 34: syscall                0f 05
+/// 36: mov  [r12+56], rax     49 89 44 24 38
+/// 41: test rax, rax          48 85 c0
+/// 44: jnz  58                75 0c
+/// 46: add  r12, 64           49 83 c4 40
+/// 50: dec  r13               49 ff cd
+/// 53: jmp  EXIT_LOOP         e9 06 00 00 00   (SPAWN_AT + 58 + 6)
+/// 58: int3                   cc
+/// ```
+pub const SPAWN_CODE: [u8; 59] = [
+    0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49, 0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b,
+    0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b, 0x4c,
+    0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x85, 0xc0, 0x75, 0x0c, 0x49, 0x83,
+    0xc4, 0x40, 0x49, 0xff, 0xcd, 0xe9, 0x06, 0x00, 0x00, 0x00, 0xcc,
+];
+
+/// [`BATCH_CODE`]'s loop ending in `exit(0)` of the thread instead of `int3`.
+///
+/// ```text
+///  0..55: as BATCH_CODE
+/// 55: mov  eax, 60           b8 3c 00 00 00
+/// 60: xor  edi, edi          31 ff
+/// 62: syscall                0f 05
+/// ```
+pub const EXIT_LOOP_CODE: [u8; 64] = {
+    let mut c = [0u8; 64];
+    let mut i = 0;
+    while i < 55 {
+        c[i] = BATCH_CODE[i];
+        i += 1;
+    }
+    let tail = [0xb8, 0x3c, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05];
+    let mut j = 0;
+    while j < tail.len() {
+        c[55 + j] = tail[j];
+        j += 1;
+    }
+    c
+};
+
 /// Size of one entry of a [`BATCH_CODE`] table.
 pub const BATCH_ENTRY: usize = 64;
 /// Length of the `syscall` instruction: `rip` after it has run.
@@ -432,6 +485,18 @@ impl Injector {
     /// registers and resume the thread (see [`begin_syscall`]
     /// (Self::begin_syscall)); [`end_batch`](Self::end_batch) waits.
     pub fn begin_batch(&mut self, code: u64, table: u64, n: usize) -> io::Result<()> {
+        self.begin_code(code, code + BATCH_CODE.len() as u64, table, n)
+    }
+
+    /// Run code at `code` with `r12` = `table`, `r13` = `n`, until its
+    /// `int3` (`rip` = `trap_ip` after it); the thread keeps the
+    /// injection's registers (see [`begin_batch`](Self::begin_batch)).
+    pub fn run_code(&mut self, code: u64, trap_ip: u64, table: u64, n: usize) -> io::Result<()> {
+        self.begin_code(code, trap_ip, table, n)?;
+        self.end_batch()
+    }
+
+    fn begin_code(&mut self, code: u64, trap_ip: u64, table: u64, n: usize) -> io::Result<()> {
         if self.at_entry {
             // Finish the interrupted entry stop first, with a harmless call.
             self.syscall(libc::SYS_getpid, [0; 6])?;
@@ -451,7 +516,7 @@ impl Injector {
         self.at_exit_stop = false;
         // PTRACE_CONT clears a trap flag left by single steps.
         self.stepped = false;
-        self.batch_trap = Some((code + BATCH_CODE.len() as u64, other));
+        self.batch_trap = Some((trap_ip, other));
         ptrace::cont(tid, 0)
     }
 

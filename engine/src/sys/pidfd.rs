@@ -13,6 +13,21 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A pidfd of thread `tid` (PIDFD_THREAD, Linux 6.9): readable once that
+/// thread has exited, not only once its whole process has.
+pub fn pidfd_open_thread(tid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            tid as libc::c_long,
+            libc::O_EXCL as libc::c_long,
+        )
+    })?;
+    // SAFETY: the kernel just returned this new fd; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// `pidfd_getfd(pidfd, fd, 0)`: duplicates the target's `fd` into this
 /// process. The copy refers to the same open file description (offsets,
 /// queued data and locks are shared: reading it consumes the target's data)

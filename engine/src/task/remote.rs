@@ -8,7 +8,10 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result, TaskCtx};
-use crate::sys::inject::{find_syscall_insn, Injector, StepMode, BATCH_CODE, BATCH_ENTRY};
+use crate::sys::inject::{
+    find_syscall_insn, Injector, StepMode, BATCH_CODE, BATCH_ENTRY, EXIT_LOOP_AT, EXIT_LOOP_CODE,
+    SPAWN_AT, SPAWN_CODE,
+};
 use crate::sys::vm;
 
 pub const SCRATCH_LEN: u64 = 16 * 4096;
@@ -201,6 +204,74 @@ impl Remote {
             addr,
             syscall_ip: self.syscall_ip,
         }))
+    }
+
+    /// Run `calls` on a new thread of the process, which exits after the
+    /// last one: thread `tid` only clones it (one round trip, with the
+    /// scratch area's batch table). The new thread is not traced and runs
+    /// the calls, with `tid`'s signal mask and seccomp filters, whether or
+    /// not we are still there. Its tid is stored at `tid_word` (in the
+    /// scratch area); None if the clone was refused. Its results are read
+    /// with [`spawned_results`](Self::spawned_results) once it has exited.
+    pub fn spawn_batch(&mut self, tid: i32, calls: &[Call], tid_word: u64) -> Result<Option<i32>> {
+        let code = self
+            .batch_code
+            .filter(|_| !self.sigtrap_ignored)
+            .ok_or_else(|| {
+                Error::task(
+                    tid,
+                    "spawn a batch thread",
+                    std::io::Error::other("no batch code"),
+                )
+            })?;
+        if calls.len() >= BATCH_MAX {
+            return Err(Error::Other(format!(
+                "pid {tid}: {} calls are too many for one batch thread",
+                calls.len()
+            )));
+        }
+        let flags = libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_PARENT_SETTID;
+        let clone: Call = (libc::SYS_clone, [flags as u64, 0, tid_word, 0, 0, 0]);
+        let mut all = Vec::with_capacity(calls.len() + 1);
+        all.push(clone);
+        all.extend_from_slice(calls);
+        self.write(code + SPAWN_AT, &SPAWN_CODE)?;
+        self.write(code + EXIT_LOOP_AT, &EXIT_LOOP_CODE)?;
+        self.write(tid_word, &0u64.to_ne_bytes())?;
+        let table = batch_table_at(code);
+        self.write(table, &batch_table(&all))?;
+        let spawn = code + SPAWN_AT;
+        self.injector(tid)?
+            .run_code(spawn, spawn + SPAWN_CODE.len() as u64, table, all.len())
+            .task_ctx(tid, "spawn a batch thread")?;
+        // The clone's own result slot is shared with the new thread (which
+        // stores its 0 there too): the tid word tells.
+        let new = self.read_u64(tid_word)? as u32 as i32;
+        if new > 0 {
+            return Ok(Some(new));
+        }
+        let mut e = [0u8; BATCH_ENTRY];
+        self.read(table, &mut e)?;
+        let r = batch_results(&e)[0];
+        tracing::debug!(tid, result = r, "clone of a batch thread refused");
+        Ok(None)
+    }
+
+    /// The results of the `n` calls of the last [`spawn_batch`]
+    /// (Self::spawn_batch), once its thread has exited.
+    pub fn spawned_results(&self, n: usize) -> Result<Vec<i64>> {
+        let code = self
+            .batch_code
+            .ok_or_else(|| Error::Other("no batch code".into()))?;
+        let mut t = vec![0u8; (n + 1) * BATCH_ENTRY];
+        self.read(batch_table_at(code), &mut t)?;
+        Ok(batch_results(&t[BATCH_ENTRY..]))
     }
 
     /// Like [`batch`](Self::batch), failing on the first negative result

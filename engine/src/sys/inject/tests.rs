@@ -681,3 +681,19 @@ fn regsets_and_queries_of_a_child() {
         WaitStatus::Signaled(libc::SIGKILL)
     );
 }
+
+#[test]
+fn spawn_and_exit_loop_code_fit_together() {
+    // The exit loop is the batch loop up to its int3.
+    assert_eq!(EXIT_LOOP_CODE[..55], BATCH_CODE[..55]);
+    assert_eq!(BATCH_CODE[55], 0xcc);
+    // The spawn code's jmp (rel32 at 54, from the end of the jmp at 58)
+    // lands on the exit loop; its jnz (rel8 at 45, from 46) on its int3.
+    let rel = i32::from_le_bytes(SPAWN_CODE[54..58].try_into().unwrap());
+    assert_eq!(SPAWN_AT as i64 + 58 + rel as i64, EXIT_LOOP_AT as i64);
+    assert_eq!(46 + SPAWN_CODE[45] as usize, SPAWN_CODE.len() - 1);
+    assert_eq!(SPAWN_CODE[SPAWN_CODE.len() - 1], 0xcc);
+    // Neither overlaps the other or the batch loop.
+    assert!(BATCH_CODE.len() as u64 <= SPAWN_AT);
+    assert!(SPAWN_AT + SPAWN_CODE.len() as u64 <= EXIT_LOOP_AT);
+}
