@@ -216,6 +216,65 @@ pub fn prog() -> String {
         .unwrap_or_else(|| "wl".to_string())
 }
 
+/// What a process must still have after a dump that left it running, or
+/// after its restore: its mappings (but the heap's, which may grow), its
+/// open fds and its number of threads. A dumper's leftovers (a scratch
+/// mapping, an fd it passed in, a thread it started) show up here. Taken
+/// when nothing maps, opens or starts anything any more until the check.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Footprint {
+    maps: Vec<String>,
+    fds: Vec<String>,
+    threads: usize,
+}
+
+impl Footprint {
+    pub fn now() -> Footprint {
+        let maps = std::fs::read_to_string("/proc/self/maps")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.ends_with("[heap]"))
+            .map(str::to_owned)
+            .collect();
+        let list = |dir: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        Footprint {
+            maps,
+            fds: list("/proc/self/fd"),
+            threads: list("/proc/self/task").len(),
+        }
+    }
+
+    /// Records in `v` how the process differs from `self` now.
+    pub fn check(&self, v: &mut Verdict) {
+        let now = Footprint::now();
+        let diff = |a: &[String], b: &[String]| -> (Vec<String>, Vec<String>) {
+            (
+                a.iter().filter(|l| !b.contains(l)).cloned().collect(),
+                b.iter().filter(|l| !a.contains(l)).cloned().collect(),
+            )
+        };
+        let (gone, new) = diff(&self.maps, &now.maps);
+        v.check(gone.is_empty() && new.is_empty(), || {
+            format!("mappings changed: gone {gone:?}, new {new:?}")
+        });
+        let (gone, new) = diff(&self.fds, &now.fds);
+        v.check(gone.is_empty() && new.is_empty(), || {
+            format!("fds changed: gone {gone:?}, new {new:?}")
+        });
+        v.eq("threads", now.threads, self.threads);
+    }
+}
+
 /// Collects the failed checks of one process.
 #[derive(Debug, Default)]
 pub struct Verdict {

@@ -8,8 +8,10 @@
 //! after the restore (its huge pages may come back later: khugepaged).
 //! With `threads`, two more threads sleep in 2 ms steps until `check` and
 //! are joined then (a thread killed by a stray signal takes the process).
+//! Its mappings, fds and thread count must be as at `ready` (Footprint),
+//! except with `nofootprint`.
 
-use stasis_integration::workload::{Ctx, Verdict};
+use stasis_integration::workload::{Ctx, Footprint, Verdict};
 
 fn word(i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6d65_6d68_6f67
@@ -26,6 +28,7 @@ fn main() {
     };
     let thp = ctx.args.iter().skip(1).any(|a| a == "thp");
     let threads = ctx.args.iter().skip(1).any(|a| a == "threads");
+    let footprint_checked = !ctx.args.iter().skip(1).any(|a| a == "nofootprint");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sleepers: Vec<_> = (0..if threads { 2 } else { 0 })
         .map(|_| {
@@ -67,9 +70,15 @@ fn main() {
     for (i, x) in mem.iter_mut().enumerate() {
         *x = word(i);
     }
+    let footprint = Footprint::now();
     ctx.write_ready("root");
     ctx.wait_for_check(|| {});
     let mut v = Verdict::new();
+    // No fd, mapping or thread of the dumper's left (it may have had this
+    // process write its own pages: engine/src/mem/selfwrite.rs).
+    if footprint_checked {
+        footprint.check(&mut v);
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for (k, t) in sleepers.into_iter().enumerate() {
         v.check(t.join().is_ok(), || format!("sleeper thread {k} panicked"));

@@ -12,7 +12,7 @@
 //! milliseconds and then execs `/bin/true` (or `_exit`s): the root sits in
 //! vfork meanwhile, where no signal or ptrace interrupt stops it.
 
-use stasis_integration::workload::{splitmix64, Ctx, Verdict};
+use stasis_integration::workload::{splitmix64, Ctx, Footprint, Verdict};
 
 fn main() {
     let mut ctx = Ctx::from_args("wl-small STATEDIR");
@@ -40,10 +40,10 @@ fn main() {
             ctx.setup_failed("root", "sysv shm");
         }
     }
-    // Without extra arguments nothing maps or unmaps memory after this: the
-    // restored process must have exactly these mappings (the heap may grow).
+    // Without extra arguments nothing maps, opens or starts anything after
+    // this: the restored process must have what it has now.
     let plain = std::env::args().nth(2).is_none();
-    let maps_at_ready = plain.then(own_maps);
+    let footprint = plain.then(Footprint::now);
     ctx.write_ready("root");
     let ticks_at_ready = ctx.ticks;
     let mut v = Verdict::new();
@@ -62,25 +62,10 @@ fn main() {
     v.check(ctx.ticks > ticks_at_ready, || {
         "the wait loop never ran".into()
     });
-    if let Some(before) = maps_at_ready {
-        let now = own_maps();
-        let gone: Vec<_> = before.iter().filter(|l| !now.contains(l)).collect();
-        let new: Vec<_> = now.iter().filter(|l| !before.contains(l)).collect();
-        v.check(gone.is_empty() && new.is_empty(), || {
-            format!("mappings changed: gone {gone:?}, new {new:?}")
-        });
+    if let Some(f) = footprint {
+        f.check(&mut v);
     }
     ctx.finish("root", v);
-}
-
-/// Our /proc/self/maps lines but the heap's.
-fn own_maps() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.ends_with("[heap]"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// What the vfork child does, set before the vfork (it shares our memory).
