@@ -153,8 +153,11 @@ pub fn restore_vmas(
             prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
         }
         let mut flags = (v.flags as u64
-            & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN)
-                as u64)
+            & (libc::MAP_SHARED
+                | libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_GROWSDOWN
+                | libc::MAP_NORESERVE) as u64)
             | libc::MAP_FIXED as u64;
         let (fd, off) = if v.status & VMA_ANON_SHARED != 0 {
             flags &= !(libc::MAP_ANONYMOUS as u64);

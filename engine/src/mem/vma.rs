@@ -95,6 +95,11 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
     if f.growsdown() {
         flags |= libc::MAP_GROWSDOWN as u32;
     }
+    // As CRIU: mapped again with it, so that e.g. a malloc arena (reserved
+    // MAP_NORESERVE) does not merge with an ordinary neighbour on restore.
+    if f.has("nr") {
+        flags |= libc::MAP_NORESERVE as u32;
+    }
     let mut madv = 0u64;
     for (code, adv) in MADV_FLAGS {
         if f.has(code) {
@@ -421,6 +426,9 @@ VmFlags: rd wr mr mw me gd ac
 7ffd1a3f0000-7ffd1a3f8000 r-xp 00000000 00:00 0                          [vdso]
 Size:                  8 kB
 VmFlags: rd ex mr mw me de sd
+7f1c24000000-7f1c24021000 rw-p 00000000 00:00 0 
+Size:                132 kB
+VmFlags: rd wr mr mw me nr sd
 ";
 
     #[test]
@@ -437,6 +445,10 @@ VmFlags: rd ex mr mw me de sd
         assert_ne!(v[3].entry.flags & libc::MAP_GROWSDOWN as u32, 0);
         assert_eq!(v[4].contents, Contents::Whole);
         assert_ne!(v[4].status() & VMA_AREA_VDSO, 0);
+        // A malloc arena: MAP_NORESERVE kept, the others have none.
+        assert_eq!(v[5].contents, Contents::Anon);
+        assert_ne!(v[5].entry.flags & libc::MAP_NORESERVE as u32, 0);
+        assert_eq!(v[0].entry.flags & libc::MAP_NORESERVE as u32, 0);
     }
 
     /// CRIU 4.x records the kernel's special mappings as private anonymous
