@@ -715,3 +715,31 @@ fn threads_in_pid_ns_beside_original() {
     t.init = original;
     t.wait_original(true);
 }
+
+/// 64 MiB in a process that is pid 1 of its own pid namespace, big enough
+/// to write its own pages (engine/src/mem/selfwrite.rs): the tid of the
+/// thread it clones for that is its namespace's, which the dumper must find
+/// on the host to wait for it. Left running (dump -R) with no fd, mapping
+/// or thread of the dump's (the workload checks its footprint), then
+/// restored.
+#[test]
+fn memory_in_pid_ns_written_by_itself() {
+    let Some(env) = Env::setup("memory_in_pid_ns_written_by_itself") else {
+        return;
+    };
+    let mut t = NsTree::start_bin(
+        &env,
+        &["--pid", "--fork"],
+        env!("CARGO_BIN_EXE_wl-memhog"),
+        &["64", "threads"],
+        &["root"],
+    );
+    let img = env.dir("images");
+    env.dump(t.init, &img, &["-R"]).expect_success("dump -R");
+    t.check("original after dump -R");
+    t.wait_original(true);
+    t.reset();
+    t.restore(&env, &img, &[]);
+    t.check("after restore");
+    t.wait_restored();
+}

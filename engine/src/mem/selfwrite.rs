@@ -264,7 +264,11 @@ pub fn write_runs(
                 break;
             }
         };
-        wait_thread(pid, tid)?;
+        // The tid the clone stored is the one the target's pid namespace
+        // knows; gone already if not found.
+        if let Some(host) = host_tid(pid, tid) {
+            wait_thread(pid, host)?;
+        }
         let res = t.with_remote(|r, _| r.spawned_results(calls.len()))?;
         for (w, &r) in writes[from..i].iter().zip(&res) {
             let done = (r.max(0) as u64).min(w.len);
@@ -299,6 +303,26 @@ pub fn write_runs(
         st.memdump = t1.elapsed();
     }
     Ok(Some(st))
+}
+
+/// The host tid of the thread of `pid` whose own pid namespace calls it
+/// `local` (the same tid unless the process is in a pid namespace of its
+/// own), or None if there is no such thread (any more).
+fn host_tid(pid: i32, local: i32) -> Option<i32> {
+    let is = |tid: i32| {
+        crate::proc::read_status_tid(pid, tid)
+            .ok()
+            .and_then(|s| s.ns_pid.last().copied())
+            == Some(local)
+    };
+    if is(local) {
+        return Some(local);
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .find(|&t| is(t))
 }
 
 /// Wait until thread `tid` of `pid` has exited (gone already counts). An

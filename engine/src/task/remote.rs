@@ -210,8 +210,9 @@ impl Remote {
     /// last one: thread `tid` only clones it (one round trip, with the
     /// scratch area's batch table). The new thread is not traced and runs
     /// the calls, with `tid`'s signal mask and seccomp filters, whether or
-    /// not we are still there. Its tid is stored at `tid_word` (in the
-    /// scratch area); None if the clone was refused. Its results are read
+    /// not we are still there. Its tid, as the process's pid namespace
+    /// sees it, is stored at `tid_word` (in the scratch area) and returned;
+    /// None if the clone was refused. Its results are read
     /// with [`spawned_results`](Self::spawned_results) once it has exited.
     pub fn spawn_batch(&mut self, tid: i32, calls: &[Call], tid_word: u64) -> Result<Option<i32>> {
         let code = self
