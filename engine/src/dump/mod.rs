@@ -827,18 +827,10 @@ impl<'a> Dumper<'a> {
         // job-control stop (which that thread would join).
         let writes_itself =
             self.tables_done && status.seccomp == 0 && !matches!(task.state, TaskState::Stopped(_));
-        let mut by_target = match self.kept.last() {
-            Some(k) if k.pid == pid && writes_itself => {
-                let kept = self.kept.pop().unwrap();
-                Some(TargetIo::new(
-                    kept,
-                    status.sig_ign,
-                    SC_PAGES,
-                    BATCH_TABLE - SC_PAGES,
-                ))
-            }
-            _ => None,
-        };
+        let mut by_target = writes_itself
+            .then(|| self.kept.pop_if(|k| k.pid == pid))
+            .flatten()
+            .map(|kept| TargetIo::new(kept, status.sig_ign, SC_PAGES, BATCH_TABLE - SC_PAGES));
         let parent = match &self.tracked_parent {
             Some(p) => Some((
                 track::parent_ranges(p, &format!("pagemap-{vpid}.img"))?,

@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ use super::pages::{read_batch, PageStats, Run};
 use crate::error::{Error, PathCtx, Result};
 use crate::proc::cgroup::{find_cgroup_v2, read_cgroup, CgroupEntry};
 use crate::progress::Progress;
-use crate::sys::pidfd::{pidfd_getfd, pidfd_open, pidfd_open_thread};
+use crate::sys::pidfd::{pidfd_getfd, pidfd_open_thread};
 use crate::sys::sock::readable;
 use crate::task::remote::{Call, Kept, Remote, BATCH_MAX};
 
@@ -206,24 +206,23 @@ pub fn write_runs(
 ) -> Result<Option<PageStats>> {
     // The first word of the free stretch takes the thread's tid, iovecs follow.
     let room = (t.data_len.saturating_sub(IOVEC_AT) / IOVEC_LEN) as usize;
-    if room < (MAX_CALL / super::PAGE_SIZE) as usize || pidfd_open_thread(pid).is_err() {
-        // No room for one call's iovecs, or no thread pidfds (Linux < 6.9)
-        // to wait for the writing thread with.
-        return Ok(None);
-    }
+    // A thread pidfd of the leader: the kernel has them (Linux 6.9), to wait
+    // for the writing thread with, and it serves pidfd_getfd.
+    let pidfd = match pidfd_open_thread(pid) {
+        Ok(fd) if room >= (MAX_CALL / super::PAGE_SIZE) as usize => fd,
+        _ => return Ok(None),
+    };
     let t0 = Instant::now();
     let (writes, mut mine) = plan(runs);
     let mut i = 0;
-    let mut first = true;
     while i < writes.len() {
-        let Some(tfd) = t.with_remote(|r, data| hand_over(r, pid, out, data))? else {
-            if first {
+        let Some(tfd) = t.with_remote(|r, data| hand_over(r, &pidfd, out, data))? else {
+            if i == 0 {
                 return Ok(None);
             }
             mine.extend(writes[i..].iter().flat_map(|w| rest(w, 0)));
             break;
         };
-        first = false;
         // As many writes as fit the scratch area's iovecs and batch table
         // (with the clone and the close).
         let mut calls: Vec<Call> = Vec::new();
@@ -369,7 +368,8 @@ fn wait_gone(pid: i32, tid: i32) {
 /// one end (pidfd_getfd) and send the fd over it, it receives it
 /// (close-on-exec) and closes both ends. Its fd number, or None if any step
 /// was refused (the target is left as it was).
-fn hand_over(remote: &mut Remote, pid: i32, file: &File, data: u64) -> Result<Option<i32>> {
+fn hand_over(remote: &mut Remote, pidfd: &OwnedFd, file: &File, data: u64) -> Result<Option<i32>> {
+    let pid = remote.pid;
     let pair = remote.batch(
         pid,
         &[(
@@ -392,18 +392,16 @@ fn hand_over(remote: &mut Remote, pid: i32, file: &File, data: u64) -> Result<Op
     remote.read(data, &mut b)?;
     let s0 = i32::from_ne_bytes(b[0..4].try_into().unwrap());
     let s1 = i32::from_ne_bytes(b[4..8].try_into().unwrap());
-    let sent = pidfd_open(pid)
-        .and_then(|p| pidfd_getfd(&p, s0))
-        .and_then(|sock| {
-            sendmsg::<UnixAddr>(
-                sock.as_raw_fd(),
-                &[IoSlice::new(&[0])],
-                &[ControlMessage::ScmRights(&[file.as_raw_fd()])],
-                MsgFlags::empty(),
-                None,
-            )
-            .map_err(std::io::Error::from)
-        });
+    let sent = pidfd_getfd(pidfd, s0).and_then(|sock| {
+        sendmsg::<UnixAddr>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&[0])],
+            &[ControlMessage::ScmRights(&[file.as_raw_fd()])],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(std::io::Error::from)
+    });
     let closes: [Call; 2] = [
         (libc::SYS_close, [s0 as u64, 0, 0, 0, 0, 0]),
         (libc::SYS_close, [s1 as u64, 0, 0, 0, 0, 0]),
