@@ -139,21 +139,21 @@ fn seeds() -> Vec<Vec<u8>> {
         w.write_entry(&FileEntry {
             r#type: FdTypes::Reg as i32,
             id,
-            reg: Some(RegFileEntry {
+            reg: Some(Box::new(RegFileEntry {
                 id,
                 name: format!("/tmp/file-{id}"),
                 mnt_id: Some(-1),
                 build_id: vec![1, 2, 3],
                 ..Default::default()
-            }),
-            usk: Some(UnixSkEntry {
+            })),
+            usk: Some(Box::new(UnixSkEntry {
                 name: b"\0sock".to_vec(),
                 opts: SkOptsEntry {
                     so_filter: vec![6, 7],
                     ..Default::default()
                 },
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         })
         .unwrap();

@@ -88,12 +88,12 @@ pub fn dump_fd(_t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Eventpoll as i32,
         id: cx.id,
-        epfd: Some(EventpollFileEntry {
+        epfd: Some(Box::new(EventpollFileEntry {
             id: cx.id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: FownEntry::default(),
             tfd: tfds,
-        }),
+        })),
         ..Default::default()
     })
 }

@@ -31,12 +31,12 @@ pub fn dump_fd(cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Eventfd as i32,
         id: cx.id,
-        efd: Some(EventfdFileEntry {
+        efd: Some(Box::new(EventfdFileEntry {
             id: cx.id,
             flags,
             fown: FownEntry::default(),
             counter: e.count,
-        }),
+        })),
         ..Default::default()
     })
 }

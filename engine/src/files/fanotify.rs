@@ -101,14 +101,14 @@ pub fn dump_fd(_t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Fanotify as i32,
         id: cx.id,
-        ffy: Some(FanotifyFileEntry {
+        ffy: Some(Box::new(FanotifyFileEntry {
             id: cx.id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: FownEntry::default(),
             faflags: info.flags,
             evflags: info.event_flags,
             mark: marks,
-        }),
+        })),
         ..Default::default()
     })
 }

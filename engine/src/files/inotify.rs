@@ -147,12 +147,12 @@ pub fn dump_fd(_t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Inotify as i32,
         id: cx.id,
-        ify: Some(InotifyFileEntry {
+        ify: Some(Box::new(InotifyFileEntry {
             id: cx.id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: FownEntry::default(),
             wd: wds,
-        }),
+        })),
         ..Default::default()
     })
 }

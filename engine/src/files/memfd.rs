@@ -184,13 +184,13 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Memfd as i32,
         id: cx.id,
-        memfd: Some(MemfdFileEntry {
+        memfd: Some(Box::new(MemfdFileEntry {
             id: cx.id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             pos: cx.info.pos.max(0) as u64,
             fown: FownEntry::default(),
             inode_id,
-        }),
+        })),
         ..Default::default()
     })
 }
@@ -215,13 +215,13 @@ pub fn dump_path(
     t.push(FileEntry {
         r#type: FdTypes::Memfd as i32,
         id,
-        memfd: Some(MemfdFileEntry {
+        memfd: Some(Box::new(MemfdFileEntry {
             id,
             flags,
             pos: 0,
             fown: FownEntry::default(),
             inode_id,
-        }),
+        })),
         ..Default::default()
     });
     t.memfds.maps.insert((inode_id, flags), id);

@@ -157,12 +157,12 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Pipe as i32,
         id: cx.id,
-        pipe: Some(PipeEntry {
+        pipe: Some(Box::new(PipeEntry {
             id: cx.id,
             pipe_id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: super::fown::of(cx, t.userns.as_ref())?,
-        }),
+        })),
         ..Default::default()
     })
 }
@@ -186,11 +186,11 @@ pub fn dump_fifo(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Fifo as i32,
         id: cx.id,
-        fifo: Some(FifoEntry {
+        fifo: Some(Box::new(FifoEntry {
             id: cx.id,
             pipe_id,
             regf_id: Some(regf_id),
-        }),
+        })),
         ..Default::default()
     })
 }
@@ -292,7 +292,7 @@ pub fn create_pipe(
     cx: &OpenCtx<'_>,
 ) -> std::result::Result<Vec<(u32, OwnedFd)>, String> {
     fn end(f: &FileEntry) -> Option<(u32, &PipeEntry)> {
-        f.pipe.as_ref().map(|p| (f.id, p))
+        f.pipe.as_deref().map(|p| (f.id, p))
     }
     let mut ends: Vec<(u32, &PipeEntry)> = match super::memo::get(cx.files) {
         Some(ix) => ix

@@ -119,7 +119,7 @@ pub fn dump_path(
     t.push(FileEntry {
         r#type: FdTypes::Reg as i32,
         id,
-        reg: Some(reg_entry(id, flags, 0, path, &st)),
+        reg: Some(Box::new(reg_entry(id, flags, 0, path, &st))),
         ..Default::default()
     });
     Ok(())
@@ -140,7 +140,7 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Reg as i32,
         id: cx.id,
-        reg: Some(reg),
+        reg: Some(Box::new(reg)),
         ..Default::default()
     })
 }

@@ -18,12 +18,12 @@ pub fn dump_fd(cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Signalfd as i32,
         id: cx.id,
-        sgfd: Some(SignalfdEntry {
+        sgfd: Some(Box::new(SignalfdEntry {
             id: cx.id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: FownEntry::default(),
             sigmask,
-        }),
+        })),
         ..Default::default()
     })
 }

@@ -50,7 +50,7 @@ pub fn dump_fd(cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Timerfd as i32,
         id: cx.id,
-        tfd: Some(TimerfdEntry {
+        tfd: Some(Box::new(TimerfdEntry {
             id: cx.id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: FownEntry::default(),
@@ -61,7 +61,7 @@ pub fn dump_fd(cx: &FdCtx<'_>) -> Result<FileEntry> {
             vnsec: spec.value.1,
             isec: spec.interval.0,
             insec: spec.interval.1,
-        }),
+        })),
         ..Default::default()
     })
 }

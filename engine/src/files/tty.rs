@@ -206,14 +206,14 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Tty as i32,
         id: cx.id,
-        tty: Some(TtyFileEntry {
+        tty: Some(Box::new(TtyFileEntry {
             id: cx.id,
             tty_info_id: info_id,
             flags: cx.info.flags & !(libc::O_CLOEXEC as u32),
             fown: super::fown::read(b, t.userns.as_ref())
                 .map_err(|e| cx.err(format!("owner: {e}")))?,
             regf_id: None,
-        }),
+        })),
         ..Default::default()
     })
 }
@@ -261,7 +261,9 @@ pub fn create(index: u32, cx: &OpenCtx<'_>) -> R<Vec<(u32, OwnedFd)>> {
     let mut masters = BTreeMap::new();
     let mut slaves = BTreeMap::new();
     for f in cx.files.values() {
-        let Some(tf) = &f.tty else { continue };
+        let Some(tf) = f.tty.as_deref() else {
+            continue;
+        };
         let Some(i) = info(tf.tty_info_id) else {
             return Err(format!("tty file {}: no tty info {}", f.id, tf.tty_info_id));
         };

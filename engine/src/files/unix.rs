@@ -52,7 +52,7 @@ const SO_BUF_LOCK: i32 = 72;
 const FILL_SNDBUF: i32 = 64 << 20;
 
 pub(crate) fn entry(f: &FileEntry) -> Option<&UnixSkEntry> {
-    f.usk.as_ref()
+    f.usk.as_deref()
 }
 
 fn is_real(e: &UnixSkEntry) -> bool {
@@ -492,13 +492,13 @@ mod tests {
             id,
             FileEntry {
                 id,
-                usk: Some(UnixSkEntry {
+                usk: Some(Box::new(UnixSkEntry {
                     id,
                     ino,
                     peer,
                     uflags,
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             },
         )

@@ -603,11 +603,11 @@ mod tests {
             2,
             FileEntry {
                 id: 2,
-                memfd: Some(MemfdFileEntry {
+                memfd: Some(Box::new(MemfdFileEntry {
                     id: 2,
                     inode_id: 1,
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             },
         );

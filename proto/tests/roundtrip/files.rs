@@ -115,7 +115,7 @@ pub fn file_entry_all() -> FileEntry {
     FileEntry {
         r#type: FdTypes::Reg as i32,
         id: 5,
-        reg: Some(reg_file()),
+        reg: Some(Box::new(reg_file())),
         isk: Some(Box::new(InetSkEntry {
             id: 4,
             ino: 1234,
@@ -155,12 +155,12 @@ pub fn file_entry_all() -> FileEntry {
                 keepintvl: Some(75),
             }),
         })),
-        nsf: Some(NsFileEntry {
+        nsf: Some(Box::new(NsFileEntry {
             id: 5,
             ns_id: 3,
             ns_cflag: 0x4000_0000,
             flags: 0,
-        }),
+        })),
         psk: Some(Box::new(PacketSockEntry {
             id: 6,
             r#type: 3,
@@ -209,13 +209,13 @@ pub fn file_entry_all() -> FileEntry {
             opts: sk_opts(),
             ns_id: Some(2),
         })),
-        efd: Some(EventfdFileEntry {
+        efd: Some(Box::new(EventfdFileEntry {
             id: 8,
             flags: 0o2004000,
             fown: fown(),
             counter: 17,
-        }),
-        epfd: Some(EventpollFileEntry {
+        })),
+        epfd: Some(Box::new(EventpollFileEntry {
             id: 9,
             flags: 0o2000000,
             fown: fown(),
@@ -228,20 +228,20 @@ pub fn file_entry_all() -> FileEntry {
                 inode: Some(1234),
                 pos: Some(0),
             }],
-        }),
-        sgfd: Some(SignalfdEntry {
+        })),
+        sgfd: Some(Box::new(SignalfdEntry {
             id: 10,
             flags: 0o4000,
             fown: fown(),
             sigmask: 1 << 16,
-        }),
-        tunf: Some(TunfileEntry {
+        })),
+        tunf: Some(Box::new(TunfileEntry {
             id: 11,
             netdev: Some("tun0".into()),
             detached: Some(false),
             ns_id: Some(2),
-        }),
-        tfd: Some(TimerfdEntry {
+        })),
+        tfd: Some(Box::new(TimerfdEntry {
             id: 12,
             flags: 0o4000,
             fown: fown(),
@@ -252,8 +252,8 @@ pub fn file_entry_all() -> FileEntry {
             vnsec: 2,
             isec: 3,
             insec: 4,
-        }),
-        ify: Some(InotifyFileEntry {
+        })),
+        ify: Some(Box::new(InotifyFileEntry {
             id: 13,
             flags: 0o4000,
             fown: fown(),
@@ -266,8 +266,8 @@ pub fn file_entry_all() -> FileEntry {
                 wd: 1,
                 f_handle: fh(),
             }],
-        }),
-        ffy: Some(FanotifyFileEntry {
+        })),
+        ffy: Some(Box::new(FanotifyFileEntry {
             id: 14,
             flags: 0o2,
             fown: fown(),
@@ -301,31 +301,31 @@ pub fn file_entry_all() -> FileEntry {
                     }),
                 },
             ],
-        }),
-        ext: Some(ExtFileEntry {
+        })),
+        ext: Some(Box::new(ExtFileEntry {
             id: 15,
             fown: fown(),
-        }),
-        usk: Some(unix_sk()),
-        fifo: Some(FifoEntry {
+        })),
+        usk: Some(Box::new(unix_sk())),
+        fifo: Some(Box::new(FifoEntry {
             id: 17,
             pipe_id: 5555,
             regf_id: Some(18),
-        }),
-        pipe: Some(PipeEntry {
+        })),
+        pipe: Some(Box::new(PipeEntry {
             id: 18,
             pipe_id: 5556,
             flags: 0o4001,
             fown: fown(),
-        }),
-        tty: Some(tty_file()),
-        memfd: Some(MemfdFileEntry {
+        })),
+        tty: Some(Box::new(tty_file())),
+        memfd: Some(Box::new(MemfdFileEntry {
             id: 20,
             flags: 0o2,
             pos: 10,
             fown: fown(),
             inode_id: 1,
-        }),
+        })),
         bpf: Some(Box::new(BpfmapFileEntry {
             id: 21,
             flags: 0o2,
@@ -344,13 +344,13 @@ pub fn file_entry_all() -> FileEntry {
             mnt_id: Some(23),
             map_extra: Some(0),
         })),
-        pidfd: Some(PidfdEntry {
+        pidfd: Some(Box::new(PidfdEntry {
             id: 22,
             ino: 3333,
             flags: 0o4000,
             nspid: -1,
             fown: fown(),
-        }),
+        })),
     }
 }
 

@@ -512,7 +512,7 @@ pub fn dump_fd(t: &mut FileTable<'_>, cx: &FdCtx<'_>) -> Result<FileEntry> {
     Ok(FileEntry {
         r#type: FdTypes::Unixsk as i32,
         id: cx.id,
-        usk: Some(e),
+        usk: Some(Box::new(e)),
         ..Default::default()
     })
 }
@@ -601,7 +601,7 @@ pub fn finish_dump(t: &mut FileTable<'_>) -> Result<()> {
             t.push(FileEntry {
                 r#type: FdTypes::Unixsk as i32,
                 id,
-                usk: Some(UnixSkEntry {
+                usk: Some(Box::new(UnixSkEntry {
                     id,
                     ino: emb.as_ref().map(|e| e.ino).unwrap_or(0),
                     r#type: ld.ty as u32,
@@ -611,7 +611,7 @@ pub fn finish_dump(t: &mut FileTable<'_>) -> Result<()> {
                     name: ld.name.clone().unwrap_or_default(),
                     shutdown: Some(shutdown_enum(mirrored) as i32),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             });
             if let Some(emb) = emb {
@@ -625,7 +625,7 @@ pub fn finish_dump(t: &mut FileTable<'_>) -> Result<()> {
         t.push(FileEntry {
             r#type: FdTypes::Unixsk as i32,
             id,
-            usk: Some(UnixSkEntry {
+            usk: Some(Box::new(UnixSkEntry {
                 id,
                 ino: x,
                 r#type: d.ty as u32,
@@ -634,7 +634,7 @@ pub fn finish_dump(t: &mut FileTable<'_>) -> Result<()> {
                 backlog: if d.state == TCP_LISTEN { d.wqlen } else { 0 },
                 name: d.name.unwrap_or_default(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         });
     }
