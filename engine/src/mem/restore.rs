@@ -15,7 +15,7 @@ use crate::sys::misc::PrctlMmMap;
 use crate::sys::mman::FileMap;
 use crate::sys::uffd;
 use crate::sys::vm::{self, RemoteIoVec};
-use crate::task::remote::{Call, Remote, SCRATCH_LEN};
+use crate::task::remote::{Call, Pending, Remote, SCRATCH_LEN};
 
 /// Where in the scratch area the data (iovecs, structs) goes; the first page
 /// holds the `syscall; int3` code.
@@ -45,13 +45,21 @@ pub struct MemCtx<'a> {
     pub shmem_fds: &'a HashMap<u64, i32>,
     /// Size of each SysV shm segment (from the IPC namespace's images).
     pub sysv_sizes: &'a HashMap<u64, u64>,
-    /// pages-N.img, read by the restorer.
-    pub pages: &'a std::fs::File,
-    /// Draw a progress bar while filling.
-    pub progress: bool,
     pub scratch: u64,
     /// The stub's current [vvar]..[vdso] block (the restorer's).
     pub cur_vdso: (u64, u64),
+}
+
+/// The batch [`begin_vmas`] started in a stub: it unmaps the stub's memory
+/// and maps the dumped VMAs.
+#[derive(Debug)]
+pub struct Mapping {
+    pending: Pending,
+    what: Vec<String>,
+    /// Index of the first mmap call.
+    first_mmap: usize,
+    /// Where each mmap must land.
+    at: Vec<u64>,
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -78,18 +86,18 @@ fn has_pages(pm: &Pagemap, s: u64, e: u64) -> bool {
     pm.all_runs().any(|(a, n)| a < e && s < a + n * PAGE_SIZE)
 }
 
-/// Replace the stub's address space with the dumped one and fill it.
-/// Returns the number of pages written.
-/// `first`: calls (with their names) to run at the start of the first
-/// batch, before the stub's memory goes. The protections and advice are
-/// left to [`finish_vmas`].
-pub fn restore_vmas(
+/// Start replacing the stub's address space with the dumped one, in one
+/// batch; [`end_vmas`] waits for it and fills the memory.
+/// `first`: calls (with their names) to run at the start of that batch,
+/// before the stub's memory goes. The protections and advice are left to
+/// [`finish_vmas`].
+pub fn begin_vmas(
     r: &mut Remote,
     mm: &MmEntry,
     pm: &Pagemap,
     cx: &MemCtx<'_>,
     first: &[(Call, &str)],
-) -> Result<u64> {
+) -> Result<Mapping> {
     let pid = r.pid;
     let scratch = (cx.scratch, cx.scratch + SCRATCH_LEN);
     let cur = cx.cur_vdso;
@@ -182,10 +190,30 @@ pub fn restore_vmas(
         calls.push((libc::SYS_mmap, [v.start, len, prot, flags, fd, off]));
         what.push(format!("mmap at {:#x}", v.start));
     }
-    let names: Vec<&str> = what.iter().map(|s| s.as_str()).collect();
-    let res = r.batch_checked(pid, &calls, &names)?;
-    for (i, &got) in res.iter().enumerate().skip(first_mmap) {
-        let want = calls[i].1[0];
+    let at = calls[first_mmap..].iter().map(|c| c.1[0]).collect();
+    Ok(Mapping {
+        pending: r.start(pid, &calls, Vec::new())?,
+        what,
+        first_mmap,
+        at,
+    })
+}
+
+/// After [`begin_vmas`]: check where every VMA landed, then fill the memory
+/// from `pages` (pages-N.img). Returns the number of pages written.
+pub fn end_vmas(
+    r: &mut Remote,
+    mm: &MmEntry,
+    pm: &Pagemap,
+    m: Mapping,
+    pages: &std::fs::File,
+    progress: bool,
+) -> Result<u64> {
+    let pid = r.pid;
+    let names: Vec<&str> = m.what.iter().map(|s| s.as_str()).collect();
+    let res = r.wait(m.pending)?;
+    let res = crate::task::remote::check_all(pid, &res, &names)?;
+    for (&got, &want) in res[m.first_mmap..].iter().zip(&m.at) {
         if got != want {
             return Err(Error::task(
                 pid,
@@ -232,7 +260,7 @@ pub fn restore_vmas(
     } else {
         Uffd::open(r, &anon)
     };
-    let pages = fill(pid, pm, cx.pages, cx.progress, uffd.as_ref(), &skip)?
+    let pages = fill(pid, pm, pages, progress, uffd.as_ref(), &skip)?
         + fill_parent(pid, pm, uffd.as_ref(), &skip)?;
     if let Some(u) = uffd {
         u.close()?;
@@ -240,18 +268,19 @@ pub fn restore_vmas(
     Ok(pages)
 }
 
-/// After [`restore_vmas`], in one batch: the final protections of the VMAs
-/// it filled (checked), the calls of `then` (checked), and the advice (best
-/// effort, as in CRIU: KSM or THP may be off).
+/// After [`end_vmas`], started in one batch: the final protections of the
+/// VMAs it filled (checked), the calls of `then` (checked), and the advice
+/// (best effort, as in CRIU: KSM or THP may be off). [`Remote::wait`]
+/// waits for it.
 pub fn finish_vmas(
     r: &mut Remote,
     mm: &MmEntry,
     pm: &Pagemap,
-    then: &[(Call, &str)],
-) -> Result<()> {
+    then: &[(Call, &'static str)],
+) -> Result<Pending> {
     let pid = r.pid;
     let mut calls: Vec<Call> = Vec::new();
-    let mut what: Vec<&str> = Vec::new();
+    let mut what: Vec<&'static str> = Vec::new();
     for v in mm.vmas.iter().filter(|v| refilled_read_only(v, pm)) {
         calls.push((
             libc::SYS_mprotect,
@@ -261,7 +290,6 @@ pub fn finish_vmas(
     }
     calls.extend(then.iter().map(|c| c.0));
     what.extend(then.iter().map(|c| c.1));
-    let checked = calls.len();
     for v in &mm.vmas {
         let Some(m) = v.madv.filter(|&m| m != 0) else {
             continue;
@@ -272,12 +300,10 @@ pub fn finish_vmas(
             }
         }
     }
-    let res = r.batch(pid, &calls)?;
-    crate::task::remote::check_all(pid, &res[..checked], &what)?;
-    Ok(())
+    r.start(pid, &calls, what)
 }
 
-/// A VMA mapped writable by [`restore_vmas`] to be filled, though its own
+/// A VMA mapped writable by [`begin_vmas`] to be filled, though its own
 /// protection is not.
 fn refilled_read_only(v: &VmaEntry, pm: &Pagemap) -> bool {
     v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_SYSVIPC) == 0

@@ -286,20 +286,43 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
 
     // Puppet every live task.
     let cur_creds = creds::from_status(&proc::read_status(std::process::id() as i32)?, 0);
-    let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(plan.tasks.len());
-    let mut pages = 0u64;
-    for i in 0..plan.tasks.len() {
+    // In waves over all tasks, as the dump's prologue does: every stub runs
+    // its batch (dropping our memory, mapping its own) while the restorer
+    // starts or fills the others, instead of one waiting for the other.
+    let sysv_sizes = crate::ns::ipc::segment_sizes(&plan.ns);
+    let mut begun = Vec::with_capacity(plan.tasks.len());
+    for (i, t) in plan.tasks.iter().enumerate() {
         crate::error::check_interrupt()?;
-        if !plan.tasks[i].alive() {
+        begun.push(if t.alive() {
+            Some(puppet::begin(&plan, &prep, i, cur_vdso, &sysv_sizes)?)
+        } else {
+            None
+        });
+    }
+    let mut filled = Vec::with_capacity(plan.tasks.len());
+    let mut pages = 0u64;
+    for (i, b) in begun.into_iter().enumerate() {
+        crate::error::check_interrupt()?;
+        filled.push(match b {
+            Some(b) => {
+                let (f, n) = puppet::fill(&plan, &prep, i, b, opts.progress)?;
+                pages += n;
+                Some(f)
+            }
+            None => None,
+        });
+    }
+    let mut remotes: Vec<Option<Remote>> = Vec::with_capacity(plan.tasks.len());
+    for (i, f) in filled.into_iter().enumerate() {
+        let Some(f) = f else {
             remotes.push(None);
             continue;
-        }
-        let (r, n, tids) = puppet::puppet(&plan, &prep, i, cur_vdso, &mut tree, opts.progress)?;
+        };
+        let (r, tids) = puppet::puppet(&plan, &prep, i, f, &mut tree)?;
         for &tid in tids.iter().skip(1) {
             names.borrow_mut().add_thread(plan.tasks[i].pid, tid);
         }
         crate::ns::pid::set_threads(&mut plan.tasks[i], tids);
-        pages += n;
         remotes.push(Some(r));
     }
     let plan = plan;
@@ -325,20 +348,29 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
         let pgid = crate::ns::pid::local_pgid(t) as u64;
         Some((libc::SYS_setpgid, [0, pgid, 0, 0, 0, 0]))
     };
-    let mut order: Vec<usize> = (0..plan.tasks.len()).collect();
-    order.sort_by_key(|&i| plan.tasks[i].pgid != plan.tasks[i].pid);
-    let mut ending = Vec::with_capacity(order.len());
-    for i in order {
-        let Some(mut r) = remotes[i].take() else {
-            continue;
-        };
-        let t = &plan.tasks[i];
-        // In a user namespace of their own, tasks start with other
-        // credentials than ours (see ns::user).
-        let own = crate::ns::user::current_creds(t.pid, &plan.ns)?;
-        let creds = own.as_ref().unwrap_or(&cur_creds);
-        puppet::finish_task(&plan, &prep, i, &mut r, creds, pgid_call(t))?;
-        ending.push((i, r));
+    // Two waves, group leaders then members, each started in all its tasks
+    // before any is waited for.
+    let (leaders, members): (Vec<usize>, Vec<usize>) =
+        (0..plan.tasks.len()).partition(|&i| plan.tasks[i].pgid == plan.tasks[i].pid);
+    let mut ending = Vec::with_capacity(plan.tasks.len());
+    for wave in [leaders, members] {
+        let mut started = Vec::with_capacity(wave.len());
+        for i in wave {
+            let Some(mut r) = remotes[i].take() else {
+                continue;
+            };
+            let t = &plan.tasks[i];
+            // In a user namespace of their own, tasks start with other
+            // credentials than ours (see ns::user).
+            let own = crate::ns::user::current_creds(t.pid, &plan.ns)?;
+            let creds = own.as_ref().unwrap_or(&cur_creds);
+            let p = puppet::finish_task(&plan, &prep, i, &mut r, creds, pgid_call(t))?;
+            started.push((i, r, p));
+        }
+        for (i, mut r, p) in started {
+            puppet::finish_rest(&plan, &prep, i, &mut r, p)?;
+            ending.push((i, r));
+        }
     }
     for (i, mut r) in ending {
         puppet::end_task(&plan, i, &mut r)?;

@@ -1,7 +1,9 @@
 //! Each task's second half, driven from outside once its stub has stopped:
-//! its address space, mm fields, threads and pending signals ([`puppet`]),
-//! then credentials, staged fds, timers and the final registers
-//! ([`finish_task`]).
+//! its address space ([`begin`], [`fill`]), mm fields, threads and pending
+//! signals ([`puppet`]), then credentials, staged fds, timers and the final
+//! registers ([`finish_task`], [`finish_rest`], [`end_task`]). Each step
+//! that waits for a batch of remote calls is split at that batch, so the
+//! restorer starts it in every task before it waits for any.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,7 @@ use crate::error::{Error, PathCtx, Result, TaskCtx};
 use crate::files;
 use crate::mem::restore::{self as memr, MemCtx, SCRATCH_DATA};
 use crate::sys::{ptrace, stub as sstub};
-use crate::task::remote::{Call, Remote, SCRATCH_LEN};
+use crate::task::remote::{Call, Pending, Remote, SCRATCH_LEN};
 use crate::task::{creds, regs};
 
 /// Where the leader's thread data sits in the scratch data area while the
@@ -65,20 +67,34 @@ fn final_regs(e: &stasis_proto::criu::UserX86RegsEntry) -> libc::user_regs_struc
     r
 }
 
-/// Rebuild one task's memory, mm and threads. Returns its remote context
-/// (injectors held), the pages written and the host tids of its threads.
-pub(super) fn puppet(
+/// A task whose stub is replacing its address space (see [`begin`]).
+pub(super) struct Begun {
+    r: Remote,
+    /// Target-side fd of each file it maps.
+    file_fds: HashMap<u32, i32>,
+    mapping: memr::Mapping,
+}
+
+/// A task whose memory is filled and whose final protections and mm fields
+/// are being set (see [`fill`]).
+pub(super) struct Filled {
+    r: Remote,
+    finishing: Pending,
+}
+
+/// Start rebuilding task `i`'s memory: its stub unmaps itself and maps the
+/// dumped VMAs in one batch, which runs while the restorer starts the
+/// other tasks' (then [`fill`], then [`puppet`]).
+pub(super) fn begin(
     plan: &Plan,
     prep: &Prep,
     i: usize,
     cur_vdso: (u64, u64),
-    tree: &mut Tree,
-    progress: bool,
-) -> Result<(Remote, u64, Vec<i32>)> {
+    sysv_sizes: &HashMap<u64, u64>,
+) -> Result<Begun> {
     let t = &plan.tasks[i];
     let tp = &prep.tasks[i];
     let pid = t.pid;
-    let mm = t.mm.as_ref().unwrap();
     let mut r = Remote::with_ip(pid, tp.scratch);
     // The stub inherited the restorer's rseq registration; it must go before
     // its memory does.
@@ -106,21 +122,44 @@ pub(super) fn puppet(
         let Local::File(id) = *l;
         file_fds.insert(id, tp.local(prep.local_base, *l).unwrap());
     }
-    let pages_name = format!("pages-{}.img", t.pagemap.as_ref().unwrap().pages_id);
-    let pages_file = std::fs::File::open(prep.images_dir.join(&pages_name))
-        .path_ctx(prep.images_dir.join(&pages_name))?;
-    let sysv_sizes = crate::ns::ipc::segment_sizes(&plan.ns);
     let cx = MemCtx {
         file_fds: &file_fds,
         shmem_fds: &prep.shmem_fds,
-        sysv_sizes: &sysv_sizes,
-        pages: &pages_file,
-        progress,
+        sysv_sizes,
         scratch: tp.scratch,
         cur_vdso,
     };
-    let pm = t.pagemap.as_ref().unwrap();
-    let pages = memr::restore_vmas(&mut r, mm, pm, &cx, &first)?;
+    let (mm, pm) = (t.mm.as_ref().unwrap(), t.pagemap.as_ref().unwrap());
+    let mapping = memr::begin_vmas(&mut r, mm, pm, &cx, &first)?;
+    Ok(Begun {
+        r,
+        file_fds,
+        mapping,
+    })
+}
+
+/// After [`begin`]: fill task `i`'s memory, then start the batch of its
+/// final protections, mm fields and the leader's own kernel state.
+/// Returns the pages written.
+pub(super) fn fill(
+    plan: &Plan,
+    prep: &Prep,
+    i: usize,
+    b: Begun,
+    progress: bool,
+) -> Result<(Filled, u64)> {
+    let t = &plan.tasks[i];
+    let tp = &prep.tasks[i];
+    let (mm, pm) = (t.mm.as_ref().unwrap(), t.pagemap.as_ref().unwrap());
+    let Begun {
+        mut r,
+        file_fds,
+        mapping,
+    } = b;
+    let pages_name = format!("pages-{}.img", pm.pages_id);
+    let pages_file = std::fs::File::open(prep.images_dir.join(&pages_name))
+        .path_ctx(prep.images_dir.join(&pages_name))?;
+    let pages = memr::end_vmas(&mut r, mm, pm, mapping, &pages_file, progress)?;
     // The mm fields ride with the final protections, and so does the
     // leader's own kernel state: one round trip fewer. (Threads cloned after
     // this inherit none of it but the name, which they set themselves.)
@@ -129,7 +168,24 @@ pub(super) fn puppet(
     let (mut then, bytes) = thread_calls(t, 0, leader_data);
     r.write(leader_data, &bytes)?;
     then.insert(0, (set_mm, "prctl(PR_SET_MM_MAP)"));
-    memr::finish_vmas(&mut r, mm, pm, &then)?;
+    let finishing = memr::finish_vmas(&mut r, mm, pm, &then)?;
+    Ok((Filled { r, finishing }, pages))
+}
+
+/// After [`fill`]: task `i`'s threads and pending signals. Returns its
+/// remote context (injectors held) and the host tids of its threads.
+pub(super) fn puppet(
+    plan: &Plan,
+    prep: &Prep,
+    i: usize,
+    f: Filled,
+    tree: &mut Tree,
+) -> Result<(Remote, Vec<i32>)> {
+    let t = &plan.tasks[i];
+    let tp = &prep.tasks[i];
+    let pid = t.pid;
+    let Filled { mut r, finishing } = f;
+    r.wait(finishing)?;
 
     // Threads, each with its own TID, by clone3 run in the leader.
     let data = tp.scratch + SCRATCH_DATA;
@@ -219,7 +275,7 @@ pub(super) fn puppet(
             queue_signal(&mut r, pid, lp, None, &s.siginfo, data)?;
         }
     }
-    Ok((r, pages, threads))
+    Ok((r, threads))
 }
 
 /// The batch that gives thread `k` of `t` its kernel state: tid address,
@@ -325,8 +381,8 @@ fn queue_signal(
     Ok(())
 }
 
-/// Credentials, process group, dumpable, staged fds, timers; the scratch's
-/// unmapping is started (see [`end_task`]).
+/// Credentials, then the batch for the process group, dumpable and staged
+/// fds is started; [`finish_rest`] goes on once it has run.
 pub(super) fn finish_task(
     plan: &Plan,
     prep: &Prep,
@@ -334,7 +390,7 @@ pub(super) fn finish_task(
     r: &mut Remote,
     cur: &stasis_proto::criu::CredsEntry,
     setpgid: Option<Call>,
-) -> Result<()> {
+) -> Result<Pending> {
     let t = &plan.tasks[i];
     let pid = t.pid;
     let tp = &prep.tasks[i];
@@ -362,7 +418,7 @@ pub(super) fn finish_task(
     }
     // One round trip for the process group, dumpable and the staged fds.
     let mut calls: Vec<Call> = Vec::with_capacity(3);
-    let mut what: Vec<&str> = Vec::with_capacity(3);
+    let mut what: Vec<&'static str> = Vec::with_capacity(3);
     if let Some(c) = setpgid {
         calls.push(c);
         what.push("setpgid");
@@ -379,7 +435,23 @@ pub(super) fn finish_task(
         [prep.base as u64, u32::MAX as u64, 0, 0, 0, 0],
     ));
     what.push("close_range");
-    r.batch_checked(pid, &calls, &what)?;
+    r.start(pid, &calls, what)
+}
+
+/// After [`finish_task`]: POSIX locks and timers; the scratch's unmapping
+/// is started (see [`end_task`]).
+pub(super) fn finish_rest(
+    plan: &Plan,
+    prep: &Prep,
+    i: usize,
+    r: &mut Remote,
+    started: Pending,
+) -> Result<()> {
+    r.wait(started)?;
+    let t = &plan.tasks[i];
+    let pid = t.pid;
+    let tp = &prep.tasks[i];
+    let data = tp.scratch + SCRATCH_DATA;
     // With no staging fd left to drop them: POSIX locks; then the timers
     // start, the last thing before release.
     files::locks::restore_posix(r, plan, i, data)?;

@@ -281,6 +281,47 @@ impl Remote {
         let res = self.batch(tid, calls)?;
         check_all(tid, &res, what)
     }
+
+    /// [`batch`](Self::batch) in two halves, so that many tasks run theirs
+    /// at once: started here when the calls fit one batch (otherwise run to
+    /// the end now), their results come from [`wait`](Self::wait). The
+    /// results of the first `what.len()` calls are checked, `what[i]`
+    /// naming call `i`.
+    pub fn start(&mut self, tid: i32, calls: &[Call], what: Vec<&'static str>) -> Result<Pending> {
+        let run = if self.batches() && calls.len() <= BATCH_MAX {
+            self.begin_batch(tid, calls)?;
+            Run::Running(calls.len())
+        } else {
+            Run::Done(self.batch(tid, calls)?)
+        };
+        Ok(Pending { tid, run, what })
+    }
+
+    /// The raw results of the calls [`start`](Self::start)ed.
+    pub fn wait(&mut self, p: Pending) -> Result<Vec<i64>> {
+        let res = match p.run {
+            Run::Running(n) => self.end_batch(p.tid, n)?,
+            Run::Done(res) => res,
+        };
+        check_all(p.tid, &res[..p.what.len().min(res.len())], &p.what)?;
+        Ok(res)
+    }
+}
+
+/// A batch of remote calls under way (see [`Remote::start`]).
+#[derive(Debug)]
+pub struct Pending {
+    tid: i32,
+    run: Run,
+    what: Vec<&'static str>,
+}
+
+#[derive(Debug)]
+enum Run {
+    /// Started, with this many calls.
+    Running(usize),
+    /// Already run (it did not fit one batch): the results.
+    Done(Vec<i64>),
 }
 
 /// A scratch area left mapped in a stopped process by
