@@ -69,7 +69,11 @@ impl PageStats {
 pub struct Run {
     pub addr: u64,
     pub len: u64,
-    /// Readable with process_vm_readv (else through /proc/PID/mem).
+    /// Read with process_vm_readv, else through /proc/PID/mem: memory
+    /// without PROT_READ, which process_vm_readv refuses, and pages other
+    /// processes map too. process_vm_readv pins the pages it reads, and
+    /// pinning an anonymous page shared copy-on-write since a fork copies
+    /// it for the target: its memory would grow by what it shares.
     pub readable: bool,
 }
 
@@ -95,6 +99,11 @@ fn wanted(v: &Vma) -> Option<(bool, bool)> {
         Contents::Whole => Some((false, true)),
         _ => None,
     }
+}
+
+/// Whether `v`'s pages are read with process_vm_readv (see [`Run::readable`]).
+fn direct(v: &Vma) -> bool {
+    v.entry.prot & libc::PROT_READ as u32 != 0 && !v.shared_pages
 }
 
 /// Append `[addr, addr + len)` to `runs`, merging with the last run.
@@ -157,7 +166,7 @@ fn collect_runs_scan(pm: &File, vmas: &[Vma]) -> std::io::Result<(Vec<Run>, u64)
             continue;
         };
         scanned += (v.end() - v.start()) / PAGE_SIZE;
-        let readable = v.entry.prot & libc::PROT_READ as u32 != 0;
+        let readable = direct(v);
         if whole {
             push_run(&mut runs, v.start(), v.end() - v.start(), readable);
             continue;
@@ -215,7 +224,7 @@ fn collect_runs_read(pm: &File, path: &str, vmas: &[Vma]) -> Result<(Vec<Run>, u
         };
         read_pagemap(&pm, v.start(), v.end(), &mut ents).path_ctx(path)?;
         scanned += ents.len() as u64;
-        let readable = v.entry.prot & libc::PROT_READ as u32 != 0;
+        let readable = direct(v);
         for (i, &e) in ents.iter().enumerate() {
             if is_marker(e) {
                 continue;

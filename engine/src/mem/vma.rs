@@ -61,6 +61,9 @@ pub struct Vma {
     pub deleted: bool,
     pub dev: (u32, u32),
     pub inode: u64,
+    /// Some of its pages are mapped by other processes too (smaps
+    /// `Shared_*`): copy-on-write pages shared since a fork, say.
+    pub shared_pages: bool,
 }
 
 impl Vma {
@@ -213,6 +216,7 @@ pub fn classify(pid: i32, s: &SmapsEntry) -> Result<Vma> {
         deleted: m.deleted,
         dev: (m.dev_major, m.dev_minor),
         inode: m.inode,
+        shared_pages: s.shared_clean_kb + s.shared_dirty_kb != 0,
     })
 }
 
