@@ -20,12 +20,11 @@ const SPLIT_MIN: usize = 8;
 /// The fds of `pid`: numbers, link texts and the stats of possible pty
 /// masters.
 fn scan_pid(pid: i32) -> Result<Vec<ScannedFd>> {
-    let fds = proc::read_fd_numbers(pid)?;
+    let mut dir = proc::FdDir::open(pid)?;
+    let fds = dir.numbers()?;
     let mut v = Vec::with_capacity(fds.len());
     for fd in fds {
-        let link = proc::read_fd_link(pid, fd)
-            .ok()
-            .map(|l| l.to_string_lossy().into_owned());
+        let link = dir.link(fd).ok().map(|l| l.to_string_lossy().into_owned());
         let st = link
             .as_deref()
             .filter(|l| maybe_ptmx(l))

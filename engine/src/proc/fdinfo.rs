@@ -615,6 +615,46 @@ pub fn read_fd_numbers(pid: i32) -> Result<Vec<i32>, ProcError> {
     super::children::read_numeric_dir(pid_path(pid, "fd"))
 }
 
+/// A task's `/proc/PID/fd`, open: its fds are listed and their links read
+/// relative to it, which spares the kernel a walk of `/proc/PID/fd` (and
+/// its permission checks) for every fd.
+pub struct FdDir {
+    path: PathBuf,
+    dir: nix::dir::Dir,
+}
+
+impl FdDir {
+    pub fn open(pid: i32) -> Result<FdDir, ProcError> {
+        use nix::fcntl::OFlag;
+        let path = pid_path(pid, "fd");
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let dir = nix::dir::Dir::open(&path, flags, nix::sys::stat::Mode::empty())
+            .map_err(|e| ProcError::io(&path, e.into()))?;
+        Ok(FdDir { path, dir })
+    }
+
+    /// The open fd numbers, sorted.
+    pub fn numbers(&mut self) -> Result<Vec<i32>, ProcError> {
+        let mut out = Vec::new();
+        for ent in self.dir.iter() {
+            let ent = ent.map_err(|e| ProcError::io(&self.path, e.into()))?;
+            if let Some(n) = ent.file_name().to_str().ok().and_then(dec::<i32>) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// What fd `fd` is: `/proc/PID/fd/<fd>`'s link.
+    pub fn link(&self, fd: i32) -> Result<PathBuf, ProcError> {
+        use std::os::fd::AsRawFd;
+        nix::fcntl::readlinkat(Some(self.dir.as_raw_fd()), fd.to_string().as_str())
+            .map(PathBuf::from)
+            .map_err(|e| ProcError::io(self.path.join(fd.to_string()), e.into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,6 +685,19 @@ mod tests {
         lock:\t1: FLOCK  ADVISORY  WRITE 5593 fe:00:10011037 0 EOF\n";
     const POSIX: &str = "pos:\t100\nflags:\t02100002\nmnt_id:\t27\nino:\t10011038\n\
         lock:\t1: POSIX  ADVISORY  WRITE 5593 fe:00:10011038 5 14\n";
+
+    #[test]
+    fn fd_dir_lists_and_reads_own_fds() {
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let mut d = FdDir::open(std::process::id() as i32).unwrap();
+        let fds = d.numbers().unwrap();
+        assert!(fds.contains(&fd) && fds.is_sorted());
+        let want = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        assert_eq!(d.link(fd).unwrap(), want);
+        let e = d.link(100_000).unwrap_err().to_string();
+        assert!(e.contains("/fd/100000"), "{e}");
+    }
 
     #[test]
     fn common_fields() {

@@ -35,7 +35,7 @@ pub use cgroup::{find_cgroup_v2, parse_cgroup, read_cgroup, CgroupEntry};
 pub use children::{parse_children, read_children, read_process_children, read_tids};
 pub use fdinfo::{
     parse_fdinfo, parse_locks, read_fd_link, read_fd_numbers, read_fdinfo, read_locks, EpollTarget,
-    EventfdInfo, FanotifyInfo, FanotifyMark, FanotifyTarget, Fdinfo, FdinfoKind, FileHandle,
+    EventfdInfo, FanotifyInfo, FanotifyMark, FanotifyTarget, FdDir, Fdinfo, FdinfoKind, FileHandle,
     FileLock, InotifyWatch, LockClass, LockMode, LockType, PidfdInfo, TimerfdInfo,
 };
 pub use limits::{parse_limits, read_limits, Limits, RLIMIT_NAMES, RLIM_INFINITY, RLIM_NLIMITS};
