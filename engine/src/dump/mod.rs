@@ -239,6 +239,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         asked: HashMap::new(),
         tables_done: false,
         kept: Vec::new(),
+        paths: HashMap::new(),
+        userns: None,
+        pages_ids: Default::default(),
     };
     let live: Vec<i32> = tree
         .tasks
@@ -255,6 +258,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     // The tree's own user namespace: credentials and file owners are
     // written as seen inside.
     d.files().userns = tree_ns.user.clone();
+    d.userns = tree_ns.user.clone();
+    d.pages_ids = d.files().pages_ids.clone();
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     // Fd tables (files id = task index + 2) on a second thread, see
@@ -455,6 +460,12 @@ struct Dumper<'a> {
     /// dump: unmapped all at once if the tree runs on, never if it is
     /// killed, one by one (drop) if the dump fails.
     kept: Vec<Kept>,
+    /// File ids of paths seen before, by (path, flags): see `path_file`.
+    paths: HashMap<(String, u32), u32>,
+    /// The tree's own user namespace (see FileTable::userns).
+    userns: Option<crate::ns::user::UserNs>,
+    /// FileTable::pages_ids.
+    pages_ids: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// One task's smaps as read ahead: (pid, contents).
@@ -466,16 +477,42 @@ type SmapsAhead = (
 impl<'a> Dumper<'a> {
     fn pages_id(&mut self) -> u32 {
         // One counter for every pages image (memfds take ids too).
-        self.files().new_pages_id()
+        self.pages_ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A thread's credentials as it sees them (CRIU reads them inside).
     fn creds(&self, st: &proc::Status, secbits: u32) -> stasis_proto::criu::CredsEntry {
         let mut c = creds::from_status(st, secbits);
-        if let Some(u) = &self.files().userns {
+        if let Some(u) = &self.userns {
             u.creds_to_ns(&mut c);
         }
         c
+    }
+
+    /// [`FileTable::path_file`], remembered here: the tasks of a tree
+    /// mostly share their exe, mapped files, cwd and root, and the table's
+    /// lock is busy with the fd table thread (a wait behind it can be a
+    /// whole time slice when that thread is preempted holding it).
+    fn path_file(
+        &mut self,
+        pid: i32,
+        path: &str,
+        deleted: bool,
+        flags: u32,
+        source: impl FnOnce() -> PathBuf,
+    ) -> Result<u32> {
+        // A deleted file (or memfd) is an object of its own each time.
+        let key = (path.to_owned(), flags);
+        if let Some(&id) = self.paths.get(&key).filter(|_| !deleted) {
+            return Ok(id);
+        }
+        let id = self
+            .files()
+            .path_file(pid, path, deleted, flags, source())?;
+        if !deleted {
+            self.paths.insert(key, id);
+        }
+        Ok(id)
     }
 
     fn files(&self) -> MutexGuard<'a, FileTable<'a>> {
@@ -580,10 +617,6 @@ impl<'a> Dumper<'a> {
         // VMAs (without our scratch area).
         let mut vmas: Vec<Vma> = Vec::with_capacity(smaps.len());
         let mut vdso = None;
-        // Taken once for all file mappings, not once each: the fd table
-        // thread takes it for every fd, and a wait behind it can be a
-        // whole time slice when it is preempted holding it.
-        let mut files = self.files();
         for s in &smaps {
             let mut v = vma::classify(pid, s)?;
             if v.is_sysv() && !self.own_ipc {
@@ -602,19 +635,14 @@ impl<'a> Dumper<'a> {
                 vdso = Some((v.start(), v.end()));
             }
             if v.is_file() {
-                let source = PathBuf::from(format!(
-                    "/proc/{pid}/map_files/{:x}-{:x}",
-                    v.start(),
-                    v.end()
-                ));
-                let path = v.path.clone().unwrap_or_default();
-                let fid =
-                    files.path_file(pid, &path, v.deleted, v.entry.fdflags.unwrap_or(0), source)?;
-                v.entry.shmid = fid as u64;
+                let (start, end) = (v.start(), v.end());
+                let source = || PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"));
+                let path = v.path.as_deref().unwrap_or_default();
+                let flags = v.entry.fdflags.unwrap_or(0);
+                v.entry.shmid = self.path_file(pid, path, v.deleted, flags, source)? as u64;
             }
             vmas.push(v);
         }
-        drop(files);
         vma::merge_vvar(&mut vmas);
 
         // What only the process can tell: asked already by `ask_all`, or now.
@@ -755,19 +783,14 @@ impl<'a> Dumper<'a> {
         let cwd = link(pid, "cwd")?;
         let root = link(pid, "root")?;
         let exe = link(pid, "exe")?;
-        // One lock for the three (see the file mappings above).
-        let (cwd_id, root_id, exe_file_id) = {
-            let mut files = self.files();
-            let mut file = |l: &(String, bool), what: &str, flags: u32| {
-                let source = format!("/proc/{pid}/{what}").into();
-                files.path_file(pid, &l.0, l.1, flags, source)
-            };
-            (
-                file(&cwd, "cwd", dirflags)?,
-                file(&root, "root", dirflags)?,
-                file(&exe, "exe", libc::O_RDONLY as u32)?,
-            )
+        let mut file = |l: &(String, bool), what: &str, flags: u32| {
+            self.path_file(pid, &l.0, l.1, flags, || {
+                format!("/proc/{pid}/{what}").into()
+            })
         };
+        let cwd_id = file(&cwd, "cwd", dirflags)?;
+        let root_id = file(&root, "root", dirflags)?;
+        let exe_file_id = file(&exe, "exe", libc::O_RDONLY as u32)?;
         self.dir.write_one(
             &format!("fs-{vpid}.img"),
             common(magic::FS),

@@ -175,7 +175,9 @@ pub struct FileTable<'a> {
     next_id: u32,
     by_path: HashMap<(String, u32), u32>,
     open: shared::OpenIndex,
-    next_pages_id: u32,
+    /// The next `pages-<id>.img` id: shared with the dumper, which takes
+    /// one per task without this table's lock.
+    pub pages_ids: std::sync::Arc<std::sync::atomic::AtomicU32>,
     pub(crate) pipes: pipe::Dumped,
     pub(crate) memfds: memfd::Dumped,
     pub(crate) locks: locks::LockTable,
@@ -199,7 +201,7 @@ impl<'a> FileTable<'a> {
             next_id: 1,
             by_path: HashMap::new(),
             open: shared::OpenIndex::default(),
-            next_pages_id: 1,
+            pages_ids: std::sync::Arc::new(1.into()),
             pipes: pipe::Dumped::default(),
             memfds: memfd::Dumped::default(),
             locks: locks::LockTable::default(),
@@ -239,10 +241,9 @@ impl<'a> FileTable<'a> {
     }
 
     /// A new `pages-<id>.img` id, unique in the dump.
-    pub fn new_pages_id(&mut self) -> u32 {
-        let id = self.next_pages_id;
-        self.next_pages_id += 1;
-        id
+    pub fn new_pages_id(&self) -> u32 {
+        self.pages_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn push(&mut self, e: FileEntry) {
