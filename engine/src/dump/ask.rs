@@ -7,13 +7,30 @@ use std::sync::Mutex;
 
 use stasis_proto::criu::ThreadSasEntry;
 
-use super::{Dumper, SC_MISC, SC_SIGACT, SC_THREAD, SC_TIMERS};
+use super::{Dumper, SC_LIMITS, SC_MISC, SC_SIGACT, SC_THREAD, SC_TIMERS};
 use crate::error::{Result, TaskCtx};
 use crate::files::{tables, FileTable};
 use crate::proc;
 use crate::sys::ptrace;
 use crate::task::remote::{Kept, Remote};
 use crate::task::signals;
+
+/// Where [`TaskCalls`] results are: brk, dumpable, THP disabled,
+/// personality.
+pub(super) const ASKED_BRK: usize = 0;
+pub(super) const ASKED_DUMPABLE: usize = 2;
+pub(super) const ASKED_THP_DISABLED: usize = 3;
+pub(super) const ASKED_PERSONALITY: usize = 4;
+
+/// The resource limits [`TaskCalls`] wrote at `at` (struct rlimit64 each).
+pub(super) fn read_limits(r: &Remote, at: u64) -> Result<Vec<(u64, u64)>> {
+    let mut b = [0u8; proc::RLIM_NLIMITS * 16];
+    r.read(at, &mut b)?;
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap());
+    Ok(b.chunks_exact(16)
+        .map(|c| (word(&c[..8]), word(&c[8..])))
+        .collect())
+}
 
 /// What remote calls tell us about one thread.
 #[derive(Default)]
@@ -39,18 +56,28 @@ impl TaskCalls {
     /// `fds`: the fds whose flags to read, if any.
     pub(super) fn new(scratch: u64, fds: Option<&[i32]>) -> TaskCalls {
         let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
+        // Results at fixed places: see ASKED_BRK and the others.
         let mut calls = vec![
             (libc::SYS_brk, [0; 6]),
             prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SC_MISC),
             prctl(libc::PR_GET_DUMPABLE, 0),
             prctl(libc::PR_GET_THP_DISABLE, 0),
+            (libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0]),
         ];
         let mut names = vec![
             "brk",
             "prctl(PR_GET_CHILD_SUBREAPER)",
             "prctl(PR_GET_DUMPABLE)",
             "prctl(PR_GET_THP_DISABLE)",
+            "personality",
         ];
+        // Resource limits, as /proc/PID/limits shows them, without its
+        // path walk and text.
+        for r in 0..proc::RLIM_NLIMITS as u64 {
+            let at = scratch + SC_LIMITS + r * 16;
+            calls.push((libc::SYS_prlimit64, [0, r, 0, at, 0, 0]));
+        }
+        names.resize(calls.len(), "prlimit64");
         calls.extend(signals::action_calls(scratch + SC_SIGACT));
         names.resize(calls.len(), "rt_sigaction");
         // The main thread's own questions and the interval timers ride along

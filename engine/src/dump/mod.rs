@@ -92,6 +92,7 @@ pub struct DumpOptions {
 /// then the outputs of the calls.
 const SC_SIGACT: u64 = 4096;
 const SC_MISC: u64 = 8192;
+const SC_LIMITS: u64 = SC_MISC + 1024;
 const SC_THREAD: u64 = 12288;
 const SC_TIMERS: u64 = 24576;
 /// The iovecs of the task's own page writes, once the outputs above are read.
@@ -607,7 +608,8 @@ impl<'a> Dumper<'a> {
                 suspend_seccomp(tid)?;
             }
         }
-        let stat = proc::read_stat(pid)?;
+        // Read once the task was stopped: it holds still since.
+        let stat = &task.stat;
         let mut smaps = self.smaps(pid)?;
         if let Some((kept, _)) = &asked {
             // ask_all mapped our scratch area before smaps were read.
@@ -670,7 +672,11 @@ impl<'a> Dumper<'a> {
                 (res, tc.main_extra)
             }
         };
-        let (brk, dumpable, thp_disabled) = (res[0], res[2] as i32, res[3] != 0);
+        let brk = res[ask::ASKED_BRK];
+        let dumpable = res[ask::ASKED_DUMPABLE] as i32;
+        let thp_disabled = res[ask::ASKED_THP_DISABLED] != 0;
+        let personality = res[ask::ASKED_PERSONALITY] as u32;
+        let limits = ask::read_limits(&remote, scratch + SC_LIMITS)?;
         let sigactions = signals::read_actions(&remote, scratch + SC_SIGACT)?;
         let subreaper = remote.read_u64(scratch + SC_MISC)? as u32 != 0;
         let mut extra = Vec::with_capacity(task.threads.len());
@@ -723,21 +729,20 @@ impl<'a> Dumper<'a> {
             let ex = &extra[i];
             // The leader's status was read above (creds and seccomp mode
             // do not change meanwhile): not again.
-            let leader = (tid == pid).then_some(&status);
+            let leader = (tid == pid).then_some((&status, stat));
             let mut core = self.thread_core(pid, tid, ex, &stolen, leader)?;
             let tcore = core.thread_core.as_mut().unwrap();
             if tcore.seccomp_mode == Some(crate::task::seccomp::MODE_FILTER as i32) {
                 tcore.seccomp_filter = self.seccomp.dump_thread(tid)?;
             }
             if tid == pid {
-                let limits = proc::read_limits(pid)?;
                 core.tc = Some(TaskCoreEntry {
                     task_state: match task.state {
                         TaskState::Stopped(_) => TASK_STOPPED,
                         _ => TASK_ALIVE,
                     },
                     exit_code: 0,
-                    personality: proc::read_personality(pid)?,
+                    personality,
                     flags: stat.flags,
                     blk_sigset: core
                         .thread_core
@@ -913,7 +918,7 @@ impl<'a> Dumper<'a> {
         tid: i32,
         ex: &ThreadExtra,
         stolen: &[crate::task::seize::StolenSignal],
-        status: Option<&proc::Status>,
+        leader: Option<(&proc::Status, &proc::Stat)>,
     ) -> Result<CoreEntry> {
         let gp = ptrace::get_regs(tid).task_ctx(tid, "get registers")?;
         let xs = ptrace::get_xstate(tid).task_ctx(tid, "get xsave state")?;
@@ -932,15 +937,17 @@ impl<'a> Dumper<'a> {
         };
         let (futex_rla, futex_rla_len) =
             misc::get_robust_list(tid).task_ctx(tid, "get_robust_list")?;
-        let read;
-        let st = match status {
-            Some(s) => s,
+        // The leader's status and stat were read already (the task is
+        // stopped): not again.
+        let (read_st, read_stat);
+        let (st, tstat) = match leader {
+            Some(x) => x,
             None => {
-                read = proc::read_status_tid(pid, tid)?;
-                &read
+                read_st = proc::read_status_tid(pid, tid)?;
+                read_stat = proc::read_stat_tid(pid, tid)?;
+                (&read_st, &read_stat)
             }
         };
-        let tstat = proc::read_stat_tid(pid, tid)?;
         let sched = misc::sched_getattr(tid).task_ctx(tid, "sched_getattr")?;
         Ok(CoreEntry {
             mtype: March::X8664 as i32,
@@ -965,7 +972,8 @@ impl<'a> Dumper<'a> {
                 creds: Some(self.creds(st, ex.secbits)),
                 seccomp_mode: Some(st.seccomp as i32),
                 seccomp_filter: None,
-                comm: Some(proc::read_comm_tid(pid, tid)?),
+                // /proc/PID/task/TID/comm and stat show the same bytes.
+                comm: Some(tstat.comm.clone()),
                 blk_sigset_extended: None,
                 rseq_entry: rseq,
                 cg_set: None,

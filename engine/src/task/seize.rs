@@ -47,6 +47,9 @@ pub struct Task {
     pub threads: Vec<i32>,
     pub children: Vec<i32>,
     pub state: TaskState,
+    /// `/proc/PID/stat` once every thread was stopped (a zombie's as it
+    /// was found).
+    pub stat: proc::Stat,
 }
 
 #[derive(Debug)]
@@ -198,7 +201,7 @@ impl SeizedTree {
             Err(_) => return Err(Error::NoProcess(pid)),
         };
         if stat.state == 'Z' {
-            return Ok(Started::Zombie(zombie(pid, &stat)));
+            return Ok(Started::Zombie(Box::new(zombie(pid, &stat))));
         }
         let listed = match proc::read_tids(pid) {
             Ok(t) => t,
@@ -230,7 +233,7 @@ impl SeizedTree {
     fn finish_process(&mut self, st: Started, opts: &mut SeizeOpts<'_>) -> Result<Option<Task>> {
         let (pid, is_root, mut interrupted, mut gone) = match st {
             Started::Gone => return Ok(None),
-            Started::Zombie(t) => return Ok(Some(t)),
+            Started::Zombie(t) => return Ok(Some(*t)),
             Started::Interrupted {
                 pid,
                 is_root,
@@ -325,6 +328,7 @@ impl SeizedTree {
             threads,
             children: children.into_iter().collect(),
             state,
+            stat,
         }))
     }
 
@@ -528,7 +532,7 @@ impl Drop for SeizedTree {
 enum Started {
     /// It exited before it could be looked at.
     Gone,
-    Zombie(Task),
+    Zombie(Box<Task>),
     /// These threads were seized and interrupted; their stops are pending.
     Interrupted {
         pid: i32,
@@ -551,6 +555,7 @@ fn zombie(pid: i32, stat: &proc::Stat) -> Task {
         state: TaskState::Zombie {
             exit_code: stat.exit_code,
         },
+        stat: stat.clone(),
     }
 }
 

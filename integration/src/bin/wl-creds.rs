@@ -3,7 +3,7 @@
 //! Set up, in this order, starting as root:
 //! - supplementary groups 1001, 1002, 2000;
 //! - RLIMIT_NOFILE 200/300 and RLIMIT_CORE 4096/1 MiB (soft/hard, lowered);
-//!   nice 5;
+//!   nice 5; personality ADDR_NO_RANDOMIZE | UNAME26;
 //! - bounding set without SYS_MODULE, SYS_RAWIO, SYS_BOOT, MKNOD, AUDIT_WRITE;
 //! - securebits NO_SETUID_FIXUP | NOROOT (so the uid change keeps the caps);
 //! - gids 2000/2001/2002 and uids 1000/1001/1002 (real/effective/saved);
@@ -15,7 +15,7 @@
 //! Verification reads all of them back through the syscalls (getresuid,
 //! getresgid, getgroups, capget, PR_CAPBSET_READ, PR_CAP_AMBIENT_IS_SET,
 //! PR_GET_SECUREBITS, PR_GET_NO_NEW_PRIVS, PR_GET_DUMPABLE, getpriority,
-//! getrlimit) and through `/proc/self/status`. CAP_DAC_OVERRIDE is kept so
+//! getrlimit, personality) and through `/proc/self/status`. CAP_DAC_OVERRIDE is kept so
 //! that the process can still write its result into the root-owned state
 //! directory. Role: `root`.
 
@@ -42,6 +42,8 @@ const GIDS: (u32, u32, u32) = (2000, 2001, 2002);
 const NOFILE: (u64, u64) = (200, 300);
 const CORE: (u64, u64) = (4096, 1 << 20);
 const NICE: i32 = 5;
+/// ADDR_NO_RANDOMIZE | UNAME26: harmless to a process that execs nothing.
+const PERSONA: i32 = 0x0040000 | 0x0020000;
 const SECBITS: i32 = libc::SECBIT_NO_SETUID_FIXUP | libc::SECBIT_NOROOT;
 
 fn bits(caps: &[u32]) -> u64 {
@@ -192,6 +194,10 @@ fn setup() -> Result<Want, String> {
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) } != 0 {
         return Err(err("setpriority"));
     }
+    // SAFETY: personality takes a plain integer.
+    if unsafe { libc::personality(PERSONA as libc::c_ulong) } < 0 {
+        return Err(err("personality"));
+    }
     let dropped = bits(&[
         CAP_SYS_MODULE,
         CAP_SYS_RAWIO,
@@ -340,6 +346,12 @@ fn verify(v: &mut Verdict, w: &Want) {
     v.eq("nice", nice, NICE);
     v.eq("RLIMIT_NOFILE", getrlimit(libc::RLIMIT_NOFILE), NOFILE);
     v.eq("RLIMIT_CORE", getrlimit(libc::RLIMIT_CORE), CORE);
+    // SAFETY: 0xffffffff only queries the personality.
+    v.eq(
+        "personality",
+        unsafe { libc::personality(0xffff_ffff) },
+        PERSONA,
+    );
 }
 
 fn main() {
