@@ -150,6 +150,9 @@ pub struct Prep {
     /// every stub inherits them (stubs fork their children before setting
     /// their own), so it only sets the actions of its image that differ.
     pub inherited_sigactions: HashMap<u32, [u8; 32]>,
+    /// Our own oom_score_adj, which every stub inherits (set only where
+    /// the image differs), when read.
+    pub inherited_oom_score_adj: Option<i32>,
     /// Established TCP connections are restored closed.
     pub tcp_close: bool,
 }
@@ -232,6 +235,7 @@ fn restore_tree(opts: &RestoreOptions, names: &RefCell<TaskNames>) -> Result<Res
         prep.inherited_sigactions = crate::task::signals::settable()
             .filter_map(|s| Some((s, sstub::rt_sigaction_get(s as i32).ok()?)))
             .collect();
+        prep.inherited_oom_score_adj = proc::read_oom_score_adj(std::process::id() as i32).ok();
     }
     let prep = prep;
     // One read of our own maps: the plan's memory, and the vDSO block that

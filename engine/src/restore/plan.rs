@@ -280,13 +280,13 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         return Err(bad("pstree.img", "no tasks"));
     }
     let mut index: HashMap<i32, usize> = HashMap::new();
-    let mut tasks: Vec<TaskPlan> = Vec::with_capacity(pstree.len());
+    let mut parents = Vec::with_capacity(pstree.len());
     for (i, p) in pstree.iter().enumerate() {
         let pid = p.pid as i32;
         if pid <= 0 || index.insert(pid, i).is_some() {
             return Err(bad("pstree.img", format!("bad or duplicate pid {}", p.pid)));
         }
-        let parent = if i == 0 {
+        parents.push(if i == 0 {
             None
         } else {
             Some(*index.get(&(p.ppid as i32)).ok_or_else(|| {
@@ -295,85 +295,19 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
                     format!("pid {} listed before its parent {}", p.pid, p.ppid),
                 )
             })?)
-        };
-        let threads: Vec<i32> = if p.threads.is_empty() {
-            vec![pid]
-        } else {
-            p.threads.iter().map(|&t| t as i32).collect()
-        };
-        if threads[0] != pid {
+        });
+        if p.threads.first().is_some_and(|&t| t as i32 != pid) {
             return Err(bad(
                 "pstree.img",
                 format!("pid {pid}: first thread is not the leader"),
             ));
         }
-        let mut cores = Vec::with_capacity(threads.len());
-        for &tid in &threads {
-            let name = format!("core-{tid}.img");
-            let c: CoreEntry = dir.read_one(&name, common(magic::CORE))?;
-            if c.mtype != 1 {
-                return Err(bad(
-                    &name,
-                    format!("not an x86_64 image (mtype {})", c.mtype),
-                ));
-            }
-            cores.push(c);
-        }
-        let tc = cores[0]
-            .tc
-            .as_ref()
-            .ok_or_else(|| bad(format!("core-{pid}.img"), "no task core"))?;
-        let state = tc.task_state;
-        if ![TASK_ALIVE, TASK_DEAD, TASK_STOPPED].contains(&state) {
-            return Err(bad(
-                format!("core-{pid}.img"),
-                format!("unknown task state {state}"),
-            ));
-        }
-        let mut t = TaskPlan {
-            pid,
-            ppid: p.ppid as i32,
-            pgid: p.pgid as i32,
-            sid: p.sid as i32,
-            threads,
-            state,
-            exit_code: tc.exit_code,
-            parent,
-            children: Vec::new(),
-            cores,
-            mm: None,
-            pagemap: None,
-            fds: Vec::new(),
-            fs: None,
-            pids: None,
-        };
-        if t.alive() {
-            for c in &t.cores {
-                if c.thread_info.is_none() || c.thread_core.is_none() {
-                    return Err(bad(format!("core-{pid}.img"), "thread without registers"));
-                }
-            }
-            let mm_name = format!("mm-{pid}.img");
-            let mm: MmEntry = dir.read_one(&mm_name, common(magic::MM))?;
-            check_vmas(&mm_name, &mm)?;
-            let pm_name = format!("pagemap-{pid}.img");
-            let pm = read_pagemap(dir, &pm_name, true)?;
-            check_runs(&pm_name, &pm, &mm)?;
-            // CRIU keeps the ids in ids-PID.img only; stasis also in the core.
-            let files_id = match t.cores[0].ids.as_ref() {
-                Some(i) => i.files_id,
-                None => {
-                    let ids: TaskKobjIdsEntry =
-                        dir.read_one(&format!("ids-{pid}.img"), common(magic::IDS))?;
-                    ids.files_id
-                }
-            };
-            t.fds = dir.read_all(&format!("fdinfo-{files_id}.img"), common(magic::FDINFO))?;
-            t.fs = Some(dir.read_one(&format!("fs-{pid}.img"), common(magic::FS))?);
-            t.mm = Some(mm);
-            t.pagemap = Some(pm);
-        }
-        if let Some(pi) = parent {
+    }
+    let mut tasks: Vec<TaskPlan> = Vec::with_capacity(pstree.len());
+    for (i, t) in read_tasks(dir, &pstree).into_iter().enumerate() {
+        let mut t = t?;
+        t.parent = parents[i];
+        if let Some(pi) = parents[i] {
             tasks[pi].children.push(i);
         }
         tasks.push(t);
@@ -455,6 +389,119 @@ pub fn read(dir: &ImageDir) -> Result<Plan> {
         ns,
         seccomp,
     })
+}
+
+/// Below this many tasks, their images are read on one thread.
+const READ_THREADS_MIN: usize = 8;
+
+/// [`read_task`] of every task of `pstree`, in order: on two threads for a
+/// big tree (each of its tasks is six small files or more).
+fn read_tasks(dir: &ImageDir, pstree: &[PstreeEntry]) -> Vec<Result<TaskPlan>> {
+    if pstree.len() < READ_THREADS_MIN {
+        return pstree.iter().map(|p| read_task(dir, p)).collect();
+    }
+    let half = |first: usize| {
+        pstree
+            .iter()
+            .skip(first)
+            .step_by(2)
+            .map(|p| read_task(dir, p))
+            .collect::<Vec<_>>()
+    };
+    let (even, odd) = std::thread::scope(|s| {
+        let odd = s.spawn(|| half(1));
+        let even = half(0);
+        // A panic is passed on as it is.
+        (
+            even,
+            odd.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        )
+    });
+    let mut out = Vec::with_capacity(pstree.len());
+    let mut odd = odd.into_iter();
+    for e in even {
+        out.push(e);
+        out.extend(odd.next());
+    }
+    out
+}
+
+/// The images of task `p` (its pstree entry checked already), read and
+/// checked: its cores; if alive, its mm, pagemap, fd table and fs.
+fn read_task(dir: &ImageDir, p: &PstreeEntry) -> Result<TaskPlan> {
+    let pid = p.pid as i32;
+    let threads: Vec<i32> = if p.threads.is_empty() {
+        vec![pid]
+    } else {
+        p.threads.iter().map(|&t| t as i32).collect()
+    };
+    let mut cores = Vec::with_capacity(threads.len());
+    for &tid in &threads {
+        let name = format!("core-{tid}.img");
+        let c: CoreEntry = dir.read_one(&name, common(magic::CORE))?;
+        if c.mtype != 1 {
+            return Err(bad(
+                &name,
+                format!("not an x86_64 image (mtype {})", c.mtype),
+            ));
+        }
+        cores.push(c);
+    }
+    let tc = cores[0]
+        .tc
+        .as_ref()
+        .ok_or_else(|| bad(format!("core-{pid}.img"), "no task core"))?;
+    let state = tc.task_state;
+    if ![TASK_ALIVE, TASK_DEAD, TASK_STOPPED].contains(&state) {
+        return Err(bad(
+            format!("core-{pid}.img"),
+            format!("unknown task state {state}"),
+        ));
+    }
+    let mut t = TaskPlan {
+        pid,
+        ppid: p.ppid as i32,
+        pgid: p.pgid as i32,
+        sid: p.sid as i32,
+        threads,
+        state,
+        exit_code: tc.exit_code,
+        parent: None,
+        children: Vec::new(),
+        cores,
+        mm: None,
+        pagemap: None,
+        fds: Vec::new(),
+        fs: None,
+        pids: None,
+    };
+    if t.alive() {
+        for c in &t.cores {
+            if c.thread_info.is_none() || c.thread_core.is_none() {
+                return Err(bad(format!("core-{pid}.img"), "thread without registers"));
+            }
+        }
+        let mm_name = format!("mm-{pid}.img");
+        let mm: MmEntry = dir.read_one(&mm_name, common(magic::MM))?;
+        check_vmas(&mm_name, &mm)?;
+        let pm_name = format!("pagemap-{pid}.img");
+        let pm = read_pagemap(dir, &pm_name, true)?;
+        check_runs(&pm_name, &pm, &mm)?;
+        // CRIU keeps the ids in ids-PID.img only; stasis also in the core.
+        let files_id = match t.cores[0].ids.as_ref() {
+            Some(i) => i.files_id,
+            None => {
+                let ids: TaskKobjIdsEntry =
+                    dir.read_one(&format!("ids-{pid}.img"), common(magic::IDS))?;
+                ids.files_id
+            }
+        };
+        t.fds = dir.read_all(&format!("fdinfo-{files_id}.img"), common(magic::FDINFO))?;
+        t.fs = Some(dir.read_one(&format!("fs-{pid}.img"), common(magic::FS))?);
+        t.mm = Some(mm);
+        t.pagemap = Some(pm);
+    }
+    Ok(t)
 }
 
 /// CRIU maps a shared writable file mapping through a file entry that may

@@ -277,7 +277,10 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
             || "set pdeath signal".into(),
         )?;
     }
-    if let Some(adj) = tc.oom_score_adj {
+    if let Some(adj) = tc
+        .oom_score_adj
+        .filter(|&a| Some(a) != prep.inherited_oom_score_adj)
+    {
         // Raising it back needs CAP_SYS_RESOURCE only when lowering below 0.
         let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
     }
