@@ -122,14 +122,21 @@ pub fn read_ns(pid: i32, name: &str) -> Result<(NsKind, u64), ProcError> {
 
 /// Read every link of [`NS_LINKS`]. Links that do not exist (kernel without
 /// that namespace type, or `*_for_children` of an exiting task) are skipped.
+/// They are read relative to `/proc/PID/ns`, opened once: no path walk of
+/// it per link.
 pub fn read_all_ns(pid: i32) -> Result<Vec<NsLink>, ProcError> {
+    use std::os::fd::AsRawFd;
+    let dir_path = pid_path(pid, "ns");
+    let dir = std::fs::File::open(&dir_path).map_err(|e| ProcError::io(&dir_path, e))?;
     let mut out = Vec::with_capacity(NS_LINKS.len());
     for (name, _) in NS_LINKS {
-        match read_ns(pid, name) {
-            Ok((kind, ino)) => out.push(NsLink { name, kind, ino }),
-            Err(ProcError::Io { ref source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+            Ok(target) => {
+                let (kind, ino) = parse_ns_link(&target.to_string_lossy())?;
+                out.push(NsLink { name, kind, ino });
+            }
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(ProcError::io(dir_path.join(name), e.into())),
         }
     }
     Ok(out)
