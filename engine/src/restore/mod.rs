@@ -483,8 +483,10 @@ fn check_pids_free(plan: &Plan) -> Result<()> {
 /// Every stub is a fork of us: each fork copies the page table entries of
 /// our anonymous memory (the plan: several MiB for a large tree) and each
 /// stub zaps them again when it drops our address space. Backed by huge
-/// pages, that is one entry per 2 MiB (fd tree of 100 x 50: 8 MiB of plan,
-/// restore 217 -> 197 ms). Best effort: without huge pages it is only slower.
+/// pages, that is one entry per 2 MiB (measured when the fd tree of 100 x 50
+/// had 8 MiB of plan: restore 217 -> 197 ms; since file entries are boxed
+/// it has ~4 MiB, mostly not in whole aligned 2 MiB blocks). Best effort:
+/// without huge pages it is only slower.
 fn huge_plan(maps: &[proc::MapsEntry]) {
     for m in maps {
         let anon = m.inode == 0 && matches!(m.path.as_deref(), None | Some("[heap]"));
