@@ -202,7 +202,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             on_stopped: Some(&mut scan),
         },
     )?;
-    let early = scanner.take().map(Scanner::finish).unwrap_or_default();
     if let Some(f) = freezer.as_mut() {
         f.thaw()?;
     }
@@ -250,7 +249,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .filter(|t| !matches!(t.state, TaskState::Zombie { .. }))
         .map(|t| t.pid)
         .collect();
-    d.files().prepare_tree(&live, early)?;
+    // The fd scans may still run: cgroups and namespaces first.
     d.cg_sets = crate::cgroup::dump(&dir, &live)?;
     // Namespaces: refuse what we cannot restore before writing anything.
     let mut tree_ns = crate::ns::collect(&dir, &live)?;
@@ -263,6 +262,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     d.pages_ids = d.files().pages_ids.clone();
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
+    let early = scanner.take().map(Scanner::finish).unwrap_or_default();
+    d.files().prepare_tree(&live, early)?;
     // Fd tables (files id = task index + 2) on a second thread, see
     // files::tables.
     let fd_tasks: Vec<(i32, u32)> = (2..)
