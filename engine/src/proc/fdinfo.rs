@@ -612,7 +612,7 @@ pub fn read_fd_link(pid: i32, fd: i32) -> Result<PathBuf, ProcError> {
 
 /// The open fd numbers of a task, sorted.
 pub fn read_fd_numbers(pid: i32) -> Result<Vec<i32>, ProcError> {
-    super::children::read_numeric_dir(pid_path(pid, "fd"))
+    FdDir::open(pid)?.numbers()
 }
 
 /// A task's `/proc/PID/fd`, open: its fds are listed and their links read
