@@ -730,8 +730,23 @@ impl Nodes {
     }
 
     /// Move the service address (and the MAC it answers with) from n1 to n2.
+    /// As an orchestrator must, n2 drops the service's packets from before
+    /// the address arrives until the restore is done ([`Nodes::release`]):
+    /// the client's window probes would otherwise meet a node that has the
+    /// address but no socket yet, and be answered with a reset.
     fn move_service(&self) -> Result<(), String> {
         let (n1, n2) = (&self.ns[1], &self.ns[2]);
+        in_ns_with_input(
+            n2,
+            "nft",
+            &["-f", "-"],
+            Some(
+                "add table inet stasis_test_hold
+                 add chain inet stasis_test_hold in { type filter hook input priority -300; }
+                 add rule inet stasis_test_hold in ip daddr 10.232.0.10 tcp dport 5005 drop
+",
+            ),
+        )?;
         let show = ip(&["-n", n1, "link", "show", "eth1"])?;
         let mac = show
             .split_whitespace()
@@ -746,6 +761,16 @@ impl Nodes {
         ip(&["-n", n2, "link", "set", "eth2", "up"])?;
         ip(&["-n", n2, "addr", "add", "10.232.0.10/24", "dev", "eth2"])?;
         Ok(())
+    }
+
+    /// End the hold on n2 that [`Nodes::move_service`] began.
+    fn release(&self) -> Result<(), String> {
+        in_ns(
+            &self.ns[2],
+            "nft",
+            &["delete", "table", "inet", "stasis_test_hold"],
+        )
+        .map(drop)
     }
 }
 
@@ -786,6 +811,7 @@ fn tcp_service_moves_between_nodes() {
     nodes.move_service().expect("move the service address");
     nodes.enter(2);
     server.restore_from(&env, &img, &["--tcp-established"]);
+    nodes.release().expect("end the hold on n2");
     write_atomic(&client.path("go"), "").expect("go");
     server.verify_and_finish("service after the move");
     client.verify_and_finish("client through the move");
