@@ -249,6 +249,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         .filter(|t| !matches!(t.state, TaskState::Zombie { .. }))
         .map(|t| t.pid)
         .collect();
+    // smaps costs the kernel a walk of every mapped page (~0.25 ms for a
+    // small process): a thread reads them from now on, while the tree's
+    // cgroups, namespaces and remote calls are collected and the tasks
+    // dumped. The tasks are stopped, and nothing of ours changes their
+    // mappings but the scratch area of the remote calls (cut out of smaps
+    // read after it was mapped), so theirs is what dump_task would read (a
+    // task sharing its mm with another is refused by check_sharing).
+    if live.len() >= PAGES_THREAD_MIN {
+        d.smaps_ahead = Some(SmapsAhead::start(live.clone()));
+    }
     // The fd scans may still run: cgroups and namespaces first.
     d.cg_sets = crate::cgroup::dump(&dir, &live)?;
     // Namespaces: refuse what we cannot restore before writing anything.
@@ -295,24 +305,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             let (dir, progress, stop) = (&dir, opts.progress, &stop);
             s.spawn(move || page_worker(dir, rx, progress, stop))
         });
-        // smaps costs the kernel a walk of every mapped page (~0.25 ms for
-        // a small process): a thread reads the next tasks' while the main
-        // thread dumps this one. The others are stopped and untouched until
-        // their turn, so theirs is what the main thread would read then (a
-        // task sharing its mm with another is refused by check_sharing).
-        if live.len() >= PAGES_THREAD_MIN {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<SmapsAhead>(2);
-            d.smaps_ahead = Some(rx);
-            let live = &live;
-            s.spawn(move || {
-                for &pid in live {
-                    // Fails once the dump is over or has failed: stop.
-                    if tx.send((pid, proc::read_smaps(pid))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
         let mut run = || -> Result<_> {
             // inventory.root_ids are the dumper's own, as CRIU writes them:
             // its restore takes a root task whose ids match them for a
@@ -452,7 +444,7 @@ struct Dumper<'a> {
     page_jobs: Option<std::sync::mpsc::Sender<PageJob>>,
     /// smaps of the live tasks, in dump order, read ahead by a thread of
     /// its own when there is one.
-    smaps_ahead: Option<std::sync::mpsc::Receiver<SmapsAhead>>,
+    smaps_ahead: Option<SmapsAhead>,
     /// What each task told [`Dumper::ask_all`], taken by its dump_task.
     asked: HashMap<i32, Asked>,
     /// The fd tables are dumped: a task may be given a passing fd of ours
@@ -470,11 +462,55 @@ struct Dumper<'a> {
     pages_ids: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
-/// One task's smaps as read ahead: (pid, contents).
-type SmapsAhead = (
-    i32,
-    std::result::Result<Vec<proc::SmapsEntry>, proc::ProcError>,
-);
+type SmapsRead = std::result::Result<Vec<proc::SmapsEntry>, proc::ProcError>;
+
+/// The smaps of tasks, in the order given, read by a thread of its own a
+/// few tasks ahead of their use.
+struct SmapsAhead {
+    /// None once dropped (the thread's next send fails: it ends).
+    rx: Option<std::sync::mpsc::Receiver<(i32, SmapsRead)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SmapsAhead {
+    /// How far ahead the thread reads: enough to never keep the dump
+    /// waiting, few enough to hold little memory on a big tree.
+    const AHEAD: usize = 32;
+
+    fn start(pids: Vec<i32>) -> SmapsAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(Self::AHEAD);
+        let thread = std::thread::spawn(move || {
+            for pid in pids {
+                // Fails once the dump no longer wants them: stop.
+                if tx.send((pid, proc::read_smaps(pid))).is_err() {
+                    break;
+                }
+            }
+        });
+        SmapsAhead {
+            rx: Some(rx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `pid`'s smaps if it is the next one read; None if out of step.
+    fn next(&self, pid: i32) -> Option<SmapsRead> {
+        match self.rx.as_ref()?.recv() {
+            Ok((p, r)) if p == pid => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for SmapsAhead {
+    fn drop(&mut self) {
+        // The thread ends at its next send (at most one smaps read later).
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 impl<'a> Dumper<'a> {
     fn pages_id(&mut self) -> u32 {
@@ -613,7 +649,8 @@ impl<'a> Dumper<'a> {
         let stat = &task.stat;
         let mut smaps = self.smaps(pid)?;
         if let Some((kept, _)) = &asked {
-            // ask_all mapped our scratch area before smaps were read.
+            // ask_all may have mapped our scratch area before smaps were
+            // read.
             smaps = vma::cut_out(smaps, (kept.addr, kept.addr + SCRATCH_LEN));
         }
 
@@ -889,11 +926,11 @@ impl<'a> Dumper<'a> {
     /// The smaps of live task `pid`: read ahead when a thread does that
     /// (tasks come in the same order), else now.
     fn smaps(&mut self, pid: i32) -> Result<Vec<proc::SmapsEntry>> {
-        if let Some(rx) = &self.smaps_ahead {
-            match rx.recv() {
-                Ok((p, r)) if p == pid => return Ok(r?),
+        if let Some(ahead) = &self.smaps_ahead {
+            match ahead.next(pid) {
+                Some(r) => return Ok(r?),
                 // Out of step (cannot happen: same order): read it here.
-                _ => self.smaps_ahead = None,
+                None => self.smaps_ahead = None,
             }
         }
         Ok(proc::read_smaps(pid)?)
