@@ -686,25 +686,25 @@ fn prepare(
     }
     // Open file descriptions in fd tables: staged once, by the lowest
     // common ancestor of their holders.
-    let mut holders: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
+    let mut holders: BTreeMap<Group, (Vec<usize>, BTreeSet<u32>)> = BTreeMap::new();
     for (i, t) in plan.tasks.iter().enumerate() {
         for f in &t.fds {
-            let h = holders
+            let (h, ids) = holders
                 .entry(files::group_of(&plan.files[&f.id], &plan.files))
                 .or_default();
             if !h.contains(&i) {
                 h.push(i);
             }
-            if let std::collections::hash_map::Entry::Vacant(e) = prep.shared.entry(f.id) {
-                e.insert(next);
-                next += 1;
-            }
+            ids.insert(f.id);
         }
     }
-    for (g, h) in holders {
-        prep.owner.push((g, lca(plan, &h)));
+    let mut owned: Vec<Vec<u32>> = vec![Vec::new(); plan.tasks.len()];
+    for (g, (h, ids)) in holders {
+        let owner = lca(plan, &h);
+        owned[owner].extend(ids);
+        prep.owner.push((g, owner));
     }
-    prep.local_base = next;
+    prep.local_base = stage_numbers(plan, &owned, next, &mut prep.shared);
     // Per task: its own mapped files, exe and pages image; and a scratch spot.
     let own = proc::read_maps(std::process::id() as i32)?;
     let mut max_locals = 0;
@@ -737,6 +737,32 @@ fn prepare(
         )));
     }
     Ok(prep)
+}
+
+/// Staging fd numbers, from `first` on, for the files each task opens and
+/// its descendants inherit (`owned`, by task index). A task sees only its
+/// ancestors' staged files and its own, so its own are numbered just above
+/// its parent's and siblings reuse numbers: each stub's fd table stays as
+/// small as one root-to-leaf path needs (forks copy it, close_range walks
+/// it) instead of one number per file of the whole dump. Returns the first
+/// number above them all.
+fn stage_numbers(
+    plan: &Plan,
+    owned: &[Vec<u32>],
+    first: i32,
+    shared: &mut HashMap<u32, i32>,
+) -> i32 {
+    // end[i]: the first number above what task i holds staged.
+    let mut end = vec![first; plan.tasks.len()];
+    for (i, t) in plan.tasks.iter().enumerate() {
+        let mut next = t.parent.map_or(first, |p| end[p]);
+        for &id in &owned[i] {
+            shared.insert(id, next);
+            next += 1;
+        }
+        end[i] = next;
+    }
+    end.into_iter().max().unwrap_or(first)
 }
 
 /// Lowest common ancestor of tasks (indices; parents precede children).
