@@ -498,8 +498,9 @@ pub fn gather(
 /// lock, read on the open file description itself: `flags` (F_GETFL, the
 /// same `f_flags`, without O_CLOEXEC, which is the fd's) and `pos` (lseek,
 /// which only reads it for files and directories; 0 for pipes and sockets,
-/// which have none). None for other kinds: devices (whose lseek may do
-/// anything) and anonymous inodes (whose state is in fdinfo).
+/// which have none, and for /dev/null). None for other kinds: devices
+/// (whose lseek may do anything) and anonymous inodes (whose state is in
+/// fdinfo).
 fn fdinfo_of(f: &std::fs::File, st: &std::fs::Metadata) -> std::io::Result<Option<proc::Fdinfo>> {
     use std::os::fd::AsRawFd;
     let fmt = st.mode() & libc::S_IFMT;
@@ -508,6 +509,9 @@ fn fdinfo_of(f: &std::fs::File, st: &std::fs::Metadata) -> std::io::Result<Optio
             nix::unistd::lseek(f.as_raw_fd(), 0, nix::unistd::Whence::SeekCur)?
         }
         libc::S_IFIFO | libc::S_IFSOCK => 0,
+        // /dev/null: its lseek sets the position to 0 and reads and writes
+        // never move it, so it is always 0.
+        libc::S_IFCHR if st.rdev() == libc::makedev(1, 3) => 0,
         _ => return Ok(None),
     };
     let flags = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;

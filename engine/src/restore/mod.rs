@@ -704,7 +704,8 @@ fn prepare(
         owned[owner].extend(ids);
         prep.owner.push((g, owner));
     }
-    prep.local_base = stage_numbers(plan, &owned, next, &mut prep.shared);
+    let parents: Vec<Option<usize>> = plan.tasks.iter().map(|t| t.parent).collect();
+    prep.local_base = stage_numbers(&parents, &owned, next, &mut prep.shared);
     // Per task: its own mapped files, exe and pages image; and a scratch spot.
     let own = proc::read_maps(std::process::id() as i32)?;
     let mut max_locals = 0;
@@ -740,22 +741,23 @@ fn prepare(
 }
 
 /// Staging fd numbers, from `first` on, for the files each task opens and
-/// its descendants inherit (`owned`, by task index). A task sees only its
+/// its descendants inherit (`owned`, by task index; `parents` of each, a
+/// parent before its children). A task sees only its
 /// ancestors' staged files and its own, so its own are numbered just above
 /// its parent's and siblings reuse numbers: each stub's fd table stays as
 /// small as one root-to-leaf path needs (forks copy it, close_range walks
 /// it) instead of one number per file of the whole dump. Returns the first
 /// number above them all.
 fn stage_numbers(
-    plan: &Plan,
+    parents: &[Option<usize>],
     owned: &[Vec<u32>],
     first: i32,
     shared: &mut HashMap<u32, i32>,
 ) -> i32 {
     // end[i]: the first number above what task i holds staged.
-    let mut end = vec![first; plan.tasks.len()];
-    for (i, t) in plan.tasks.iter().enumerate() {
-        let mut next = t.parent.map_or(first, |p| end[p]);
+    let mut end = vec![first; parents.len()];
+    for (i, parent) in parents.iter().enumerate() {
+        let mut next = parent.map_or(first, |p| end[p]);
         for &id in &owned[i] {
             shared.insert(id, next);
             next += 1;
@@ -886,4 +888,25 @@ fn wait_stubs(plan: &Plan, tree: &mut Tree, err_r: i32, root_pid: i32) -> Result
         }
     }
     Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_numbers_stack_along_paths_and_siblings_reuse_them() {
+        // 0 -> {1 -> {3}, 2}: the root stages files 10, 11 for all; 1 and 2
+        // stage their own; 3 its own under 1's.
+        let parents = [None, Some(0), Some(0), Some(1)];
+        let owned = vec![vec![10, 11], vec![20, 21, 22], vec![30], vec![40]];
+        let mut shared = HashMap::new();
+        let top = stage_numbers(&parents, &owned, 64, &mut shared);
+        assert_eq!((shared[&10], shared[&11]), (64, 65));
+        assert_eq!((shared[&20], shared[&22]), (66, 68));
+        assert_eq!(shared[&30], 66, "siblings reuse numbers");
+        assert_eq!(shared[&40], 69, "above everything its ancestors staged");
+        assert_eq!(top, 70);
+        assert_eq!(stage_numbers(&[], &[], 64, &mut HashMap::new()), 64);
+    }
 }
