@@ -13,7 +13,7 @@
 # 3. wl-small (a tiny process): dump and restore times, median of 5 runs.
 # 4. wl-fdtree 100 50 (100 processes holding 50 fds of mixed kinds each):
 #    dump (kill mode) and restore times per process (wall time / 100),
-#    median of 3 runs. The restore starts once every killed process is gone
+#    median of 5 runs. The restore starts once every killed process is gone
 #    (init may take a second to reap 100 orphans: not restore work).
 #
 # 5. `stasis run -d` of a busybox container until its process runs, against
@@ -208,14 +208,15 @@ if want small; then
         "$(meets "$r_med" "<=" 5)"
 fi
 
-# fd tree: N processes x M fds, per-process times, median of 3 runs.
+# fd tree: N processes x M fds, per-process times, median of 5 runs (this
+# VM is noisy from run to run).
 fdtree_n=100
 fdtree_m=50
 if want fdtree; then
     dumps=()
     restores=()
     verdicts=()
-    for run in 1 2 3; do
+    for run in 1 2 3 4 5; do
         start wl-fdtree "$fdtree_n" "$fdtree_m"
         tree_pids=$(pgrep -s "$pid" || true) # its session: the whole tree
         img=$work/img-fdtree-$run
