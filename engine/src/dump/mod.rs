@@ -219,6 +219,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             tcp_skip_in_flight: opts.tcp_skip_in_flight,
         },
     ));
+    let pages_ids = tables::lock(&files).pages_ids.clone();
     let mut d = Dumper {
         dir: &dir,
         opts,
@@ -241,7 +242,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         kept: Vec::new(),
         paths: HashMap::new(),
         userns: None,
-        pages_ids: Default::default(),
+        pages_ids,
     };
     let live: Vec<i32> = tree
         .tasks
@@ -269,7 +270,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     // written as seen inside.
     d.files().userns = tree_ns.user.clone();
     d.userns = tree_ns.user.clone();
-    d.pages_ids = d.files().pages_ids.clone();
     let host: Vec<crate::ns::pid::HostTask> = tree.tasks.iter().map(host_task).collect();
     d.pids = crate::ns::pid::PidMap::collect(&host, tree_ns.pid_levels)?;
     let early = scanner.take().map(Scanner::finish).unwrap_or_default();
@@ -459,7 +459,7 @@ struct Dumper<'a> {
     /// The tree's own user namespace (see FileTable::userns).
     userns: Option<crate::ns::user::UserNs>,
     /// FileTable::pages_ids.
-    pages_ids: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    pages_ids: crate::files::PagesIds,
 }
 
 type SmapsRead = std::result::Result<Vec<proc::SmapsEntry>, proc::ProcError>;
@@ -515,7 +515,7 @@ impl Drop for SmapsAhead {
 impl<'a> Dumper<'a> {
     fn pages_id(&mut self) -> u32 {
         // One counter for every pages image (memfds take ids too).
-        self.pages_ids.fetch_add(1, Ordering::Relaxed)
+        self.pages_ids.next()
     }
 
     /// A thread's credentials as it sees them (CRIU reads them inside).

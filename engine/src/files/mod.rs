@@ -167,6 +167,23 @@ pub struct FileOpts {
 }
 
 /// Collects every file object of a dump.
+/// The counter of `pages-<id>.img` ids (from 1), one for the whole dump;
+/// clones share it.
+#[derive(Clone, Debug)]
+pub struct PagesIds(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Default for PagesIds {
+    fn default() -> Self {
+        PagesIds(std::sync::Arc::new(1.into()))
+    }
+}
+
+impl PagesIds {
+    pub fn next(&self) -> u32 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 pub struct FileTable<'a> {
     pub(crate) dir: &'a ImageDir,
     pub opts: FileOpts,
@@ -175,9 +192,9 @@ pub struct FileTable<'a> {
     next_id: u32,
     by_path: HashMap<(String, u32), u32>,
     open: shared::OpenIndex,
-    /// The next `pages-<id>.img` id: shared with the dumper, which takes
-    /// one per task without this table's lock.
-    pub pages_ids: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// `pages-<id>.img` ids: shared with the dumper, which takes one per
+    /// task without this table's lock.
+    pub pages_ids: PagesIds,
     pub(crate) pipes: pipe::Dumped,
     pub(crate) memfds: memfd::Dumped,
     pub(crate) locks: locks::LockTable,
@@ -201,7 +218,7 @@ impl<'a> FileTable<'a> {
             next_id: 1,
             by_path: HashMap::new(),
             open: shared::OpenIndex::default(),
-            pages_ids: std::sync::Arc::new(1.into()),
+            pages_ids: PagesIds::default(),
             pipes: pipe::Dumped::default(),
             memfds: memfd::Dumped::default(),
             locks: locks::LockTable::default(),
@@ -242,8 +259,7 @@ impl<'a> FileTable<'a> {
 
     /// A new `pages-<id>.img` id, unique in the dump.
     pub fn new_pages_id(&self) -> u32 {
-        self.pages_ids
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.pages_ids.next()
     }
 
     pub(crate) fn push(&mut self, e: FileEntry) {

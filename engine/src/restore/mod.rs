@@ -124,6 +124,8 @@ impl TaskPrep {
 #[derive(Debug, Default)]
 pub struct Prep {
     pub base: i32,
+    /// Staged fds are at [stage_base, local_base) (see `stage_numbers`).
+    pub stage_base: i32,
     pub local_base: i32,
     pub err_fd: i32,
     pub sync_fd: i32,
@@ -705,6 +707,7 @@ fn prepare(
         prep.owner.push((g, owner));
     }
     let parents: Vec<Option<usize>> = plan.tasks.iter().map(|t| t.parent).collect();
+    prep.stage_base = next;
     prep.local_base = stage_numbers(&parents, &owned, next, &mut prep.shared);
     // Per task: its own mapped files, exe and pages image; and a scratch spot.
     let own = proc::read_maps(std::process::id() as i32)?;

@@ -202,10 +202,9 @@ fn run(plan: &Plan, prep: &Prep, idx: usize) -> R<()> {
     if let Some(fd) = prep.tty_fd {
         let _ = nix::unistd::close(fd);
     }
-    // Staged objects: consecutive numbers up to local_base, one
-    // close_range instead of a close per file id of the whole dump.
-    if let Some(&lo) = prep.shared.values().min() {
-        let _ = stub::close_range(lo as u32, prep.local_base as u32 - 1);
+    // Staged objects: one close_range instead of a close per file id.
+    if prep.local_base > prep.stage_base {
+        let _ = stub::close_range(prep.stage_base as u32, prep.local_base as u32 - 1);
     }
     let _ = nix::unistd::close(prep.sync_fd);
 
